@@ -1,0 +1,230 @@
+"""Typed experiment configuration: TOML files and dotted `key=value` overrides mapped onto frozen dataclasses.
+
+Everything is validated here, before any array is allocated or any function compiled, and every problem is
+reported as one `ConfigError` line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class JscaleError(Exception):
+    """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
+
+
+class ConfigError(JscaleError):
+    pass
+
+
+MODEL_KINDS = ("transformer",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "transformer"
+    n_layer: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int | None = None  # None: 4 * d_model
+    d_attn: int | None = None  # None: d_model
+    n_ctx: int = 128
+    vocab_size: int = 256  # set from the tokenizer by Config.resolve()
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+    attention: str = "auto"  # auto (cuDNN where the shape allows, XLA otherwise) | xla | cudnn
+
+    @property
+    def d_ff_(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def d_attn_(self) -> int:
+        return self.d_attn if self.d_attn is not None else self.d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.d_attn_ // self.n_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "builtin:stdlib"  # builtin:stdlib | a file, directory or glob | tfds:NAME[/CONFIG]
+    tokenizer: str = "bytes"  # bytes | bpe
+    vocab_size: int = 4096  # BPE vocabulary size (bytes is always 256)
+    test_fraction: float = 0.05  # share of documents held out, chosen by a hash of their name
+    max_train_tokens: int = 0  # train only on the first D tokens of the training split; 0 = all
+    eval_windows: int = 64  # fixed held-out windows of n_ctx + 1 tokens used for every evaluation
+    cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
+    tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.0  # cosine decays to lr * this (0 as Kaplan, 0.1 as Chinchilla)
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    seed: int = 0  # parameter initialisation and dropout
+    data_seed: int | None = None  # batch sampling; None = seed
+    eval_every: int = 100
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def resolve(self) -> "Config":
+        """Fill derived fields (vocabulary size from the tokenizer) and validate."""
+        vocab = 256 if self.data.tokenizer == "bytes" else self.data.vocab_size
+        cfg = dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab))
+        validate(cfg)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to the annotated type, or raise ConfigError naming the key."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
+    sections = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: unknown config section (expected one of {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table of keys, got {value!r}")
+        cls = SECTIONS[name]
+        hints = typing.get_type_hints(cls)
+        fields = {}
+        for key, v in value.items():
+            if key not in hints:
+                raise ConfigError(f"{name}.{key}: unknown config key")
+            fields[key] = _check_type(f"{name}.{key}", v, hints[key])
+        sections[name] = cls(**fields)
+    return Config(**sections)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse `section.key=value`; the value is read as TOML (numbers, booleans, quoted strings) or a bare string."""
+    if "=" not in item:
+        raise ConfigError(f"{item}: an override must look like section.key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"{key}: an override key must be section.key, e.g. model.d_model")
+        section, name = parts
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: expected a table of keys")
+        raw[section][name] = value
+    return raw
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load a TOML config (or the defaults when path is None), apply overrides, resolve and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return from_dict(apply_overrides(raw, list(overrides))).resolve()
+
+
+def _positive(cfg: Config, keys: list[str]) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key}: must be positive, got {v}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    m, d, t = cfg.model, cfg.data, cfg.train
+    _choice("model.kind", m.kind, MODEL_KINDS)
+    _choice("model.dtype", m.dtype, ("auto", "float32", "bfloat16"))
+    _choice("model.attention", m.attention, ("auto", "xla", "cudnn"))
+    _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe"))
+    _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
+                    "model.n_ctx", "model.vocab_size", "data.eval_windows", "train.batch_size", "train.steps",
+                    "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
+    if m.d_attn_ % m.n_heads:
+        raise ConfigError(f"model.n_heads: d_attn = {m.d_attn_} is not divisible by n_heads = {m.n_heads}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:
+        raise ConfigError(f"data.vocab_size: a BPE vocabulary needs 257 to 1048576 entries, got {d.vocab_size}")
+    if not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction: must be in (0, 1), got {d.test_fraction}")
+    if d.max_train_tokens < 0:
+        raise ConfigError(f"data.max_train_tokens: must be >= 0 (0 = all), got {d.max_train_tokens}")
+    if 0 < d.max_train_tokens <= m.n_ctx:
+        raise ConfigError(f"data.max_train_tokens: {d.max_train_tokens} tokens cannot hold one window of "
+                          f"model.n_ctx + 1 = {m.n_ctx + 1}")
+    if not 0 <= t.warmup_steps <= t.steps:
+        raise ConfigError(f"train.warmup_steps: must be in [0, train.steps = {t.steps}], got {t.warmup_steps}")
+    if not 0 <= t.final_lr_fraction <= 1:
+        raise ConfigError(f"train.final_lr_fraction: must be in [0, 1], got {t.final_lr_fraction}")
+    for key in ("weight_decay", "grad_clip"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    for key in ("b1", "b2"):
+        if not 0 <= getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")

@@ -1,0 +1,324 @@
+"""Corpora, tokenization into cached memory-mapped token files, and batches as pure functions of (seed, step).
+
+Corpora (`data.corpus`):
+- `builtin:stdlib`: every `.py` file of the running interpreter's standard library (site-packages excluded),
+  in sorted path order. On CPython 3.11.7 that is 1,790 files, 31.5 MB, so 31.5M byte tokens; the exact size is
+  recorded in the token file's meta.json. Needs no download on any machine with Python.
+- a file, directory or glob of local text files;
+- `tfds:NAME[/CONFIG]`: a text dataset of the TensorFlow Datasets catalogue, read through `tfds.data_source`
+  (ArrayRecord, no TensorFlow); its test (or validation) split is the held-out split.
+Documents are held out by a stable hash (SHA-256) of their name, so the split never depends on file order.
+
+Tokenized corpora are cached under `cache_dir/<corpus>-<tokenizer>/` as train.bin / test.bin (raw uint8, uint16 or
+uint32) with meta.json, written to a temporary directory and renamed into place, so a killed process never leaves a
+half-written cache.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from jscale.config import ConfigError, DataConfig
+
+CHUNK_BYTES = 1 << 16  # a corpus of few files is split into documents of about this size (at line ends)
+DOC_SEPARATOR = "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corpora: a stable id and two streams of documents.
+
+
+def _hash_fraction(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Corpus:
+    id: str  # names the corpus and its version in the cache
+    description: str
+
+    def documents(self, split: str) -> Iterator[str]:
+        raise NotImplementedError
+
+
+def _chunks(text: str, size: int = CHUNK_BYTES) -> list[str]:
+    """Split text at line ends into pieces of about `size` characters."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+@dataclass(frozen=True)
+class FileCorpus(Corpus):
+    root: Path
+    files: tuple[Path, ...]
+    test_fraction: float
+
+    def _named_documents(self) -> Iterator[tuple[str, str]]:
+        chunked = len(self.files) < 20  # too few files to hold some out by name: hold out chunks instead
+        for path in self.files:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            name = path.relative_to(self.root).as_posix()
+            if chunked:
+                yield from ((f"{name}#{i}", piece) for i, piece in enumerate(_chunks(text)))
+            else:
+                yield name, text
+
+    def documents(self, split: str) -> Iterator[str]:
+        for name, text in self._named_documents():
+            if (_hash_fraction(name) < self.test_fraction) == (split == "test"):
+                yield text
+
+
+def _file_corpus(files: list[Path], root: Path, label: str, cfg: DataConfig) -> FileCorpus:
+    files = sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    stamp = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        stamp.update(f"{p.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")[-40:]
+    return FileCorpus(id=f"{slug}-{stamp.hexdigest()[:12]}-test{cfg.test_fraction:g}",
+                      description=f"{label}: {len(files)} files", root=root, files=tuple(files),
+                      test_fraction=cfg.test_fraction)
+
+
+def stdlib_files() -> tuple[Path, list[Path]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
+    return root, files
+
+
+@dataclass(frozen=True)
+class TfdsCorpus(Corpus):
+    name: str
+    data_dir: str | None
+    test_fraction: float
+
+    def _source(self, split: str):
+        import tensorflow_datasets as tfds
+
+        return tfds.data_source(self.name, split=split, data_dir=self.data_dir)
+
+    def _splits(self) -> dict:
+        import tensorflow_datasets as tfds
+
+        return tfds.builder(self.name, data_dir=self.data_dir).info.splits
+
+    def _text_key(self) -> str:
+        import tensorflow_datasets as tfds
+
+        features = tfds.builder(self.name, data_dir=self.data_dir).info.features
+        keys = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+        if not keys:
+            raise ConfigError(f"data.corpus: tfds:{self.name} has no text feature")
+        return "text" if "text" in keys else keys[0]
+
+    def documents(self, split: str) -> Iterator[str]:
+        key, splits = self._text_key(), self._splits()
+        held_out = next((s for s in ("test", "validation") if s in splits), None)
+        if held_out is not None:
+            source = self._source("train" if split == "train" else held_out)
+            keep = lambda i: True
+        else:  # no held-out split: hold out examples by a hash of their index
+            source = self._source("train")
+            keep = lambda i: (_hash_fraction(f"{self.name}:{i}") < self.test_fraction) == (split == "test")
+        for i in range(len(source)):
+            if keep(i):
+                text = source[i][key]
+                yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def corpus_from_config(cfg: DataConfig) -> Corpus:
+    spec = cfg.corpus
+    if spec == "builtin:stdlib":
+        root, files = stdlib_files()
+        v = sys.version_info
+        corpus = _file_corpus(files, root, f"stdlib-py{v.major}.{v.minor}.{v.micro}", cfg)
+        return corpus
+    if spec.startswith("builtin:"):
+        raise ConfigError(f"data.corpus: unknown built-in corpus {spec!r} (the built-in one is builtin:stdlib)")
+    if spec.startswith("tfds:"):
+        name = spec[len("tfds:"):]
+        try:
+            import tensorflow_datasets  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"data.corpus: {spec} needs tensorflow-datasets (pip install tensorflow-datasets)")
+        data_dir = cfg.tfds_data_dir or None
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"tfds_{name}_{data_dir or 'default'}")[-60:]
+        return TfdsCorpus(id=f"{slug}-test{cfg.test_fraction:g}", description=spec, name=name, data_dir=data_dir,
+                          test_fraction=cfg.test_fraction)
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        files, root = [p for p in path.rglob("*") if p.is_file()], path
+    elif path.is_file():
+        files, root = [path], path.parent
+    else:
+        files = [Path(p) for p in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file()]
+        root = Path(os.path.commonpath([p.parent for p in files])) if files else Path(".")
+    if not files:
+        raise ConfigError(f"data.corpus: no files match {spec!r}")
+    return _file_corpus(files, root, spec, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizers.
+
+
+class ByteTokenizer:
+    vocab_size = 256
+    id = "bytes"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8)
+
+
+class BPETokenizer:
+    """Byte-level BPE (HuggingFace `tokenizers`), trained on the training split and cached as JSON."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self._tok, self.vocab_size, self.id = tokenizer, vocab_size, f"bpe{vocab_size}"
+
+    @classmethod
+    def train_or_load(cls, corpus: Corpus, vocab_size: int, cache_dir: Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        path = cache_dir / f"{corpus.id}-bpe{vocab_size}.json"
+        if path.exists():
+            return cls(Tokenizer.from_file(str(path)), vocab_size)
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(corpus.documents("train"), trainer=trainer)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tok.save(str(tmp))
+        os.replace(tmp, path)
+        return cls(tok, vocab_size)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.uint32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(map(int, ids)))
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenized corpora on disk, and the windows drawn from them.
+
+
+@dataclass
+class TokenizedCorpus:
+    train: np.ndarray  # memory-mapped token ids, (n_train,)
+    test: np.ndarray  # (n_test,)
+    meta: dict
+
+    @property
+    def test_bytes_per_token(self) -> float:
+        return self.meta["test_bytes"] / max(len(self.test), 1)
+
+    def check_fits(self, n_ctx: int, max_train_tokens: int, eval_windows: int) -> None:
+        limit = len(self.train) if max_train_tokens == 0 else min(max_train_tokens, len(self.train))
+        if limit < n_ctx + 1:
+            raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {limit} training tokens of "
+                              f"{self.meta['corpus']}")
+        if len(self.test) < n_ctx + 1:
+            raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {len(self.test)} held-out tokens of "
+                              f"{self.meta['corpus']} (raise data.test_fraction or use more data)")
+
+    def train_batch(self, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0
+                    ) -> np.ndarray:
+        return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens)
+
+    def eval_windows(self, n_windows: int, n_ctx: int) -> np.ndarray:
+        return eval_windows(self.test, n_windows, n_ctx)
+
+
+def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0
+                ) -> np.ndarray:
+    """Random windows of n_ctx + 1 tokens, (batch_size, n_ctx + 1) int32: a pure function of (seed, step).
+
+    Only the first max_train_tokens tokens (all when 0) are ever drawn from.
+    """
+    limit = len(tokens) if max_train_tokens == 0 else min(max_train_tokens, len(tokens))
+    rng = np.random.default_rng([seed, step])
+    starts_B = rng.integers(0, limit - n_ctx, size=batch_size)
+    return np.asarray(tokens[starts_B[:, None] + np.arange(n_ctx + 1)], np.int32)
+
+
+def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int) -> np.ndarray:
+    """A fixed set of held-out windows, evenly spaced over the test split: (n_windows, n_ctx + 1) int32."""
+    starts_W = np.linspace(0, len(tokens) - n_ctx - 1, n_windows).astype(np.int64)
+    return np.asarray(tokens[starts_W[:, None] + np.arange(n_ctx + 1)], np.int32)
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(os.path.expanduser(cfg.cache_dir or os.environ.get("JSCALE_CACHE", "~/.cache/jscale")))
+
+
+def prepare(cfg: DataConfig) -> TokenizedCorpus:
+    """Tokenize the configured corpus once into memory-mapped files, or open the cached ones."""
+    corpus = corpus_from_config(cfg)
+    root = cache_root(cfg)
+    if cfg.tokenizer == "bytes":
+        tokenizer_id, vocab_size = "bytes", 256
+    else:
+        tokenizer_id, vocab_size = f"bpe{cfg.vocab_size}", cfg.vocab_size
+    target = root / f"{corpus.id}-{tokenizer_id}"
+    if not (target / "meta.json").exists():
+        tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else BPETokenizer.train_or_load(
+            corpus, cfg.vocab_size, root)
+        _write_token_files(corpus, tokenizer, target)
+    meta = json.loads((target / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    open_split = lambda s: (np.memmap(target / f"{s}.bin", dtype=dtype, mode="r") if meta[f"{s}_tokens"]
+                            else np.zeros(0, dtype))
+    return TokenizedCorpus(train=open_split("train"), test=open_split("test"), meta=meta)
+
+
+def _write_token_files(corpus: Corpus, tokenizer, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    dtype = _token_dtype(tokenizer.vocab_size)
+    meta = {"corpus": corpus.description, "corpus_id": corpus.id, "tokenizer": tokenizer.id,
+            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
+    try:
+        for split in ("train", "test"):
+            n_tokens = n_bytes = n_docs = 0
+            with open(tmp / f"{split}.bin", "wb") as f:
+                for text in corpus.documents(split):
+                    text += DOC_SEPARATOR
+                    ids = tokenizer.encode(text).astype(dtype)
+                    f.write(ids.tobytes())
+                    n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode()), n_docs + 1
+            meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished the same cache first; theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

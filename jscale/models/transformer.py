@@ -1,0 +1,111 @@
+"""GPT-2's decoder-only Transformer as a Flax linen module.
+
+The parameter tree mirrors GPT-2's checkpoint layout one to one (wte, wpe, h_{i}/{ln_1, attn/{c_attn, c_proj}, ln_2,
+mlp/{c_fc, c_proj}}, ln_f), with Dense kernels stored (in, out) like GPT-2's Conv1D weights, so weights can be
+exported to other GPT-2 implementations without touching the model. Shape letters: B batch, T positions,
+D d_model, A d_attn, H heads, K head dim (A / H), F d_ff, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jscale.config import ModelConfig
+
+LAYER_NORM_EPS = 1e-5  # GPT-2's
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    if cfg.dtype == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(cfg.dtype)
+
+
+def attention_implementation(cfg: ModelConfig, dtype: jnp.dtype) -> str:
+    """cuDNN's fused attention where it applies (GPU, 16-bit, head dim a multiple of 8 up to 256), else XLA's."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+                and cfg.d_head % 8 == 0 and cfg.d_head <= 256)
+    return "cudnn" if cudnn_ok else "xla"
+
+
+def _dense(features: int, name: str, dtype, std: float = 0.02, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros)
+
+
+def _layer_norm(name: str, dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=name, dtype=dtype, param_dtype=jnp.float32)
+
+
+class CausalSelfAttention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        B, T, _ = x_BxTxD.shape
+        H, K = cfg.n_heads, cfg.d_head
+        qkv_BxTx3A = _dense(3 * cfg.d_attn_, "c_attn", dtype)(x_BxTxD)
+        q_BxTxA, k_BxTxA, v_BxTxA = jnp.split(qkv_BxTx3A, 3, axis=-1)
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(B, T, H, K) for a in (q_BxTxA, k_BxTxA, v_BxTxA))
+        out_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+            implementation=attention_implementation(cfg, dtype))
+        # GPT-2 scales the residual projections' init by 1/sqrt(2 n_layer).
+        out_BxTxD = _dense(cfg.d_model, "c_proj", dtype, 0.02 / math.sqrt(2 * cfg.n_layer))(
+            out_BxTxHxK.reshape(B, T, H * K))
+        return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        h_BxTxF = nn.gelu(_dense(cfg.d_ff_, "c_fc", dtype)(x_BxTxD), approximate=True)  # GPT-2's tanh GELU
+        out_BxTxD = _dense(cfg.d_model, "c_proj", dtype, 0.02 / math.sqrt(2 * cfg.n_layer))(h_BxTxF)
+        return nn.Dropout(cfg.dropout)(out_BxTxD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        dtype = compute_dtype(self.cfg)
+        x_BxTxD = x_BxTxD + CausalSelfAttention(self.cfg, name="attn")(_layer_norm("ln_1", dtype)(x_BxTxD),
+                                                                       deterministic)
+        x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(_layer_norm("ln_2", dtype)(x_BxTxD), deterministic)
+        return x_BxTxD
+
+
+class Transformer(nn.Module):
+    """tokens (B, T) int -> logits (B, T, V) float32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        T = tokens_BxT.shape[1]
+        wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=nn.initializers.normal(0.02))
+        wpe = nn.Embed(cfg.n_ctx, cfg.d_model, name="wpe", dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=nn.initializers.normal(0.01))
+        x_BxTxD = wte(tokens_BxT) + wpe(jnp.arange(T))[None]
+        x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
+        for i in range(cfg.n_layer):
+            x_BxTxD = Block(cfg, name=f"h_{i}")(x_BxTxD, deterministic)
+        x_BxTxD = _layer_norm("ln_f", dtype)(x_BxTxD)
+        if cfg.tie_embeddings:
+            logits_BxTxV = wte.attend(x_BxTxD)
+        else:
+            logits_BxTxV = _dense(cfg.vocab_size, "lm_head", dtype, use_bias=False)(x_BxTxD)
+        return logits_BxTxV.astype(jnp.float32)
