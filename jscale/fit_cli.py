@@ -1,1 +1,230 @@
-def add_parser(sub): pass
+"""`jscale fit`: turn a table of runs into a fitted law, a printed table with intervals, a JSON file and figures.
+
+Inputs: a CSV file, a pandas DataFrame (`fit_table`), or a directory of `jscale train` runs (each with config.json
+and metrics.jsonl). Columns are found by name (N, D, C, loss, run, budget, S, B, S_min) or common aliases, or named
+with --n-col etc. When D is missing it is C / (6 N), Chinchilla's convention.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jscale import laws
+from jscale.laws import FittedLaw, LawFitError
+
+LAWS = ("chinchilla", "kaplan-n", "kaplan-d", "kaplan-c", "kaplan-nd", "kaplan-ns", "frontier", "isoflop",
+        "envelope")
+ALIASES = {
+    "N": ("N", "n", "params", "n_params", "parameters", "Model Size", "model_size"),
+    "D": ("D", "tokens", "n_tokens", "Training Tokens", "data"),
+    "C": ("C", "flops", "FLOPs", "Training FLOP", "compute"),
+    "loss": ("loss", "Loss", "final_loss", "test_loss"),
+    "run": ("run", "run_id", "name"),
+    "budget": ("budget", "C_budget", "isoflop_budget"),
+    "S": ("S", "steps", "step"),
+    "B": ("B", "batch_tokens", "batch"),
+    "S_min": ("S_min",),
+}
+
+
+def read_runs_dir(path: Path, n_convention: str, c_convention: str):
+    """Final results and learning curves of `jscale train` run directories under path (or path itself)."""
+    import pandas as pd
+
+    from jscale import accounting, config
+
+    dirs = [path] if (path / "metrics.jsonl").exists() else sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+    if not dirs:
+        raise LawFitError(f"{path}: no jscale runs here (no metrics.jsonl in it or its subdirectories)")
+    rows, curve_rows = [], []
+    for d in dirs:
+        cfg = config.from_dict(json.loads((d / "config.json").read_text())).resolve()
+        acc = accounting.account(cfg.model)
+        N = acc.N_total if n_convention == "all" else acc.N
+        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if not records:
+            continue
+        for r in records:
+            C = 6 * N * r["tokens"] if c_convention == "6ND" else r["flops_exact"]
+            curve_rows.append({"run": d.name, "N": N, "D": r["tokens"], "C": C, "loss": r["test_loss"],
+                               "S": r["step"], "B": cfg.train.batch_size * cfg.model.n_ctx})
+        rows.append({**curve_rows[-1], "best_loss": min(r["test_loss"] for r in records)})
+    return pd.DataFrame(rows), pd.DataFrame(curve_rows)
+
+
+def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "6ND"):
+    """(runs, curves) DataFrames from a CSV file or a directory of runs. A CSV's rows serve as both."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        return read_runs_dir(path, n_convention, c_convention)
+    if not path.is_file():
+        raise LawFitError(f"{path}: no such file or directory")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise LawFitError(f"{path}: not a readable CSV table ({str(e).splitlines()[0]})") from None
+    return df, df
+
+
+def _find(df, key: str, explicit: str | None, required: bool = True) -> str | None:
+    if explicit:
+        if explicit not in df.columns:
+            raise LawFitError(f"column {explicit!r} (given for {key}) is not in the table; columns: "
+                              f"{', '.join(map(str, df.columns))}")
+        return explicit
+    for name in ALIASES[key]:
+        if name in df.columns:
+            return name
+    if required:
+        raise LawFitError(f"no column for {key} (looked for {', '.join(ALIASES[key])}); name it with "
+                          f"--{key.lower().replace('_', '-')}-col")
+    return None
+
+
+def _column(df, key: str, cols: dict[str, str | None], required: bool = True) -> np.ndarray | None:
+    name = _find(df, key, cols.get(key), required)
+    return None if name is None else df[name].to_numpy()
+
+
+def _tokens(df, cols) -> np.ndarray:
+    D = _column(df, "D", cols, required=False)
+    if D is not None:
+        return D
+    N, C = _column(df, "N", cols), _column(df, "C", cols, required=False)
+    if C is None:
+        raise LawFitError("no column for D (tokens) and no C to derive it from (D = C / 6N)")
+    return laws._column("C", C) / (6 * laws._column("N", N))
+
+
+def _budgets(df, cols) -> np.ndarray:
+    """IsoFLOP budgets: a budget column, or C rounded to 2 significant figures."""
+    b = _column(df, "budget", cols, required=False)
+    if b is not None:
+        return b
+    C = laws._column("C", _column(df, "C", cols))
+    return np.array([float(f"{c:.2g}") for c in C])
+
+
+def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str | None] | None = None,
+              irreducible: bool = False, n_bootstrap: int = 1000, seed: int = 0, drop_highest: int = 0,
+              convention: dict[str, str] | None = None, b_star: float = 2e8, alpha_b: float = 0.21
+              ) -> tuple[FittedLaw, dict[str, Any]]:
+    """Fit `law` to DataFrames of final results (runs) and learning curves (curves; defaults to runs).
+
+    Returns the fitted law and the arrays its figures need.
+    """
+    if law not in LAWS:
+        raise LawFitError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
+    cols = dict(columns or {})
+    curves = runs if curves is None else curves
+    if drop_highest:
+        loss_name = _find(runs, "loss", cols.get("loss"))
+        if drop_highest >= len(runs):
+            raise LawFitError(f"--drop-highest: {drop_highest} would drop all {len(runs)} rows")
+        runs = runs.sort_values(loss_name, kind="stable").iloc[:-drop_highest]
+    conv = dict(convention or {})
+    common = {"n_bootstrap": n_bootstrap, "seed": seed, "convention": conv}
+    L = lambda df: _column(df, "loss", cols)
+    if law == "chinchilla":
+        N, D = _column(runs, "N", cols), _tokens(runs, cols)
+        return laws.fit_chinchilla(N, D, L(runs), **common), {"N": N, "D": D, "loss": L(runs)}
+    if law in ("kaplan-n", "kaplan-d", "kaplan-c"):
+        key = law[-1].upper()
+        X = _tokens(runs, cols) if key == "D" else _column(runs, key, cols)
+        fitted = laws.fit_power(X, L(runs), variable=key, irreducible=irreducible, **common)
+        return fitted, {"X": X, "loss": L(runs)}
+    if law == "kaplan-nd":
+        N, D = _column(runs, "N", cols), _tokens(runs, cols)
+        return laws.fit_kaplan_nd(N, D, L(runs), **common), {"N": N, "D": D, "loss": L(runs)}
+    if law == "kaplan-ns":
+        N, loss = _column(runs, "N", cols), L(runs)
+        S_min = _column(runs, "S_min", cols, required=False)
+        if S_min is None:  # S_min = S / (1 + B_crit(L) / B) with Kaplan's (or the given) B_crit(L)
+            S, B = _column(runs, "S", cols), _column(runs, "B", cols)
+            S_min = laws.s_min(S, B, b_star / laws._column("loss", loss) ** (1 / alpha_b))
+        return laws.fit_kaplan_ns(N, S_min, loss, **common), {"N": N, "S_min": S_min, "loss": loss}
+    if law == "isoflop":
+        N, budget = _column(runs, "N", cols), _budgets(runs, cols)
+        return laws.fit_isoflop(N, L(runs), budget, **common), {"N": N, "loss": L(runs), "budget": budget}
+    run = _column(curves, "run", cols)
+    C = _column(curves, "C", cols)
+    if law == "frontier":
+        return laws.fit_frontier(run, C, L(curves), **common), {"run": run, "C": C, "loss": L(curves)}
+    N = _column(curves, "N", cols)
+    return laws.fit_envelope(run, N, C, L(curves), **common), {"run": run, "N": N, "C": C, "loss": L(curves)}
+
+
+def figures(fitted: FittedLaw, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The figures that belong to a fit, by name."""
+    from jscale import plots
+
+    law = fitted.law
+    figs: dict[str, Any] = {}
+    if law in ("power", "power+E"):
+        figs["loss"] = plots.loss_vs_variable(fitted, arrays["X"], arrays["loss"], fitted.info.get("variable"))
+        figs["residuals"] = plots.residuals(fitted, arrays["X"], fitted.info.get("variable", "X"))
+    elif law in ("chinchilla", "kaplan-nd"):
+        figs["loss_nd"] = plots.loss_nd_curves(fitted, arrays["N"], arrays["D"], arrays["loss"])
+        figs["residuals"] = plots.residuals(fitted, arrays["N"], "N")
+        if law == "chinchilla":
+            figs["compute_optimal"] = plots.compute_optimal(fitted)
+    elif law == "isoflop":
+        figs["isoflop"] = plots.isoflop_profiles(fitted, arrays["N"], arrays["loss"], arrays["budget"])
+        figs["compute_optimal"] = plots.compute_optimal(fitted, (min(arrays["budget"]), 1e4 * max(arrays["budget"])))
+    elif law == "frontier":
+        figs["frontier"] = plots.compute_frontier(fitted, arrays["run"], arrays["C"], arrays["loss"])
+        figs["residuals"] = plots.residuals(fitted)
+    elif law == "envelope":
+        figs["compute_optimal"] = plots.compute_optimal(fitted, (min(arrays["C"]), 1e4 * max(arrays["C"])))
+    else:
+        figs["residuals"] = plots.residuals(fitted)
+    return figs
+
+
+def _run(args) -> None:
+    for flag, value in (("--bootstrap", args.bootstrap), ("--drop-highest", args.drop_highest)):
+        if value < 0:
+            raise LawFitError(f"{flag}: must be >= 0, got {value}")
+    runs, curves = read_table(args.input, args.n_convention, args.c_convention)
+    columns = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "loss": args.loss_col, "run": args.run_col,
+               "budget": args.budget_col}
+    convention = {"N": args.n_convention, "C": args.c_convention}
+    fitted, arrays = fit_table(runs, curves, args.law, columns, irreducible=args.irreducible,
+                               n_bootstrap=args.bootstrap, seed=args.seed, drop_highest=args.drop_highest,
+                               convention=convention)
+    print(fitted.table())
+    out = Path(args.out) if args.out else Path(f"fit-{args.law}.json")
+    fitted.save(out)
+    print(f"wrote {out}")
+    if args.plot:
+        prefix = Path(args.plot)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures(fitted, arrays).items():
+            path = prefix.parent / f"{prefix.name}-{name}.png"
+            fig.savefig(path, dpi=130)
+            print(f"wrote {path}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fit", help="fit a scaling law to a CSV table or a directory of runs")
+    p.add_argument("input", help="CSV file, or a directory of jscale runs")
+    p.add_argument("--law", required=True, choices=LAWS)
+    p.add_argument("--irreducible", action="store_true", help="kaplan-n/d/c: add an irreducible loss E")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--drop-highest", type=int, default=0, help="drop the K rows of highest loss first "
+                                                               "(Epoch's protocol drops 5)")
+    p.add_argument("--n-convention", choices=("all", "non_embedding"), default="all",
+                   help="what N counts (run directories; recorded with the fit)")
+    p.add_argument("--c-convention", choices=("6ND", "exact"), default="6ND")
+    for key in ("n", "d", "c", "loss", "run", "budget"):
+        p.add_argument(f"--{key}-col", help=f"name of the {key} column")
+    p.add_argument("--out", help="JSON file for the fit (default fit-LAW.json)")
+    p.add_argument("--plot", help="write figures as PREFIX-NAME.png")
+    p.set_defaults(func=_run)

@@ -1,0 +1,653 @@
+"""Scaling-law fitting: Kaplan's power laws, Chinchilla's parametric fit, IsoFLOP and envelope approaches, the
+compute frontier, critical batch size, and percentile-bootstrap intervals for every fitted and derived number.
+
+All fits run in float64 NumPy/SciPy. Every fit returns a `FittedLaw`: its parameters, 95% bootstrap intervals,
+residuals, the conventions it was fitted in (N: "non_embedding" or "all"; C: "6ND" or "exact"), `predict(...)` and a
+JSON round trip. Bad input raises `LawFitError` naming the column or value; a fit in which no start converges raises
+rather than returning a garbage optimum.
+
+Formulas (see Kaplan et al. 2020 eq. 1.1-1.6, Hoffmann et al. 2022 eq. 2-4, Besiroglu et al. 2024):
+- power:      L = (X_c / X)^alpha                      (X = N, D or C)
+- power+E:    L = E + (X_c / X)^alpha
+- kaplan-nd:  L = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D
+- kaplan-ns:  L = (N_c / N)^alpha_N + (S_c / S_min)^alpha_S
+- chinchilla: L = E + A / N^alpha + B / D^beta, fitted by Huber (delta 1e-3) on log L against
+              LSE(log A - alpha log N, log B - beta log D, log E), L-BFGS from a 4,500-point grid, best kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+from jscale.config import JscaleError
+
+PF_DAY = 8.64e19
+
+
+class LawFitError(JscaleError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks.
+
+
+def _column(name: str, values: Any, positive: bool = True) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LawFitError(f"{name}: row {i} is {x[i]} (NaN or inf); {int(bad.sum())} such rows")
+    if positive and (x <= 0).any():
+        i = int(np.flatnonzero(x <= 0)[0])
+        raise LawFitError(f"{name}: row {i} is {x[i]}; every value must be positive")
+    return x
+
+
+def _columns(n_params: int, **cols) -> dict[str, np.ndarray]:
+    out = {k: _column(k, v) for k, v in cols.items()}
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise LawFitError(f"mismatched lengths: {', '.join(f'{k} has {n}' for k, n in lengths.items())}")
+    n = next(iter(lengths.values()))
+    if n <= n_params:
+        raise LawFitError(f"{n} points cannot determine {n_params} parameters; need at least {n_params + 1}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fitted-law object.
+
+
+@dataclasses.dataclass
+class FittedLaw:
+    law: str  # power | power+E | kaplan-nd | kaplan-ns | chinchilla | isoflop | envelope | frontier | critical-batch
+    params: dict[str, float]
+    variables: tuple[str, ...]  # the inputs predict() takes, e.g. ("N", "D")
+    convention: dict[str, str] = dataclasses.field(default_factory=dict)  # {"N": "all", "C": "6ND"}
+    derived: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. Chinchilla's a, b, G
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # 95% percentile bootstrap
+    residuals: list[float] = dataclasses.field(default_factory=list)  # log L - log prediction, per point
+    objective: float = float("nan")
+    n_points: int = 0
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def predict(self, **inputs) -> np.ndarray:
+        missing = [v for v in self.variables if v not in inputs]
+        if missing:
+            raise LawFitError(f"predict: {self.law} needs {', '.join(self.variables)}; missing {', '.join(missing)}")
+        arrays = {k: np.asarray(inputs[k], np.float64) for k in self.variables}
+        return _FORMULAS[self.law](self.params, **arrays)
+
+    def compute_optimal(self, C) -> dict[str, np.ndarray]:
+        """N_opt(C) and D_opt(C) for C = 6 N D (Chinchilla, IsoFLOP and envelope fits)."""
+        C = np.asarray(C, np.float64)
+        if self.law == "chinchilla":
+            G, a, b = self.derived["G"], self.derived["a"], self.derived["b"]
+            return {"N": G * (C / 6) ** a, "D": (C / 6) ** b / G}
+        if self.law in ("isoflop", "envelope"):
+            N = self.params["k_N"] * C ** self.params["a"]
+            return {"N": N, "D": C / (6 * N)}
+        raise LawFitError(f"compute_optimal: {self.law} does not give N_opt(C)")
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["variables"] = list(self.variables)
+        d["intervals"] = {k: list(v) for k, v in self.intervals.items()}
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FittedLaw":
+        d = json.loads(text)
+        d["variables"] = tuple(d["variables"])
+        d["intervals"] = {k: tuple(v) for k, v in d["intervals"].items()}
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FittedLaw":
+        return cls.from_json(Path(path).read_text())
+
+    def table(self) -> str:
+        """Parameters and derived quantities with their intervals, one per line."""
+        rows = []
+        for name, value in {**self.params, **self.derived}.items():
+            lo_hi = self.intervals.get(name)
+            ci = f"  [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
+            rows.append(f"  {name:<12} {value:>12.5g}{ci}")
+        conv = ", ".join(f"{k}: {v}" for k, v in self.convention.items())
+        head = f"{self.law} fit on {self.n_points} points" + (f" ({conv})" if conv else "")
+        return "\n".join([head, f"  {'parameter':<12} {'value':>12}  95% bootstrap interval", *rows])
+
+
+def _power(p, X):
+    return (p["X_c"] / X) ** p["alpha"]
+
+
+def _power_e(p, X):
+    return p["E"] + (p["X_c"] / X) ** p["alpha"]
+
+
+def _kaplan_nd(p, N, D):
+    return ((p["N_c"] / N) ** (p["alpha_N"] / p["alpha_D"]) + p["D_c"] / D) ** p["alpha_D"]
+
+
+def _kaplan_ns(p, N, S_min):
+    return (p["N_c"] / N) ** p["alpha_N"] + (p["S_c"] / S_min) ** p["alpha_S"]
+
+
+def _chinchilla(p, N, D):
+    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+
+def _n_opt(p, C):
+    return p["k_N"] * C ** p["a"]
+
+
+def _b_crit(p, L):
+    return p["B_star"] / L ** (1 / p["alpha_B"])
+
+
+_FORMULAS: dict[str, Callable] = {
+    "power": _power, "power+E": _power_e, "frontier": _power, "kaplan-nd": _kaplan_nd, "kaplan-ns": _kaplan_ns,
+    "chinchilla": _chinchilla, "isoflop": _n_opt, "envelope": _n_opt, "critical-batch": _b_crit,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bootstrap.
+
+
+def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, n_resamples: int, seed: int,
+              level: float = 0.95) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """Percentile intervals: refit on n_resamples resamples (with replacement) of n_units units.
+
+    fit_once(indices) returns the quantities to interval; a resample whose fit fails is dropped and counted.
+    """
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    failed = 0
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n_units, n_units)
+        try:
+            out = fit_once(idx)
+        except (LawFitError, np.linalg.LinAlgError, FloatingPointError, ValueError):
+            failed += 1
+            continue
+        for k, v in out.items():
+            samples.setdefault(k, []).append(v)
+    if not samples:
+        raise LawFitError(f"bootstrap: all {n_resamples} resampled fits failed")
+    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    arrays = {k: np.asarray(v) for k, v in samples.items()}
+    intervals = {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in arrays.items()}
+    arrays["_failed"] = np.asarray([failed])
+    return intervals, arrays
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-variable power laws (Kaplan eq. 1.1-1.3), with or without an irreducible term.
+
+
+def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool) -> tuple[dict[str, float], float]:
+    logX, logL = np.log(X), np.log(L)
+    if not irreducible:
+        # log L = alpha log X_c - alpha log X: ordinary least squares, exact.
+        slope, intercept = np.polyfit(logX, logL, 1)
+        alpha = -slope
+        if alpha <= 0:
+            raise LawFitError(f"power law: loss does not fall with the variable (fitted slope {slope:.3g})")
+        return {"X_c": float(np.exp(intercept / alpha)), "alpha": float(alpha)}, float(
+            np.sum((logL - intercept - slope * logX) ** 2))
+
+    def residual(theta):
+        E, log_Xc, alpha = theta
+        return np.log(E + np.exp(alpha * (log_Xc - logX))) - logL
+
+    best = None
+    for alpha0, frac in itertools.product((0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 0.9)):
+        E0 = frac * L.min()
+        # Start X_c so the power term matches the mean loss above E0.
+        log_Xc0 = np.mean(logX + np.log(np.maximum(L - E0, 1e-12)) / alpha0)
+        try:
+            res = optimize.least_squares(residual, [E0, log_Xc0, alpha0],
+                                         bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]), method="trf")
+        except ValueError:
+            continue
+        if res.success and (best is None or res.cost < best.cost):
+            best = res
+    if best is None:
+        raise LawFitError("power law with irreducible term: no start converged")
+    E, log_Xc, alpha = best.x
+    return {"E": float(E), "X_c": float(np.exp(log_Xc)), "alpha": float(alpha)}, float(2 * best.cost)
+
+
+def fit_power(X, loss, variable: str = "N", irreducible: bool = False, n_bootstrap: int = 1000, seed: int = 0,
+              convention: dict[str, str] | None = None) -> FittedLaw:
+    """L = (X_c / X)^alpha, or E + (X_c / X)^alpha when irreducible; least squares on log L."""
+    cols = _columns(3 if irreducible else 2, **{variable: X, "loss": loss})
+    X, L = cols[variable], cols["loss"]
+    params, obj = _fit_power_arrays(X, L, irreducible)
+    law = "power+E" if irreducible else "power"
+    fitted = FittedLaw(law=law, params=params, variables=("X",), convention=dict(convention or {}),
+                       objective=obj, n_points=len(L), info={"variable": variable})
+    fitted.residuals = (np.log(L) - np.log(fitted.predict(X=X))).tolist()
+    if n_bootstrap:
+        fitted.intervals, _ = bootstrap(lambda i: _fit_power_arrays(X[i], L[i], irreducible)[0], len(L),
+                                        n_bootstrap, seed)
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kaplan's two-variable laws: L(N, D) (eq. 1.5) and L(N, S_min) (eq. 1.6), least squares on log L.
+
+
+def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndarray,
+                       transform: Callable[[np.ndarray], dict[str, float]], what: str):
+    """Least squares on log L from several starts; the best converged start whose predictions are all finite."""
+    def residual(theta):
+        with np.errstate(over="ignore", invalid="ignore"):
+            pred = formula(transform(theta))
+        r = np.log(pred) - logL
+        return np.where(np.isfinite(r), r, 1e3)
+
+    def finite(theta):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.all(np.isfinite(np.log(formula(transform(theta)))))
+
+    best = None
+    for x0 in starts:
+        res = optimize.least_squares(residual, x0, method="lm", max_nfev=2000)
+        if res.success and finite(res.x) and (best is None or res.cost < best.cost):
+            best = res
+    if best is None:
+        raise LawFitError(f"{what}: no start converged")
+    return transform(best.x), float(2 * best.cost)
+
+
+def _kaplan_nd_arrays(N, D, L):
+    starts = [(np.log(1e13), np.log(1e13), aN, aD) for aN in (0.05, 0.1, 0.3) for aD in (0.05, 0.1, 0.3)]
+    tr = lambda t: {"N_c": float(np.exp(t[0])), "D_c": float(np.exp(t[1])), "alpha_N": float(t[2]),
+                    "alpha_D": float(t[3])}
+    return _least_squares_log(lambda p: _kaplan_nd(p, N, D), starts, np.log(L), tr, "kaplan-nd")
+
+
+def fit_kaplan_nd(N, D, loss, n_bootstrap: int = 1000, seed: int = 0,
+                  convention: dict[str, str] | None = None) -> FittedLaw:
+    cols = _columns(4, N=N, D=D, loss=loss)
+    N, D, L = cols["N"], cols["D"], cols["loss"]
+    params, obj = _kaplan_nd_arrays(N, D, L)
+    fitted = FittedLaw("kaplan-nd", params, ("N", "D"), dict(convention or {}), objective=obj, n_points=len(L))
+    fitted.residuals = (np.log(L) - np.log(fitted.predict(N=N, D=D))).tolist()
+    # Kaplan's overfitting bound: L(N, D) / L(N, inf) - 1 < 2% needs D > 5e3 N^0.74 at his constants.
+    if n_bootstrap:
+        fitted.intervals, _ = bootstrap(lambda i: _kaplan_nd_arrays(N[i], D[i], L[i])[0], len(L), n_bootstrap, seed)
+    return fitted
+
+
+def s_min(S, B, B_crit):
+    """Kaplan eq. 5.4: the steps the same loss would take at a batch far above the critical one."""
+    return np.asarray(S, np.float64) / (1 + np.asarray(B_crit, np.float64) / np.asarray(B, np.float64))
+
+
+def c_min(C, B, B_crit):
+    """Kaplan eq. 5.5: the compute the same loss would take at a batch far below the critical one."""
+    return np.asarray(C, np.float64) / (1 + np.asarray(B, np.float64) / np.asarray(B_crit, np.float64))
+
+
+def _kaplan_ns_arrays(N, S, L):
+    starts = [(np.log(1e13), aN, np.log(2e3), aS) for aN in (0.05, 0.1, 0.3) for aS in (0.3, 0.8, 1.5)]
+    tr = lambda t: {"N_c": float(np.exp(t[0])), "alpha_N": float(t[1]), "S_c": float(np.exp(t[2])),
+                    "alpha_S": float(t[3])}
+    return _least_squares_log(lambda p: _kaplan_ns(p, N, S), starts, np.log(L), tr, "kaplan-ns")
+
+
+def fit_kaplan_ns(N, S_min, loss, n_bootstrap: int = 1000, seed: int = 0,
+                  convention: dict[str, str] | None = None) -> FittedLaw:
+    """L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S; pass S_min = s_min(S, B, B_crit(L))."""
+    cols = _columns(4, N=N, S_min=S_min, loss=loss)
+    N, S, L = cols["N"], cols["S_min"], cols["loss"]
+    params, obj = _kaplan_ns_arrays(N, S, L)
+    fitted = FittedLaw("kaplan-ns", params, ("N", "S_min"), dict(convention or {}), objective=obj, n_points=len(L))
+    fitted.residuals = (np.log(L) - np.log(fitted.predict(N=N, S_min=S))).tolist()
+    if n_bootstrap:
+        fitted.intervals, _ = bootstrap(lambda i: _kaplan_ns_arrays(N[i], S[i], L[i])[0], len(L), n_bootstrap, seed)
+    return fitted
+
+
+def _critical_batch_arrays(S, E, target, L_target):
+    """Per loss target, fit (S/S_min - 1)(E/E_min - 1) = 1, then B_crit = E_min / S_min = B_* / L^(1/alpha_B)."""
+    rows = []
+    for t in np.unique(target):
+        m = target == t
+        s, e = S[m], E[m]
+        if len(s) < 3:
+            raise LawFitError(f"critical batch: loss target {t:g} has {len(s)} batch sizes; need at least 3")
+
+        # E = E_min (1 + 1 / (S / S_min - 1)), needs S_min < min(S); solved in log space.
+        def residual(theta):
+            smin, emin = np.exp(theta)
+            ratio = np.maximum(s / smin - 1, 1e-12)
+            return np.log(emin * (1 + 1 / ratio)) - np.log(e)
+
+        x0 = [np.log(0.5 * s.min()), np.log(0.5 * e.min())]
+        res = optimize.least_squares(residual, x0, bounds=([-np.inf, -np.inf], [np.log(s.min()), np.inf]))
+        if not res.success:
+            raise LawFitError(f"critical batch: the S-E hyperbola did not converge at loss target {t:g}")
+        smin, emin = np.exp(res.x)
+        rows.append((float(L_target[m][0]), smin, emin, emin / smin))
+    Ls, smins, emins, bcrit = map(np.asarray, zip(*rows))
+    if len(Ls) < 2:
+        raise LawFitError("critical batch: need at least 2 loss targets to fit B_crit(L)")
+    slope, intercept = np.polyfit(np.log(Ls), np.log(bcrit), 1)  # log B_crit = log B_* - (1/alpha_B) log L
+    if slope >= 0:
+        raise LawFitError(f"critical batch: B_crit does not fall with loss (slope {slope:.3g})")
+    return {"B_star": float(np.exp(intercept)), "alpha_B": float(-1 / slope)}, rows
+
+
+def fit_critical_batch(steps, tokens_processed, loss_target, n_bootstrap: int = 1000, seed: int = 0) -> FittedLaw:
+    """From batch-size scans: for each loss target, the steps S and tokens E = B S each batch size needed."""
+    cols = _columns(2, S=steps, E=tokens_processed, loss_target=loss_target)
+    S, E, target = cols["S"], cols["E"], cols["loss_target"]
+    params, rows = _critical_batch_arrays(S, E, target, target)
+    fitted = FittedLaw("critical-batch", params, ("L",), n_points=len(S),
+                       info={"per_target": [dict(zip(("loss", "S_min", "E_min", "B_crit"), r)) for r in rows]})
+    Ls, bcrit = np.array([r[0] for r in rows]), np.array([r[3] for r in rows])
+    fitted.residuals = (np.log(bcrit) - np.log(fitted.predict(L=Ls))).tolist()
+    if n_bootstrap:
+        fitted.intervals, _ = bootstrap(lambda i: _critical_batch_arrays(S[i], E[i], target[i], target[i])[0],
+                                        len(S), n_bootstrap, seed)
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chinchilla's parametric fit (Approach 3).
+
+CHINCHILLA_GRID = {  # Hoffmann et al.'s initialisation grid: 5 x 5 x 5 x 6 x 6 = 4,500 starts
+    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0), "beta": (0.0, 0.5, 1.0, 1.5, 2.0), "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0), "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+}
+_THETA = ("a", "b", "e", "alpha", "beta")  # the optimisation variables: log A, log B, log E, alpha, beta
+
+
+def chinchilla_grid() -> np.ndarray:
+    g = CHINCHILLA_GRID
+    return np.array([[a, b, e, al, be] for al, be, e, a, b in itertools.product(
+        g["alpha"], g["beta"], g["e"], g["a"], g["b"])])
+
+
+def huber(r: np.ndarray, delta: float) -> np.ndarray:
+    return special.huber(delta, r)
+
+
+def chinchilla_objective(theta_Sx5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
+                         delta: float = 1e-3, weights: np.ndarray | None = None) -> np.ndarray:
+    """The summed Huber loss for many parameter vectors at once: theta (S, 5) -> (S,)."""
+    a, b, e, alpha, beta = (theta_Sx5[:, i:i + 1] for i in range(5))
+    terms = np.stack(np.broadcast_arrays(a - alpha * logN, b - beta * logD, e + 0 * logN))
+    r = logL - special.logsumexp(terms, axis=0)
+    h = huber(r, delta)
+    return (h if weights is None else h * weights).sum(axis=1)
+
+
+def _objective_and_grad(theta_Bx5, logN, logD, logL, delta, weights_Bxn):
+    """Huber objective and its exact gradient for B parameter vectors, each with its own point weights (B, n).
+
+    Written out by hand (no scipy.special.logsumexp/huber): this is the inner loop of every polish and bootstrap
+    refit."""
+    a, b, e, alpha, beta = (theta_Bx5[:, i:i + 1] for i in range(5))
+    t0, t1 = a - alpha * logN, b - beta * logD
+    m = np.maximum(np.maximum(t0, t1), e)
+    x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
+    total = x0 + x1 + x2
+    r = logL - m - np.log(total)
+    abs_r = np.abs(r)
+    inside = abs_r <= delta
+    h = np.where(inside, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
+    dh = -np.where(inside, r, delta * np.sign(r)) * weights_Bxn / total  # d huber / d LSE, over the softmax's sum
+    grad = np.stack([(dh * x0).sum(1), (dh * x1).sum(1), (dh * x2).sum(1),
+                     -(dh * x0 * logN).sum(1), -(dh * x1 * logD).sum(1)], axis=1)
+    return (h * weights_Bxn).sum(1), grad
+
+
+def _minimize_batch(starts_Bx5, logN, logD, logL, delta, weights_Bxn):
+    """Run L-BFGS from every start at once (each row with its own point weights)."""
+    from jscale import lbfgs
+
+    fg = lambda x, rows: _objective_and_grad(x, logN, logD, logL, delta, weights_Bxn[rows])
+    return lbfgs.minimize(fg, starts_Bx5)
+
+
+def _chinchilla_params(theta) -> dict[str, float]:
+    a, b, e, alpha, beta = map(float, theta)
+    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+
+
+def chinchilla_derived(p: dict[str, float]) -> dict[str, float]:
+    """Compute-optimal allocation with C = 6ND: N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b."""
+    s = p["alpha"] + p["beta"]
+    return {"a": p["beta"] / s, "b": p["alpha"] / s,
+            "G": (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / s)}
+
+
+def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_starts: bool = False,
+                   n_bootstrap: int = 1000, seed: int = 0, convention: dict[str, str] | None = None) -> FittedLaw:
+    """Hoffmann et al.'s fit: rank the 4,500 grid starts by objective in one vectorised pass, run L-BFGS (exact
+    gradients, all at once) from the n_polish best, keep the best optimum. all_starts=True runs L-BFGS from every
+    start, the published procedure; the tests and benchmark check both reach the same optimum."""
+    cols = _columns(5, N=N, D=D, loss=loss)
+    logN, logD, logL = np.log(cols["N"]), np.log(cols["D"]), np.log(cols["loss"])
+    starts = chinchilla_grid()
+    if not all_starts:
+        grid_values = chinchilla_objective(starts, logN, logD, logL, delta)
+        starts = starts[np.argsort(grid_values, kind="stable")[:n_polish]]
+    x, f, converged = _minimize_batch(starts, logN, logD, logL, delta, np.ones((len(starts), len(logL))))
+    if not converged.any():
+        raise LawFitError(f"chinchilla: none of the {len(starts)} starts converged")
+    best = int(np.argmin(np.where(converged, f, np.inf)))
+    params = _chinchilla_params(x[best])
+    fitted = FittedLaw("chinchilla", params, ("N", "D"), dict(convention or {"N": "all", "C": "6ND"}),
+                       derived=chinchilla_derived(params), objective=float(f[best]), n_points=len(logL),
+                       info={"delta": delta, "starts_polished": len(starts), "starts_converged": int(converged.sum())})
+    fitted.residuals = (logL - np.log(fitted.predict(N=cols["N"], D=cols["D"]))).tolist()
+    if n_bootstrap:
+        fitted.intervals = _chinchilla_bootstrap(logN, logD, logL, delta, x[best], n_bootstrap, seed)
+    return fitted
+
+
+def _chinchilla_bootstrap(logN, logD, logL, delta, theta_hat, n_resamples, seed, level: float = 0.95):
+    """Percentile intervals from resamples of the points (as multinomial weights), all refitted at once, each
+    warm-started at the full-data optimum."""
+    n = len(logL)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (n_resamples, n))
+    weights = np.zeros((n_resamples, n))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], idx), 1.0)
+    x, f, converged = _minimize_batch(np.tile(theta_hat, (n_resamples, 1)), logN, logD, logL, delta, weights)
+    x = x[converged]
+    if len(x) == 0:
+        raise LawFitError("chinchilla bootstrap: no resample converged")
+    p = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
+    samples = {**p, **chinchilla_derived(p)}
+    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    return {k: tuple(float(v) for v in np.percentile(s, q)) for k, s in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Approach 2 (IsoFLOP profiles) and Approach 1 (envelope of learning curves).
+
+
+def isoflop_minima(N, loss, budget) -> list[dict[str, float]]:
+    """For each compute budget, the parabola of loss against log N and its minimum N*."""
+    cols = _columns(0, N=N, loss=loss, budget=budget)
+    out = []
+    for C in np.unique(cols["budget"]):
+        m = cols["budget"] == C
+        logN, L = np.log(cols["N"][m]), cols["loss"][m]
+        if len(np.unique(logN)) < 3:
+            raise LawFitError(f"isoflop: budget C = {C:.3g} has {len(np.unique(logN))} distinct model sizes; "
+                              f"a parabola needs at least 3")
+        c2, c1, c0 = np.polyfit(logN, L, 2)
+        if c2 <= 0:
+            raise LawFitError(f"isoflop: budget C = {C:.3g}: loss against log N is not convex (no minimum)")
+        log_n_star = -c1 / (2 * c2)
+        out.append({"C": float(C), "N_opt": float(np.exp(log_n_star)), "loss_min": float(np.polyval(
+            [c2, c1, c0], log_n_star)), "curvature": float(c2), "c1": float(c1), "c0": float(c0)})
+    return out
+
+
+def _allocation_law(C, N_opt) -> dict[str, float]:
+    """N_opt = k_N C^a and D_opt = C / (6 N_opt) = k_D C^b, by least squares in log space."""
+    if len(C) < 2:
+        raise LawFitError(f"need at least 2 compute budgets to fit N_opt(C), got {len(C)}")
+    a, log_k = np.polyfit(np.log(C), np.log(N_opt), 1)
+    return {"a": float(a), "k_N": float(np.exp(log_k)), "b": float(1 - a), "k_D": float(np.exp(-log_k) / 6)}
+
+
+def fit_isoflop(N, loss, budget, n_bootstrap: int = 1000, seed: int = 0,
+                convention: dict[str, str] | None = None) -> FittedLaw:
+    """Chinchilla's Approach 2. Bootstrap resamples runs within each budget."""
+    cols = _columns(0, N=N, loss=loss, budget=budget)
+    minima = isoflop_minima(cols["N"], cols["loss"], cols["budget"])
+    C, n_opt = np.array([m["C"] for m in minima]), np.array([m["N_opt"] for m in minima])
+    params = _allocation_law(C, n_opt)
+    fitted = FittedLaw("isoflop", params, ("C",), dict(convention or {"N": "all", "C": "6ND"}),
+                       n_points=len(cols["N"]), info={"minima": minima})
+    fitted.residuals = (np.log(n_opt) - np.log(fitted.predict(C=C))).tolist()
+    if n_bootstrap:
+        groups = [np.flatnonzero(cols["budget"] == c) for c in np.unique(cols["budget"])]
+        rng = np.random.default_rng(seed)
+
+        def fit_once(_):
+            idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+            m = isoflop_minima(cols["N"][idx], cols["loss"][idx], cols["budget"][idx])
+            return _allocation_law(np.array([x["C"] for x in m]), np.array([x["N_opt"] for x in m]))
+
+        fitted.intervals, _ = bootstrap(fit_once, len(cols["N"]), n_bootstrap, seed)
+    return fitted
+
+
+def lower_envelope(C, loss) -> np.ndarray:
+    """Indices of the points on the lower envelope of loss against compute (each lower than all cheaper ones)."""
+    order = np.argsort(C, kind="stable")
+    keep, best = [], np.inf
+    for i in order:
+        if loss[i] < best:
+            keep.append(i)
+            best = loss[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _curves(run, C, loss, N=None):
+    cols = _columns(0, C=C, loss=loss, **({} if N is None else {"N": N}))
+    run = np.asarray(run).reshape(-1)
+    if len(run) != len(cols["C"]):
+        raise LawFitError(f"mismatched lengths: run has {len(run)}, C has {len(cols['C'])}")
+    return run, cols
+
+
+def _frontier_arrays(C, L):
+    keep = lower_envelope(C, L)
+    if len(keep) < 3:
+        raise LawFitError(f"frontier: only {len(keep)} points on the compute frontier; need at least 3")
+    return _fit_power_arrays(C[keep], L[keep], False)[0], keep
+
+
+def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
+                 convention: dict[str, str] | None = None) -> FittedLaw:
+    """L(C_min) = (C_c / C)^alpha_C on the lower envelope of all runs' learning curves (C in FLOPs; C_c is also
+    reported in PF-days as Kaplan does). Bootstrap resamples whole runs."""
+    run, cols = _curves(run, C, loss)
+    C, L = cols["C"], cols["loss"]
+    params, keep = _frontier_arrays(C, L)
+    fitted = FittedLaw("frontier", params, ("X",), dict(convention or {"C": "6ND"}), n_points=len(C),
+                       derived={"C_c_pf_days": params["X_c"] / PF_DAY},
+                       info={"envelope_C": C[keep].tolist(), "envelope_loss": L[keep].tolist()})
+    fitted.residuals = (np.log(L[keep]) - np.log(fitted.predict(X=C[keep]))).tolist()
+    if n_bootstrap:
+        runs = np.unique(run)
+        members = [np.flatnonzero(run == r) for r in runs]
+
+        def fit_once(idx):
+            rows = np.concatenate([members[i] for i in idx])
+            p, _ = _frontier_arrays(C[rows], L[rows])
+            return {**p, "C_c_pf_days": p["X_c"] / PF_DAY}
+
+        fitted.intervals, _ = bootstrap(fit_once, len(runs), n_bootstrap, seed)
+    return fitted
+
+
+def _envelope_arrays(run, N, C, L, n_budgets):
+    """At log-spaced budgets, the run with the lowest loss (its curve interpolated in log C) gives N_opt."""
+    runs = np.unique(run)
+    lo = max(C[run == r].min() for r in runs)
+    hi = min(C[run == r].max() for r in runs)
+    if not hi > lo:
+        raise LawFitError("envelope: the runs' compute ranges do not overlap")
+    budgets = np.geomspace(lo, hi, n_budgets)
+    best_loss = np.full(n_budgets, np.inf)
+    best_n = np.zeros(n_budgets)
+    for r in runs:
+        m = run == r
+        order = np.argsort(C[m])
+        curve = np.interp(np.log(budgets), np.log(C[m][order]), L[m][order])
+        better = curve < best_loss
+        best_loss[better], best_n[better] = curve[better], N[m][0]
+    if len(np.unique(best_n)) < 2:
+        raise LawFitError("envelope: one model size is best at every budget; add sizes or longer runs")
+    return _allocation_law(budgets, best_n), budgets, best_n
+
+
+def fit_envelope(run, N, C, loss, n_budgets: int = 25, n_bootstrap: int = 1000, seed: int = 0,
+                 convention: dict[str, str] | None = None) -> FittedLaw:
+    """Chinchilla's Approach 1 from learning curves (one row per eval: run id, N, C so far, loss)."""
+    run, cols = _curves(run, C, loss, N)
+    N, C, L = cols["N"], cols["C"], cols["loss"]
+    params, budgets, best_n = _envelope_arrays(run, N, C, L, n_budgets)
+    fitted = FittedLaw("envelope", params, ("C",), dict(convention or {"N": "all", "C": "6ND"}), n_points=len(C),
+                       info={"budgets": budgets.tolist(), "N_opt": best_n.tolist()})
+    fitted.residuals = (np.log(best_n) - np.log(fitted.predict(C=budgets))).tolist()
+    if n_bootstrap:
+        runs = np.unique(run)
+        members = [np.flatnonzero(run == r) for r in runs]
+
+        def fit_once(idx):
+            rows = np.concatenate([members[i] for i in idx])
+            # Resampled runs keep distinct ids so their curves stay separate.
+            ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
+            return _envelope_arrays(ids, N[rows], C[rows], L[rows], n_budgets)[0]
+
+        fitted.intervals, _ = bootstrap(fit_once, len(runs), n_bootstrap, seed)
+    return fitted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extrapolation check.
+
+
+def extrapolation_check(fit: Callable[[np.ndarray], FittedLaw], C: np.ndarray, inputs: dict[str, np.ndarray],
+                        loss: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Fit on the runs with C < threshold (fit receives their row mask), predict the rest; report the errors.
+
+    Returns the law, the relative errors of the held-out predictions and their mean absolute value.
+    """
+    C, loss = _column("C", C), _column("loss", loss)
+    below = C < threshold
+    if below.all() or not below.any():
+        raise LawFitError(f"extrapolation: threshold {threshold:.3g} leaves no runs on one side "
+                          f"(C spans {C.min():.3g} to {C.max():.3g})")
+    law = fit(below)
+    pred = law.predict(**{k: np.asarray(v)[~below] for k, v in inputs.items()})
+    rel = pred / loss[~below] - 1
+    return {"law": law, "relative_error": rel.tolist(), "mean_abs_relative_error": float(np.mean(np.abs(rel))),
+            "n_fit": int(below.sum()), "n_held_out": int((~below).sum())}
