@@ -45,10 +45,10 @@ def _column(name: str, values: Any, positive: bool = True) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise LawFitError(f"{name}: row {i} is {x[i]} (NaN or inf); {int(bad.sum())} such rows")
+        raise LawFitError(f"{name}: row {i} is {x[i]:g} (NaN or inf); {int(bad.sum())} such rows")
     if positive and (x <= 0).any():
         i = int(np.flatnonzero(x <= 0)[0])
-        raise LawFitError(f"{name}: row {i} is {x[i]}; every value must be positive")
+        raise LawFitError(f"{name}: row {i} is {x[i]:g}; every value must be positive")
     return x
 
 
@@ -199,7 +199,9 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
 # Single-variable power laws (Kaplan eq. 1.1-1.3), with or without an irreducible term.
 
 
-def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool) -> tuple[dict[str, float], float]:
+def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool, start: dict[str, float] | None = None
+                      ) -> tuple[dict[str, float], float]:
+    """start (irreducible only): one warm start instead of the grid, for bootstrap refits."""
     logX, logL = np.log(X), np.log(L)
     if not irreducible:
         # log L = alpha log X_c - alpha log X: ordinary least squares, exact.
@@ -214,14 +216,19 @@ def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool) -> tuple[
         E, log_Xc, alpha = theta
         return np.log(E + np.exp(alpha * (log_Xc - logX))) - logL
 
+    if start is None:
+        starts = []
+        for alpha0, frac in itertools.product((0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 0.9)):
+            E0 = frac * L.min()
+            # Start X_c so the power term matches the mean loss above E0.
+            starts.append([E0, np.mean(logX + np.log(np.maximum(L - E0, 1e-12)) / alpha0), alpha0])
+    else:
+        starts = [[min(start["E"], 0.999 * L.min()), np.log(start["X_c"]), start["alpha"]]]
     best = None
-    for alpha0, frac in itertools.product((0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 0.9)):
-        E0 = frac * L.min()
-        # Start X_c so the power term matches the mean loss above E0.
-        log_Xc0 = np.mean(logX + np.log(np.maximum(L - E0, 1e-12)) / alpha0)
+    for x0 in starts:
         try:
-            res = optimize.least_squares(residual, [E0, log_Xc0, alpha0],
-                                         bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]), method="trf")
+            res = optimize.least_squares(residual, x0, bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]),
+                                         method="trf")
         except ValueError:
             continue
         if res.success and (best is None or res.cost < best.cost):
@@ -243,7 +250,8 @@ def fit_power(X, loss, variable: str = "N", irreducible: bool = False, n_bootstr
                        objective=obj, n_points=len(L), info={"variable": variable})
     fitted.residuals = (np.log(L) - np.log(fitted.predict(X=X))).tolist()
     if n_bootstrap:
-        fitted.intervals, _ = bootstrap(lambda i: _fit_power_arrays(X[i], L[i], irreducible)[0], len(L),
+        start = params if irreducible else None
+        fitted.intervals, _ = bootstrap(lambda i: _fit_power_arrays(X[i], L[i], irreducible, start)[0], len(L),
                                         n_bootstrap, seed)
     return fitted
 
@@ -256,13 +264,12 @@ def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndar
                        transform: Callable[[np.ndarray], dict[str, float]], what: str):
     """Least squares on log L from several starts; the best converged start whose predictions are all finite."""
     def residual(theta):
-        with np.errstate(over="ignore", invalid="ignore"):
-            pred = formula(transform(theta))
-        r = np.log(pred) - logL
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            r = np.log(formula(transform(theta))) - logL
         return np.where(np.isfinite(r), r, 1e3)
 
     def finite(theta):
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return np.all(np.isfinite(np.log(formula(transform(theta)))))
 
     best = None
@@ -588,24 +595,27 @@ def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
 
 
 def _envelope_arrays(run, N, C, L, n_budgets):
-    """At log-spaced budgets, the run with the lowest loss (its curve interpolated in log C) gives N_opt."""
+    """At log-spaced budgets, among the runs whose curves reach that compute (interpolated in log C), the one with
+    the lowest loss gives N_opt(C). Budgets reached by fewer than two runs are skipped."""
     runs = np.unique(run)
-    lo = max(C[run == r].min() for r in runs)
-    hi = min(C[run == r].max() for r in runs)
-    if not hi > lo:
-        raise LawFitError("envelope: the runs' compute ranges do not overlap")
-    budgets = np.geomspace(lo, hi, n_budgets)
+    budgets = np.geomspace(C.min(), C.max(), n_budgets)
     best_loss = np.full(n_budgets, np.inf)
     best_n = np.zeros(n_budgets)
+    n_candidates = np.zeros(n_budgets, dtype=np.int64)
     for r in runs:
         m = run == r
         order = np.argsort(C[m])
-        curve = np.interp(np.log(budgets), np.log(C[m][order]), L[m][order])
-        better = curve < best_loss
+        c_r, l_r = C[m][order], L[m][order]
+        covers = (budgets >= c_r[0]) & (budgets <= c_r[-1])
+        curve = np.interp(np.log(budgets), np.log(c_r), l_r)
+        better = covers & (curve < best_loss)
         best_loss[better], best_n[better] = curve[better], N[m][0]
-    if len(np.unique(best_n)) < 2:
-        raise LawFitError("envelope: one model size is best at every budget; add sizes or longer runs")
-    return _allocation_law(budgets, best_n), budgets, best_n
+        n_candidates += covers
+    keep = n_candidates >= 2
+    if keep.sum() < 2 or len(np.unique(best_n[keep])) < 2:
+        raise LawFitError("envelope: fewer than two model sizes are ever compute-optimal where runs overlap; "
+                          "add sizes or longer runs")
+    return _allocation_law(budgets[keep], best_n[keep]), budgets[keep], best_n[keep]
 
 
 def fit_envelope(run, N, C, loss, n_budgets: int = 25, n_bootstrap: int = 1000, seed: int = 0,

@@ -1,0 +1,301 @@
+"""Law fitting: published numbers, recovery of known laws from noisy synthetic data, and refusal of bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jscale import laws, lbfgs, reference_data
+from jscale.laws import LawFitError
+
+RNG = np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def chinchilla_data():
+    df = reference_data.chinchilla_runs(drop_highest=5)
+    assert len(df) == 240
+    return df
+
+
+@pytest.fixture(scope="module")
+def chinchilla_fit(chinchilla_data):
+    df = chinchilla_data
+    return laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=1000, seed=0)
+
+
+def test_chinchilla_recovers_epochs_published_fit(chinchilla_fit):
+    """Besiroglu et al. 2024: A = 477.8, B = 2143.9, E = 1.8172, alpha = 0.3473, beta = 0.3672, objective 1.0183e-3."""
+    p = chinchilla_fit.params
+    published = {"A": 477.8, "B": 2143.9, "E": 1.8172, "alpha": 0.3473, "beta": 0.3672}
+    for k, v in published.items():
+        assert float(f"{p[k]:.3g}") == float(f"{v:.3g}"), (k, p[k], v)
+    assert chinchilla_fit.objective == pytest.approx(1.0183e-3, rel=1e-4)
+    # Compute-optimal exponent a = beta / (alpha + beta): Epoch reports 0.513.
+    assert chinchilla_fit.derived["a"] == pytest.approx(0.513, abs=0.002)
+    assert chinchilla_fit.convention == {"N": "all", "C": "6ND"}
+
+
+def test_chinchilla_bootstrap_intervals_near_published(chinchilla_fit):
+    """Epoch's 95% intervals (4,000 resamples): alpha 0.317-0.373, beta 0.331-0.415, E 1.769-1.871,
+    A 285-744, B 1042-5810. Ours use 1,000 resamples, so allow Monte-Carlo slack on each endpoint."""
+    published = {"alpha": (0.317, 0.373), "beta": (0.331, 0.415), "E": (1.769, 1.871), "A": (285, 744),
+                 "B": (1042, 5810)}
+    for k, (lo, hi) in published.items():
+        got_lo, got_hi = chinchilla_fit.intervals[k]
+        assert got_lo == pytest.approx(lo, rel=0.12), (k, got_lo, lo)
+        assert got_hi == pytest.approx(hi, rel=0.12), (k, got_hi, hi)
+        assert got_lo < chinchilla_fit.params[k] < got_hi
+
+
+def test_bootstrap_is_reproducible_from_seed(chinchilla_data):
+    df = chinchilla_data
+    a = laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=50, seed=7)
+    b = laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=50, seed=7)
+    c = laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=50, seed=8)
+    assert a.intervals == b.intervals
+    assert a.intervals != c.intervals
+
+
+def test_fast_fit_reaches_the_all_starts_optimum(chinchilla_data, chinchilla_fit):
+    """Polishing the best 64 grid starts reaches the optimum of L-BFGS from all 4,500 (the published procedure)."""
+    df = chinchilla_data
+    full = laws.fit_chinchilla(df.N, df.D, df.loss, all_starts=True, n_bootstrap=0)
+    assert full.info["starts_polished"] == 4500
+    assert chinchilla_fit.objective == pytest.approx(full.objective, rel=1e-9)
+    for k in ("A", "B", "E", "alpha", "beta"):
+        assert chinchilla_fit.params[k] == pytest.approx(full.params[k], rel=1e-4)
+
+
+def test_batched_lbfgs_matches_scipy_on_a_quadratic_and_rosenbrock():
+    from scipy import optimize
+
+    def rosen(x, rows):
+        f = (1 - x[:, 0]) ** 2 + 100 * (x[:, 1] - x[:, 0] ** 2) ** 2
+        g = np.stack([-2 * (1 - x[:, 0]) - 400 * x[:, 0] * (x[:, 1] - x[:, 0] ** 2), 200 * (x[:, 1] - x[:, 0] ** 2)],
+                     axis=1)
+        return f, g
+
+    starts = RNG.normal(0, 2, (20, 2))
+    x, f, ok = lbfgs.minimize(rosen, starts)
+    assert ok.all()
+    np.testing.assert_allclose(x, 1.0, atol=1e-5)
+    ref = optimize.minimize(optimize.rosen, starts[0], jac=optimize.rosen_der, method="L-BFGS-B")
+    np.testing.assert_allclose(x[0], ref.x, atol=1e-4)
+
+
+def _chinchilla_synthetic(n=200, noise=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.33, "beta": 0.30}
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+    D = np.exp(rng.uniform(np.log(1e9), np.log(1e12), n))
+    L = laws._chinchilla(true, N, D) * np.exp(rng.normal(0, noise, n))
+    return true, N, D, L
+
+
+def test_chinchilla_recovers_a_known_law_within_its_intervals():
+    true, N, D, L = _chinchilla_synthetic()
+    fit = laws.fit_chinchilla(N, D, L, n_bootstrap=300, seed=1)
+    for k in ("E", "alpha", "beta"):
+        lo, hi = fit.intervals[k]
+        assert lo <= true[k] <= hi, (k, true[k], fit.intervals[k])
+    assert fit.params["E"] == pytest.approx(true["E"], rel=0.05)
+    assert fit.derived["a"] == pytest.approx(true["beta"] / (true["alpha"] + true["beta"]), abs=0.05)
+    # Residuals are log-space and as large as the noise.
+    assert np.std(fit.residuals) == pytest.approx(0.01, rel=0.3)
+
+
+@pytest.mark.parametrize("irreducible", [False, True])
+def test_power_law_recovery(irreducible):
+    N = np.geomspace(1e5, 1e9, 40)
+    true = {"X_c": 8.8e13, "alpha": 0.076, **({"E": 1.5} if irreducible else {})}
+    L = (laws._power_e if irreducible else laws._power)(true, N) * np.exp(RNG.normal(0, 0.003, len(N)))
+    fit = laws.fit_power(N, L, variable="N", irreducible=irreducible, n_bootstrap=200, seed=0)
+    assert fit.law == ("power+E" if irreducible else "power")
+    assert fit.params["alpha"] == pytest.approx(true["alpha"], rel=0.1 if not irreducible else 0.3)
+    lo, hi = fit.intervals["alpha"]
+    assert lo <= true["alpha"] <= hi
+    if irreducible:
+        assert fit.params["E"] == pytest.approx(1.5, abs=0.1)
+    np.testing.assert_allclose(fit.predict(X=N), L, rtol=0.02)
+
+
+def test_power_law_without_noise_is_exact():
+    N = np.geomspace(1e5, 1e9, 10)
+    fit = laws.fit_power(N, (8.8e13 / N) ** 0.076, n_bootstrap=0)
+    assert fit.params["alpha"] == pytest.approx(0.076, rel=1e-10)
+    assert fit.params["X_c"] == pytest.approx(8.8e13, rel=1e-8)
+
+
+def test_kaplan_nd_recovery():
+    true = {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}
+    N, D = np.meshgrid(np.geomspace(1e6, 1e9, 7), np.geomspace(1e7, 1e10, 7))
+    N, D = N.ravel(), D.ravel()
+    L = laws._kaplan_nd(true, N, D) * np.exp(RNG.normal(0, 0.002, len(N)))
+    fit = laws.fit_kaplan_nd(N, D, L, n_bootstrap=100, seed=0)
+    assert fit.params["alpha_N"] == pytest.approx(0.076, rel=0.1)
+    assert fit.params["alpha_D"] == pytest.approx(0.103, rel=0.1)
+    np.testing.assert_allclose(fit.predict(N=N, D=D), L, rtol=0.01)
+
+
+def test_kaplan_ns_recovery_and_smin():
+    true = {"N_c": 6.5e13, "alpha_N": 0.077, "S_c": 2.1e3, "alpha_S": 0.76}
+    N, S = np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e3, 1e5, 6))
+    N, S = N.ravel(), S.ravel()
+    L = laws._kaplan_ns(true, N, S) * np.exp(RNG.normal(0, 0.002, len(N)))
+    fit = laws.fit_kaplan_ns(N, S, L, n_bootstrap=0)
+    assert fit.params["alpha_N"] == pytest.approx(0.077, rel=0.1)
+    assert fit.params["alpha_S"] == pytest.approx(0.76, rel=0.1)
+    # Kaplan eq. 5.4 / 5.5 at B = B_crit: half the steps, half the compute.
+    assert laws.s_min(1000, 4e5, 4e5) == pytest.approx(500)
+    assert laws.c_min(1e18, 4e5, 4e5) == pytest.approx(5e17)
+
+
+def test_critical_batch_recovery():
+    """Batch scans built from (S/S_min - 1)(E/E_min - 1) = 1 with B_crit(L) = B_* / L^(1/alpha_B)."""
+    B_star, alpha_B = 2e8, 0.21
+    steps, tokens, targets = [], [], []
+    for L in (3.0, 3.5, 4.0, 4.5, 5.0):
+        b_crit = B_star / L ** (1 / alpha_B)
+        s_min = 1e4 / L ** 2
+        for B in np.geomspace(b_crit / 8, b_crit * 8, 7):
+            S = s_min * (1 + b_crit / B) * np.exp(RNG.normal(0, 0.01))
+            steps.append(S), tokens.append(B * S), targets.append(L)
+    fit = laws.fit_critical_batch(steps, tokens, targets, n_bootstrap=50)
+    assert fit.params["alpha_B"] == pytest.approx(alpha_B, rel=0.05)
+    assert fit.params["B_star"] == pytest.approx(B_star, rel=0.3)
+
+
+def test_isoflop_recovers_the_compute_optimal_exponent():
+    true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    a_true = true["beta"] / (true["alpha"] + true["beta"])
+    Ns, Ls, budgets = [], [], []
+    for C in np.geomspace(1e18, 1e21, 5):
+        n_opt = laws.chinchilla_derived(true)["G"] * (C / 6) ** a_true
+        for N in n_opt * np.geomspace(0.25, 4, 9):
+            Ns.append(N), budgets.append(C)
+            Ls.append(laws._chinchilla(true, N, C / (6 * N)) * np.exp(RNG.normal(0, 0.001)))
+    fit = laws.fit_isoflop(Ns, Ls, budgets, n_bootstrap=200, seed=0)
+    assert fit.params["a"] == pytest.approx(a_true, abs=0.03)
+    assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0)
+    lo, hi = fit.intervals["a"]
+    assert lo < fit.params["a"] < hi
+    opt = fit.compute_optimal(1e20)
+    assert opt["N"] * opt["D"] * 6 == pytest.approx(1e20)
+
+
+def _learning_curves(true, sizes, n_points=30):
+    run, N, C, L = [], [], [], []
+    for i, n in enumerate(sizes):
+        D = np.geomspace(1e8, 1e12, n_points)
+        run += [i] * n_points
+        N += [n] * n_points
+        C += list(6 * n * D)
+        L += list(laws._chinchilla(true, n, D))
+    return np.array(run), np.array(N), np.array(C), np.array(L)
+
+
+def test_envelope_and_frontier_from_learning_curves():
+    true = {"E": 0.0, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    run, N, C, L = _learning_curves(true, np.geomspace(1e6, 1e10, 25))
+    env = laws.fit_envelope(run, N, C, L, n_bootstrap=20, seed=0)
+    assert env.params["a"] == pytest.approx(true["beta"] / (true["alpha"] + true["beta"]), abs=0.06)
+    # With E = 0 the frontier is itself a power law: L_opt(C) ~ C^(-alpha beta / (alpha + beta)).
+    front = laws.fit_frontier(run, C, L, n_bootstrap=20, seed=0)
+    assert front.params["alpha"] == pytest.approx(0.34 * 0.28 / 0.62, rel=0.05)
+    idx = laws.lower_envelope(C, L)
+    assert np.all(np.diff(L[idx]) < 0) and np.all(np.diff(C[idx]) >= 0)
+    assert front.derived["C_c_pf_days"] == pytest.approx(front.params["X_c"] / 8.64e19)
+
+
+def test_extrapolation_check_reports_held_out_error():
+    true, N, D, L = _chinchilla_synthetic(n=150, noise=0.005, seed=3)
+    C = 6 * N * D
+    out = laws.extrapolation_check(lambda m: laws.fit_chinchilla(N[m], D[m], L[m], n_bootstrap=0),
+                                   C, {"N": N, "D": D}, L, threshold=np.quantile(C, 0.7))
+    assert out["n_held_out"] == 45
+    assert out["mean_abs_relative_error"] < 0.02
+    with pytest.raises(LawFitError, match="no runs on one side"):
+        laws.extrapolation_check(lambda m: None, C, {"N": N, "D": D}, L, threshold=C.max() * 2)
+
+
+def test_json_round_trip_and_predict(chinchilla_fit):
+    back = laws.FittedLaw.from_json(chinchilla_fit.to_json())
+    assert back == chinchilla_fit
+    assert back.predict(N=1e9, D=2e10) == pytest.approx(chinchilla_fit.predict(N=1e9, D=2e10))
+    with pytest.raises(LawFitError, match="missing D"):
+        back.predict(N=1e9)
+
+
+@pytest.mark.parametrize("N, D, L, message", [
+    ([1e6, np.nan, 1e8, 1e9, 1e10, 1e11], None, None, r"N: row 1 is nan"),
+    ([1e6, np.inf, 1e8, 1e9, 1e10, 1e11], None, None, r"N: row 1 is inf"),
+    ([1e6, 1e7, -1e8, 1e9, 1e10, 1e11], None, None, r"N: row 2 is -1e\+08; every value must be positive"),
+    (None, [1e9, 1e9, 0, 1e9, 1e9, 1e9], None, r"D: row 2 is 0"),
+    (None, None, [3, 3, 3, 3, 3, -1], r"loss: row 5 is -1"),
+    ([1e6, 1e7, 1e8, 1e9, 1e10], None, None, r"mismatched lengths: N has 5, D has 6, loss has 6"),
+])
+def test_bad_input_names_the_problem(N, D, L, message):
+    N = N if N is not None else [1e6, 1e7, 1e8, 1e9, 1e10, 1e11]
+    D = D if D is not None else [1e9] * 6
+    L = L if L is not None else [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]
+    with pytest.raises(LawFitError, match=message):
+        laws.fit_chinchilla(N, D, L, n_bootstrap=0)
+
+
+def test_too_few_points_for_the_parameters():
+    with pytest.raises(LawFitError, match="5 points cannot determine 5 parameters"):
+        laws.fit_chinchilla([1e6, 1e7, 1e8, 1e9, 1e10], [1e9] * 5, [3, 2.9, 2.8, 2.7, 2.6], n_bootstrap=0)
+    with pytest.raises(LawFitError, match="2 points cannot determine 2 parameters"):
+        laws.fit_power([1e6, 1e7], [3, 2], n_bootstrap=0)
+
+
+def test_isoflop_budget_with_too_few_runs_or_no_minimum():
+    with pytest.raises(LawFitError, match=r"budget C = 1e\+20 has 2 distinct model sizes"):
+        laws.fit_isoflop([1e8, 1e9, 1e8, 1e9, 1e10], [3, 2.9, 3.1, 2.8, 2.9], [1e20, 1e20, 1e21, 1e21, 1e21])
+    with pytest.raises(LawFitError, match="not convex"):
+        laws.fit_isoflop([1e8, 1e9, 1e10], [3.0, 3.2, 3.0], [1e20] * 3)
+
+
+def test_power_law_that_does_not_fall_is_refused():
+    with pytest.raises(LawFitError, match="does not fall"):
+        laws.fit_power([1e6, 1e7, 1e8], [2.0, 2.5, 3.0], n_bootstrap=0)
+
+
+def test_a_fit_where_no_start_converges_says_so(monkeypatch, chinchilla_data):
+    """If the optimiser reports no converged start, the fit raises instead of returning the least bad one."""
+    real = lbfgs.minimize
+    monkeypatch.setattr(lbfgs, "minimize", lambda fg, x0, **kw: (*real(fg, x0, max_iter=1)[:2],
+                                                                  np.zeros(len(x0), bool)))
+    df = chinchilla_data
+    with pytest.raises(LawFitError, match="none of the 64 starts converged"):
+        laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=0)
+
+
+def test_cli_fit_writes_json_and_figures(tmp_path):
+    out = tmp_path / "fit.json"
+    r = subprocess.run([sys.executable, "-m", "jscale.cli", "fit", str(reference_data.CHINCHILLA_CSV), "--law",
+                        "chinchilla", "--drop-highest", "5", "--bootstrap", "20", "--out", str(out), "--plot",
+                        str(tmp_path / "fig")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "alpha" in r.stdout and "95% bootstrap interval" in r.stdout
+    fit = laws.FittedLaw.load(out)
+    assert fit.params["alpha"] == pytest.approx(0.3473, abs=5e-4)
+    assert json.loads(out.read_text())["convention"] == {"N": "all", "C": "6ND"}
+    for name in ("loss_nd", "residuals", "compute_optimal"):
+        assert (tmp_path / f"fig-{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--law", "chinchilla", "--loss-col", "nope"], "column 'nope' (given for loss) is not in the table"),
+    (["--law", "frontier"], "no column for run"),
+    (["--law", "chinchilla", "--drop-highest", "-1"], "--drop-highest: must be >= 0"),
+])
+def test_cli_fit_errors_are_one_line(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jscale.cli", "fit", str(reference_data.CHINCHILLA_CSV), *args,
+                        "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    assert not (tmp_path / "x.json").exists()
