@@ -81,9 +81,15 @@ class FileCorpus(Corpus):
             else:
                 yield name, text
 
+    def in_split(self, name: str, split: str) -> bool:
+        return (_hash_fraction(name) < self.test_fraction) == (split == "test")
+
+    def names(self, split: str) -> list[str]:
+        return [name for name, _ in self._named_documents() if self.in_split(name, split)]
+
     def documents(self, split: str) -> Iterator[str]:
         for name, text in self._named_documents():
-            if (_hash_fraction(name) < self.test_fraction) == (split == "test"):
+            if self.in_split(name, split):
                 yield text
 
 

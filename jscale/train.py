@@ -82,7 +82,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, d
         key = jax.random.fold_in(jax.random.key(hp["seed"]), state.step) if dropout else None
         loss_fn = lambda p: per_position_loss(model, p, batch_BxT1, key).mean()
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         clip = jnp.where(hp["grad_clip"] > 0, jnp.minimum(1.0, hp["grad_clip"] / (grad_norm + 1e-6)), 1.0)
         grads = jax.tree.map(lambda g: g * clip, grads)
         adam_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

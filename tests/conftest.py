@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tokenized corpora go to one cache per test session (inherited by the subprocesses tests start).
+_CACHE = Path(os.environ.setdefault("JSCALE_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test")))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """A small local corpus: 30 files of varied English-like text, about 300 kB in all."""
+    import random
+
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    words = ("the model loss falls as a power law of parameters data and compute while shape matters little "
+             "transformers keep improving across the context and recurrent networks plateau early").split()
+    for i in range(30):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) for _ in range(1000)]
+        (root / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def jscale_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jscale.cli", *args]

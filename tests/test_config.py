@@ -1,0 +1,75 @@
+"""Configs: typed TOML with overrides; every bad input is one line naming the key, exit status 2, nothing run."""
+
+import subprocess
+
+import pytest
+
+from conftest import jscale_cmd
+from jscale import config
+from jscale.config import ConfigError
+
+
+def test_toml_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[model]\nn_layer = 3\nd_model = 96\nn_heads = 3\n[data]\ntokenizer = "bpe"\nvocab_size = 512\n')
+    cfg = config.load(p, ["model.d_model=48", "train.lr=3e-4", "data.corpus=some/file.txt", "model.d_ff=100"])
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.d_ff_, cfg.model.d_attn_) == (3, 48, 100, 48)
+    assert cfg.train.lr == 3e-4 and cfg.data.corpus == "some/file.txt"
+    assert cfg.model.vocab_size == 512  # from the tokenizer
+    assert config.load(None, ["data.tokenizer=bytes"]).model.vocab_size == 256
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.d_modle=64"], "model.d_modle: unknown config key"),
+    (["modle.d_model=64"], "modle: unknown config section"),
+    (["model.n_layer='2'"], "model.n_layer: expected int, got '2'"),
+    (["model.tie_embeddings=1"], "model.tie_embeddings: expected bool, got 1"),
+    (["model.d_model=100", "model.n_heads=3"], "model.n_heads: d_attn = 100 is not divisible by n_heads = 3"),
+    (["model.n_layer=0"], "model.n_layer: must be positive, got 0"),
+    (["model.d_ff=-4"], "model.d_ff: must be positive, got -4"),
+    (["train.lr=-1e-3"], "train.lr: must be positive"),
+    (["model.kind=rnn"], "model.kind: 'rnn' is not one of transformer"),
+    (["model.dropout=1.5"], "model.dropout: must be in [0, 1)"),
+    (["train.warmup_steps=5000", "train.steps=100"], "train.warmup_steps: must be in [0, train.steps = 100]"),
+    (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size: a BPE vocabulary needs 257"),
+    (["data.max_train_tokens=64"], "data.max_train_tokens: 64 tokens cannot hold one window"),
+    (["model.n_layer"], "model.n_layer: an override must look like section.key=value"),
+    (["n_layer=2"], "n_layer: an override key must be section.key"),
+])
+def test_bad_config_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_reports_config_errors_in_one_line_and_exits_2(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[model]\nd_model = 100\nn_heads = 3\n")
+    for cmd in (["train", str(p), "--out", str(tmp_path / "run")], ["info", str(p)]):
+        r = subprocess.run(jscale_cmd(*cmd), capture_output=True, text=True)
+        assert r.returncode == 2
+        assert r.stderr.strip() == "jscale: error: model.n_heads: d_attn = 100 is not divisible by n_heads = 3"
+    assert not (tmp_path / "run").exists()  # nothing was written
+    r = subprocess.run(jscale_cmd("train", str(tmp_path / "missing.toml")), capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.toml: config file not found" in r.stderr
+    p.write_text("[model\n")
+    r = subprocess.run(jscale_cmd("info", str(p)), capture_output=True, text=True)
+    assert r.returncode == 2 and "not valid TOML" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_n_ctx_longer_than_the_data(tmp_path, text_corpus):
+    p = tmp_path / "c.toml"
+    p.write_text(f'[model]\nn_ctx = 200000\n[data]\ncorpus = "{text_corpus / "doc00.txt"}"\n')
+    r = subprocess.run(jscale_cmd("train", str(p), "--out", str(tmp_path / "run")), capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("jscale: error: model.n_ctx: 200000 is longer than the") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_info_prints_the_counts(repo):
+    r = subprocess.run(jscale_cmd("info", str(repo / "experiments" / "train_small.toml")), capture_output=True,
+                       text=True, check=True)
+    assert "N (non-embedding)             393,216" in r.stdout
+    assert "N_total (all parameters)      445,952" in r.stdout
+    assert "train FLOPs per token, 6N     2,359,296" in r.stdout

@@ -1,0 +1,122 @@
+"""The train step, the schedule, vmapping, and the resumable single-run loop on real data."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import jscale_cmd
+from jscale import config, train
+from jscale.config import ConfigError, TrainConfig
+from jscale.models import build
+
+
+def tiny(tmp_path, corpus="builtin:stdlib", **train_kw):
+    t = {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 20,
+         **train_kw}
+    return config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
+                             "data": {"corpus": corpus, "eval_windows": 8}, "train": t}).resolve()
+
+
+def test_learning_rate_schedule_matches_the_formula():
+    t = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, final_lr_fraction=0.1)
+    hp = train.hparams_from_config(t)
+    for step in (0, 5, 10, 60, 110, 200):
+        if step < 10:
+            want = 1e-3 * step / 10
+        else:
+            progress = min((step - 10) / 100, 1.0)
+            want = 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        assert float(train.learning_rate(jnp.asarray(step), hp)) == pytest.approx(want, rel=1e-5)
+
+
+def test_vmapped_train_step_matches_each_member_alone():
+    """Hyperparameters are data: one compiled step trains members with different lr, decay and seed."""
+    cfg = config.ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=8, vocab_size=32, dropout=0.1)
+    model, opt = build(cfg), train.make_optimizer(TrainConfig())
+    step = train.make_train_step(model, opt, dropout=True)
+    members = [TrainConfig(lr=1e-2, seed=0, weight_decay=0.0), TrainConfig(lr=1e-3, seed=1, weight_decay=0.1)]
+    states = [train.init_state(model, opt, 8, jnp.uint32(t.seed)) for t in members]
+    hps = [train.hparams_from_config(t) for t in members]
+    batches = [jax.random.randint(jax.random.key(i), (4, 9), 0, 32) for i in range(2)]
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
+    new_stacked, metrics = jax.jit(jax.vmap(step))(stack(states), jnp.stack(batches), stack(hps))
+    for i in range(2):
+        alone, m = jax.jit(step)(states[i], batches[i], hps[i])
+        assert float(metrics["loss"][i]) == pytest.approx(float(m["loss"]), rel=1e-6)
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(new_stacked.params)):
+            np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(metrics["loss"][0], metrics["loss"][1])
+
+
+def test_loss_falls_on_the_builtin_corpus(tmp_path):
+    cfg = tiny(tmp_path, steps=300, eval_every=100, checkpoint_every=300)
+    final = train.train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [100, 200, 300]
+    # A uniform guess over bytes costs ln 256 = 5.55 nats; a tiny model learns Python's byte statistics fast.
+    assert final["test_loss"] < 3.0
+    assert records[0]["test_loss"] > final["test_loss"]
+    assert final["test_bits_per_byte"] == pytest.approx(final["test_loss"] / math.log(2))  # byte tokens
+    assert len(final["test_loss_per_position"]) == 32
+    # Later positions have more context, so they are predicted better than the first.
+    assert np.mean(final["test_loss_per_position"][-8:]) < final["test_loss_per_position"][0]
+    assert final["mfu"] is None  # no known peak for a CPU
+    assert final["flops_6N"] == 300 * 8 * 32 * 6 * 12 * 32 ** 2
+
+
+def _losses(run_dir):
+    return [(r["step"], r["train_loss"], r["test_loss"], r["test_loss_per_position"])
+            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
+    cfg = tiny(tmp_path)
+    train.train(cfg, tmp_path / "straight", progress=False)
+    train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)  # checkpoint at 20, logged 30
+    assert [r[0] for r in _losses(tmp_path / "resumed")] == [10, 20, 30]
+    train.train(cfg, tmp_path / "resumed", progress=False)
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+
+
+def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path):
+    """A real process, killed with SIGKILL right after its first checkpoint, then the same command again."""
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text('[model]\nn_layer = 1\nd_model = 32\nn_heads = 2\nn_ctx = 32\n'
+                        '[data]\neval_windows = 8\n'
+                        '[train]\nbatch_size = 8\nsteps = 400\nlr = 3e-3\nwarmup_steps = 5\neval_every = 10\n'
+                        'checkpoint_every = 10\n')
+    cmd = jscale_cmd("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "killed"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.isdigit() for p in checkpoints.glob("*")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    steps_at_kill = [r[0] for r in _losses(tmp_path / "killed")]
+    assert steps_at_kill and steps_at_kill[-1] < 400  # it really died part-way
+    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(jscale_cmd("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "straight")), check=True,
+                   capture_output=True)
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "straight")
+
+
+def test_a_run_directory_refuses_a_different_config(tmp_path):
+    train.train(tiny(tmp_path, steps=10, checkpoint_every=10), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"train.lr: .* holds a run with train.lr = 0.003, not 0.001"):
+        train.train(tiny(tmp_path, steps=10, checkpoint_every=10, lr=1e-3), tmp_path / "run", progress=False)
+
+
+def test_checkpoint_interval_must_be_a_multiple_of_eval_interval(tmp_path):
+    with pytest.raises(ConfigError, match="train.checkpoint_every: 15 must be a multiple of train.eval_every"):
+        train.train(tiny(tmp_path, checkpoint_every=15), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
