@@ -167,7 +167,7 @@ def figures(fitted: FittedLaw, arrays: dict[str, Any]) -> dict[str, Any]:
     law = fitted.law
     figs: dict[str, Any] = {}
     if law in ("power", "power+E"):
-        figs["loss"] = plots.loss_vs_variable(fitted, arrays["X"], arrays["loss"], fitted.info.get("variable"))
+        figs["loss"] = plots.loss_vs_variable(fitted, arrays["X"], arrays["loss"])
         figs["residuals"] = plots.residuals(fitted, arrays["X"], fitted.info.get("variable", "X"))
     elif law in ("chinchilla", "kaplan-nd"):
         figs["loss_nd"] = plots.loss_nd_curves(fitted, arrays["N"], arrays["D"], arrays["loss"])

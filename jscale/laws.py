@@ -203,6 +203,8 @@ def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool, start: di
                       ) -> tuple[dict[str, float], float]:
     """start (irreducible only): one warm start instead of the grid, for bootstrap refits."""
     logX, logL = np.log(X), np.log(L)
+    if len(np.unique(X)) < (3 if irreducible else 2):
+        raise LawFitError(f"power law: {len(np.unique(X))} distinct values of the variable cannot determine it")
     if not irreducible:
         # log L = alpha log X_c - alpha log X: ordinary least squares, exact.
         slope, intercept = np.polyfit(logX, logL, 1)

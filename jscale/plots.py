@@ -26,6 +26,32 @@ def _figure(ncols: int = 1):
     return fig, axes
 
 
+def _short(v: float, _=None) -> str:
+    """1e5, 2e4, 2.5: short tick labels."""
+    if 0.01 <= abs(v) < 1000:
+        return f"{v:.3g}"
+    mantissa, exp = f"{v:.0e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def _tidy(fig):
+    """Readable log axes: over a wide range, label the decades only; otherwise label 1-2-5
+    steps (under ~2.5 decades). Minor tick labels are never drawn, so they cannot overlap."""
+    import matplotlib.ticker as ticker
+
+    for ax in fig.axes:
+        for axis, scale, lim in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()), (ax.yaxis, ax.get_yscale(),
+                                                                               ax.get_ylim())):
+            if scale != "log":
+                continue
+            axis.set_minor_formatter(ticker.NullFormatter())
+            if np.log10(lim[1] / lim[0]) < 2.5:
+                axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(lim[1] / lim[0]) > 0.5
+                                                         else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
+                axis.set_major_formatter(ticker.FuncFormatter(_short))
+    return fig
+
+
 def _shades(n: int):
     import matplotlib.pyplot as plt
 
@@ -53,10 +79,12 @@ def loss_vs_variable(law: FittedLaw, X, loss, label: str | None = None):
     text = (f"E + ({p['X_c']:.3g}/X)^{p['alpha']:.3f}, E = {p['E']:.3g}" if "E" in p
             else f"({p['X_c']:.3g}/X)^{p['alpha']:.3f}")
     ax.loglog(grid, law.predict(X=grid), "-", color="0.3", label=text)
-    ax.set_xlabel(label or law.info.get("variable", "X"))
+    variable = law.info.get("variable", "X")
+    default = {"N": _n_label(law), "C": _c_label(law), "D": "tokens D"}.get(variable, variable)
+    ax.set_xlabel(label or default)
     ax.set_ylabel("loss (nats/token)")
     ax.legend(frameon=False)
-    return fig
+    return _tidy(fig)
 
 
 def loss_nd_curves(law: FittedLaw, N, D, loss):
@@ -81,7 +109,7 @@ def loss_nd_curves(law: FittedLaw, N, D, loss):
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{law.law} fit: loss against data, one curve per model size", fontsize=9)
     ax.legend(frameon=False, fontsize=7)
-    return fig
+    return _tidy(fig)
 
 
 def isoflop_profiles(law: FittedLaw, N, loss, budget):
@@ -106,7 +134,7 @@ def isoflop_profiles(law: FittedLaw, N, loss, budget):
     ax2.set_xlabel(_c_label(law))
     ax2.set_ylabel("compute-optimal N")
     ax2.legend(frameon=False, fontsize=8)
-    return fig
+    return _tidy(fig)
 
 
 def compute_frontier(law: FittedLaw, run, C, loss):
@@ -124,7 +152,7 @@ def compute_frontier(law: FittedLaw, run, C, loss):
     ax.set_xlabel(_c_label(law))
     ax.set_ylabel("test loss (nats/token)")
     ax.legend(frameon=False, fontsize=8)
-    return fig
+    return _tidy(fig)
 
 
 def compute_optimal(law: FittedLaw, C_range: tuple[float, float] | None = None):
@@ -143,7 +171,7 @@ def compute_optimal(law: FittedLaw, C_range: tuple[float, float] | None = None):
     ax.set_xlabel(_c_label(law))
     ax.set_ylabel("parameters N / tokens D")
     ax.legend(frameon=False, fontsize=8)
-    return fig
+    return _tidy(fig)
 
 
 def residuals(law: FittedLaw, x=None, x_label: str = "point"):
@@ -161,4 +189,4 @@ def residuals(law: FittedLaw, x=None, x_label: str = "point"):
     ax2.set_xlabel("residual")
     ax2.set_ylabel("count")
     ax2.set_title(f"{law.law}: RMS {np.sqrt(np.mean(r ** 2)):.3g}", fontsize=9)
-    return fig
+    return _tidy(fig)

@@ -1,0 +1,81 @@
+"""Training-step throughput: tokens/s, achieved FLOP/s and MFU for a table of GPT sizes.
+
+MFU = exact training FLOPs per token (6N + attention + de-embedding, no remat; jscale.accounting) x tokens/s
+      / the device's dense 16-bit peak (jscale.train.PEAK_FLOPS). Not reported where the peak is unknown (CPUs).
+
+    python benchmarks/throughput.py --preset cpu          # small sizes, float32
+    python benchmarks/throughput.py --preset gpu          # the sizes of shared/reference/scaling.md section 7
+    python benchmarks/throughput.py --attention xla cudnn # compare attention implementations
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jscale import accounting, train
+from jscale.config import ModelConfig, TrainConfig
+from jscale.models import build
+
+# (d_model, n_layer, n_ctx, batch)
+PRESETS = {
+    "cpu": [(64, 2, 128, 16), (128, 4, 256, 16), (256, 4, 256, 8)],
+    "gpu": [(128, 4, 512, 64), (512, 8, 512, 128), (768, 12, 1024, 32), (1024, 24, 1024, 16)],
+}
+
+
+def measure(d_model, n_layer, n_ctx, batch, attention="auto", dtype="auto", steps=10):
+    cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 64), n_ctx=n_ctx, vocab_size=256,
+                      attention=attention, dtype=dtype)
+    model, opt = build(cfg), train.make_optimizer(TrainConfig())
+    state = jax.jit(train.init_state, static_argnums=(0, 1, 2))(model, opt, n_ctx, jnp.uint32(0))
+    step = jax.jit(train.make_train_step(model, opt), donate_argnums=0)
+    hp = train.hparams_from_config(TrainConfig())
+    batch_arr = jax.random.randint(jax.random.key(0), (batch, n_ctx + 1), 0, 256)
+    for _ in range(2):  # compile and warm up
+        state, m = step(state, batch_arr, hp)
+    jax.block_until_ready(m["loss"])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, batch_arr, hp)
+    jax.block_until_ready(m["loss"])
+    dt = (time.perf_counter() - t0) / steps
+    acc = accounting.account(cfg)
+    tokens_per_s = batch * n_ctx / dt
+    flops = tokens_per_s * acc.train_flops_exact
+    peak = train.device_peak_flops()
+    return {"N": acc.N, "tokens_per_s": tokens_per_s, "tflops": flops / 1e12,
+            "mfu": None if peak is None else flops / peak}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=PRESETS, default="gpu" if jax.default_backend() == "gpu" else "cpu")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "xla", "cudnn"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args()
+    dev = jax.devices()[0]
+    print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"{datetime.date.today().isoformat()}, dtype {args.dtype}")
+    print("| d_model | n_layer | n_ctx | batch | N | attention | tokens/s | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d_model, n_layer, n_ctx, batch in PRESETS[args.preset]:
+        for attention in args.attention:
+            try:
+                r = measure(d_model, n_layer, n_ctx, batch, attention, args.dtype, args.steps)
+            except Exception as e:  # e.g. cuDNN refusing a shape: record it and go on
+                print(f"| {d_model} | {n_layer} | {n_ctx} | {batch} | | {attention} | failed: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:80]} | | |")
+                continue
+            mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            print(f"| {d_model} | {n_layer} | {n_ctx} | {batch} | {r['N'] / 1e6:.2f}M | {attention} | "
+                  f"{r['tokens_per_s']:,.0f} | {r['tflops']:.3f} | {mfu} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
