@@ -60,6 +60,38 @@ def _info(args) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def _plan(args) -> None:
+    from jscale import grid, sweep
+
+    sw = sweep.load(args.sweep, args.overrides)
+    members = args.ensemble_size or grid.MAX_MEMBERS
+    print(sweep.plan_table(sw, sw.groups(members)))
+    if args.ensemble_size is None:
+        print(f"(groups shown at up to {members} members; `jscale run` measures whether this backend trains them "
+              f"faster vmapped or one by one, and how many fit in memory)")
+
+
+def _run(args) -> None:
+    from jscale import grid, sweep
+
+    shard = grid.parse_shard(args.shard)
+    sw = sweep.load(args.sweep, args.overrides)  # validated before any device work
+    grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
+    summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard, progress=not args.quiet)
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
+              f"trained now | jscale status {out}")
+
+
+def _status(args) -> None:
+    from jscale import grid
+
+    print(grid.status_table(args.dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jscale", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("plan", help="print a sweep's runs, their N, FLOPs, tokens and groups; trains nothing")
+    p.add_argument("sweep", help="sweep TOML file")
+    p.add_argument("overrides", nargs="*", help="base config overrides, e.g. train.steps=100")
+    p.add_argument("--ensemble-size", type=int, help="at most this many runs per vmapped group")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("run", help="run a sweep; re-running on the same --out skips finished runs and resumes")
+    p.add_argument("sweep")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", help="sweep directory (default runs/SWEEP_NAME)")
+    p.add_argument("--ensemble-size", type=int, help="runs per vmapped group (1 = one after another); default: "
+                                                       "measured per backend, limited by memory")
+    p.add_argument("--shard", help="i/n: train only this job's share of the groups (jobs share one --out)")
+    p.add_argument("--coordinator", help="multi-host: coordinator address host:port (jax.distributed)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")
+    p.add_argument("dir")
+    p.set_defaults(func=_status)
 
     from jscale import fit_cli
 

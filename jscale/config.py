@@ -85,10 +85,21 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """How one run is spread over the devices (see jscale.sharding). Vmapped sweep groups put their members on
+    an ensemble axis instead and ignore fsdp and tensor."""
+
+    data: int = -1  # data-parallel ways; -1 = the devices left over
+    fsdp: int = 1  # parameter/optimizer-state sharding ways
+    tensor: int = 1  # tensor-parallel ways
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     def resolve(self) -> "Config":
         """Fill derived fields (vocabulary size from the tokenizer) and validate."""
@@ -101,7 +112,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig}
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -225,6 +236,10 @@ def validate(cfg: Config) -> None:
     for key in ("weight_decay", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    p = cfg.parallel
+    if p.data < 1 and p.data != -1:
+        raise ConfigError(f"parallel.data: must be positive or -1 (the devices left over), got {p.data}")
+    _positive(cfg, ["parallel.fsdp", "parallel.tensor"])
     for key in ("b1", "b2"):
         if not 0 <= getattr(t, key) < 1:
             raise ConfigError(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")

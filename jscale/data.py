@@ -163,7 +163,7 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
     if spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         try:
-            import tensorflow_datasets  # noqa: F401
+            import tensorflow_datasets  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
             raise ConfigError(f"data.corpus: {spec} needs tensorflow-datasets (pip install tensorflow-datasets)")
         data_dir = cfg.tfds_data_dir or None
@@ -288,10 +288,7 @@ def prepare(cfg: DataConfig) -> TokenizedCorpus:
     """Tokenize the configured corpus once into memory-mapped files, or open the cached ones."""
     corpus = corpus_from_config(cfg)
     root = cache_root(cfg)
-    if cfg.tokenizer == "bytes":
-        tokenizer_id, vocab_size = "bytes", 256
-    else:
-        tokenizer_id, vocab_size = f"bpe{cfg.vocab_size}", cfg.vocab_size
+    tokenizer_id = "bytes" if cfg.tokenizer == "bytes" else f"bpe{cfg.vocab_size}"
     target = root / f"{corpus.id}-{tokenizer_id}"
     if not (target / "meta.json").exists():
         tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else BPETokenizer.train_or_load(

@@ -1,7 +1,7 @@
 """`jscale fit`: turn a table of runs into a fitted law, a printed table with intervals, a JSON file and figures.
 
-Inputs: a CSV file, a pandas DataFrame (`fit_table`), or a directory of `jscale train` runs (each with config.json
-and metrics.jsonl). Columns are found by name (N, D, C, loss, run, budget, S, B, S_min) or common aliases, or named
+Inputs: a CSV file, a pandas DataFrame (`fit_table`), a `jscale run` sweep directory (its results.sqlite), or a
+directory of `jscale train` runs (each with config.json and metrics.jsonl). Columns are found by name (N, D, C, loss, run, budget, S, B, S_min) or common aliases, or named
 with --n-col etc. When D is missing it is C / (6 N), Chinchilla's convention.
 """
 
@@ -56,11 +56,41 @@ def read_runs_dir(path: Path, n_convention: str, c_convention: str):
     return pd.DataFrame(rows), pd.DataFrame(curve_rows)
 
 
+def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "final"):
+    """Final results and learning curves of a `jscale run` sweep directory (its results.sqlite).
+
+    Diverged and unfinished runs are left out of the final results; their curves stay in (the frontier and the
+    envelope use every point measured)."""
+    from jscale import results
+
+    tables = results.load(path)
+    runs, curves = tables["runs"], tables["curves"]
+    n_col = "N_total" if n_convention == "all" else "N"
+    done = runs[runs["status"] == "done"].copy()
+    if done.empty:
+        raise LawFitError(f"{path}: no finished runs to fit yet (see jscale status {path})")
+    done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
+    per_token = done["flops_per_token_exact"] if c_convention == "exact" else 6 * done[n_col]
+    budgets = [json.loads(t).get("isoflop.budget") for t in done["tags"]]
+    table = done.assign(run=done["run_id"], N=done[n_col], D=done["tokens_trained"], C=done["tokens_trained"] * per_token,
+                        loss=done["final_test_loss" if loss == "final" else "best_test_loss"])
+    if any(b is not None for b in budgets):
+        table["budget"] = budgets
+    per_token_curve = curves["flops_exact"] / curves["tokens"] if c_convention == "exact" else 6 * curves[n_col]
+    curve_table = curves.assign(run=curves["run_id"], N=curves[n_col], D=curves["tokens"],
+                                C=curves["tokens"] * per_token_curve, loss=curves["test_loss"])
+    return table[["run", "N", "D", "C", "loss"] + (["budget"] if "budget" in table else [])], \
+        curve_table[["run", "N", "D", "C", "loss", "step"]]
+
+
 def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "6ND"):
-    """(runs, curves) DataFrames from a CSV file or a directory of runs. A CSV's rows serve as both."""
+    """(runs, curves) DataFrames from a CSV file, a sweep directory or a directory of single runs. A CSV's rows
+    serve as both."""
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir() and (path / "results.sqlite").exists():
+        return read_sweep(path, n_convention, c_convention)
     if path.is_dir():
         return read_runs_dir(path, n_convention, c_convention)
     if not path.is_file():
@@ -213,7 +243,7 @@ def _run(args) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("fit", help="fit a scaling law to a CSV table or a directory of runs")
-    p.add_argument("input", help="CSV file, or a directory of jscale runs")
+    p.add_argument("input", help="CSV file, a jscale sweep directory, or a directory of jscale train runs")
     p.add_argument("--law", required=True, choices=LAWS)
     p.add_argument("--irreducible", action="store_true", help="kaplan-n/d/c: add an irreducible loss E")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")

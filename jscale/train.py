@@ -8,7 +8,6 @@ may differ between members of an ensemble (learning rate, schedule lengths, weig
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -23,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jscale import accounting, data
+from jscale import accounting, data, sharding
 from jscale.config import Config, ConfigError, TrainConfig
 from jscale.models import build
-from jscale.models.transformer import compute_dtype
 
 Hparams = dict[str, jax.Array]
 
@@ -35,6 +33,7 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     step: jax.Array  # int32 scalar: optimizer steps taken
+    alive: jax.Array  # bool scalar: False once the loss or gradient went NaN/inf; the state is then frozen
 
 
 def hparams_from_config(t: TrainConfig) -> Hparams:
@@ -65,7 +64,8 @@ def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation, n_ctx: int, seed: jax.Array) -> TrainState:
     params = model.init(jax.random.key(seed), jnp.zeros((1, n_ctx), jnp.int32))["params"]
-    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
+                      alive=jnp.ones((), bool))
 
 
 def per_position_loss(model: nn.Module, params, windows_BxT1: jax.Array, dropout_key=None) -> jax.Array:
@@ -91,7 +91,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, d
         params = jax.tree.map(
             lambda p, u: p - lr * (u + (hp["weight_decay"] * p if p.ndim >= 2 else 0.0)),
             state.params, adam_updates)
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+        # A run whose loss or gradient is NaN/inf is marked diverged and frozen where it was; under vmap this is
+        # per member, so the rest of an ensemble trains on unaffected.
+        ok = state.alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, alive=ok)
+        new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state).replace(alive=ok)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
     return train_step
@@ -106,15 +110,6 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
     return eval_step
 
 
-def evaluate(eval_step, params, windows_WxT1: np.ndarray, batch_size: int) -> np.ndarray:
-    """Mean held-out loss at every context position, (T,), over the fixed evaluation windows."""
-    total_T = None
-    for i in range(0, len(windows_WxT1), batch_size):
-        s = eval_step(params, jnp.asarray(windows_WxT1[i:i + batch_size]))
-        total_T = s if total_T is None else total_T + s
-    return np.asarray(total_T, np.float64) / len(windows_WxT1)
-
-
 # Dense 16-bit peak FLOP/s by device kind, for MFU. CPUs have no entry: MFU is not reported there.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
               "TPU v5p": 459e12, "TPU v6": 918e12}
@@ -126,34 +121,187 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The single-run loop: run directory, metrics file, checkpoints, resume.
+# The training loop: one run (on one device or sharded over a mesh) or a vmapped ensemble of runs, resumable.
 
 
-def _checkpoint_manager(run_dir: Path, keep: int):
+def _checkpoint_manager(directory: Path, keep: int):
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManager(run_dir.resolve() / "checkpoints", options=ocp.CheckpointManagerOptions(
+    return ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False))
-
-
-def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        if record["step"] <= up_to_step:
-            records.append(record)
-    return records
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class JsonlSink:
+    """A single run's evaluations, one JSON line each, in run_dir/metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        return out
+
+    def resume(self, step: int) -> None:
+        """Records past the checkpoint were logged by a run that died before its next checkpoint: redo them."""
+        keep = [r for r in self.records() if r["step"] <= step]
+        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def record(self, records: list[dict]) -> None:
+        with self.path.open("a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+
+
+def _fetch(x) -> np.ndarray:
+    """A global array on every host (metrics of members spread over processes included)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCorpus, checkpoint_dir: Path,
+               sink, stacked: bool, on_step: Callable[[int], None] | None = None,
+               log: Callable[[str], None] | None = None, stop_after: int | None = None,
+               devices=None) -> list[dict]:
+    """Train runs that share every array shape and step count, from their newest checkpoint in checkpoint_dir.
+
+    stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
+    leading member axis, members spread over the mesh's ensemble axis); stacked=False trains cfgs[0] alone,
+    sharded over the mesh of cfgs[0].parallel. Each evaluation goes to sink.record (on process 0 only) before the
+    checkpoint that covers it is written. Returns the last record of each run.
+    """
+    cfg, M = cfgs[0], len(cfgs)
+    if not stacked and M != 1:
+        raise ValueError("train_loop: stacked=False trains exactly one run")
+    t, n_ctx = cfg.train, cfg.model.n_ctx
+    model, optimizer = build(cfg.model), make_optimizer(t)
+    mesh = sharding.ensemble_mesh(cfg.parallel, M, devices) if stacked else sharding.make_mesh(cfg.parallel,
+                                                                                                devices=devices)
+    host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
+    host_hp = _stack(host_hp) if stacked else host_hp[0]
+    hp_sharding = sharding.member_sharding(mesh, M if stacked else None)
+    hparams = {k: sharding.put(v, hp_sharding) for k, v in host_hp.items()}
+
+    init = lambda seed: init_state(model, optimizer, n_ctx, seed)
+    init = jax.vmap(init) if stacked else init
+    abstract = jax.eval_shape(init, hparams["seed"])
+    state_sh = sharding.state_shardings(abstract, mesh, stacked)
+    step_fn = make_train_step(model, optimizer, dropout=cfg.model.dropout > 0)
+    eval_fn = make_eval_step(model)
+    if stacked:
+        step_fn, eval_fn = jax.vmap(step_fn), jax.vmap(eval_fn, in_axes=(0, None))
+    batch_shape = (M, t.batch_size, n_ctx + 1) if stacked else (t.batch_size, n_ctx + 1)
+    batch_sh = sharding.batch_sharding(mesh, batch_shape, stacked)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in hparams}),
+                         out_shardings=(state_sh, replicated), donate_argnums=0)
+    eval_step = jax.jit(eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated)
+
+    manager = _checkpoint_manager(checkpoint_dir, t.keep_checkpoints)
+    start = manager.latest_step() or 0
+    if start:
+        import orbax.checkpoint as ocp
+
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
+        state = manager.restore(start, args=ocp.args.StandardRestore(target))
+    else:
+        state = jax.jit(init, out_shardings=state_sh)(hparams["seed"])
+    writer = sink if jax.process_index() == 0 else None
+    if writer is not None:
+        writer.resume(start)
+
+    windows = corpus.eval_windows(cfg.data.eval_windows, n_ctx)
+    acc = accounting.account(cfg.model)
+    tokens_per_step = t.batch_size * n_ctx
+    peak = device_peak_flops()
+    peak = None if peak is None else peak * mesh.size
+    data_seeds = [c.train.seed if c.train.data_seed is None else c.train.data_seed for c in cfgs]
+    limits = [c.data.max_train_tokens for c in cfgs]
+
+    last: list[dict] = []
+    losses: list[jax.Array] = []
+    last_time, last_step = time.perf_counter(), start
+    end = t.steps if stop_after is None else min(t.steps, stop_after)
+    for step in range(start, end):
+        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d) for s, d in zip(data_seeds, limits)]
+        batch = np.stack(batches) if stacked else batches[0]
+        state, metrics = train_step(state, sharding.put(batch, batch_sh), hparams)
+        losses.append(metrics["loss"])
+        done = step + 1
+        if done % t.eval_every == 0 or done == t.steps:
+            per_position = np.zeros((M if stacked else 1, n_ctx))
+            for i in range(0, len(windows), t.batch_size):
+                chunk = sharding.put(windows[i:i + t.batch_size], replicated)
+                per_position += _fetch(eval_step(state.params, chunk)).reshape(-1, n_ctx)
+            per_position /= len(windows)
+            train_loss = np.mean(np.stack([_fetch(x).reshape(-1) for x in losses]), axis=0)
+            alive = _fetch(state.alive).reshape(-1)
+            lr = _fetch(metrics["lr"]).reshape(-1)
+            now = time.perf_counter()
+            tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)  # per member
+            last = []
+            for i, run_id in enumerate(run_ids):
+                test_loss = float(per_position[i].mean())
+                last.append({
+                    "run_id": run_id, "step": done, "tokens": done * tokens_per_step,
+                    "flops_6N": done * tokens_per_step * acc.train_flops_6N,
+                    "flops_exact": done * tokens_per_step * acc.train_flops_exact,
+                    "train_loss": float(train_loss[i]), "test_loss": test_loss,
+                    "test_bits_per_byte": test_loss / math.log(2) / corpus.test_bytes_per_token,
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
+                    "lr": float(lr[i]), "status": "diverged" if not alive[i] else
+                    "done" if done == t.steps else "running",
+                    "wall_time": now - last_time, "test_loss_per_position": per_position[i].round(5).tolist(),
+                })
+            if writer is not None:
+                writer.record(last)
+            if log is not None:
+                log(_summary(last))
+            losses.clear()
+            last_time, last_step = time.perf_counter(), done
+            # Checkpoint only after the records it covers are committed (see resume above).
+            if done % t.checkpoint_every == 0 or done == t.steps:
+                import orbax.checkpoint as ocp
+
+                manager.save(done, args=ocp.args.StandardSave(state))
+                manager.wait_until_finished()
+        if on_step is not None:
+            on_step(1)
+    manager.close()
+    return last
+
+
+def _summary(records: list[dict]) -> str:
+    r = records[0]
+    mfu = "" if r["mfu"] is None else f" mfu {100 * r['mfu']:.1f}%"
+    if len(records) == 1:
+        return (f"step {r['step']:>7} | tokens {r['tokens']:.3g} | train {r['train_loss']:.4f} | "
+                f"test {r['test_loss']:.4f} nats ({r['test_bits_per_byte']:.3f} bpb) | "
+                f"{r['tokens_per_s']:.3g} tok/s{mfu}")
+    tests = [x["test_loss"] for x in records if x["status"] != "diverged"] or [float("nan")]
+    diverged = sum(x["status"] == "diverged" for x in records)
+    return (f"step {r['step']:>7} | {len(records)} members | test {min(tests):.4f}..{max(tests):.4f} nats | "
+            f"{len(records) * r['tokens_per_s']:.3g} tok/s{mfu}" + (f" | {diverged} diverged" if diverged else ""))
 
 
 def _check_run_dir(run_dir: Path, cfg: Config) -> None:
@@ -172,86 +320,33 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
         _write_atomic(config_path, json.dumps(wanted, indent=2))
 
 
+def check_intervals(t: TrainConfig) -> None:
+    if t.checkpoint_every % t.eval_every:
+        raise ConfigError(f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of "
+                          f"train.eval_every = {t.eval_every}, so a resumed run logs the same curve")
+
+
 def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train one model as configured, resuming from run_dir's newest checkpoint. Returns the final record.
 
     stop_after: leave the loop after this many steps in total (for tests that simulate a crash).
     """
     run_dir = Path(run_dir)
-    t = cfg.train
     corpus = data.prepare(cfg.data)
     corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows)
-    if t.checkpoint_every % t.eval_every:
-        raise ConfigError(f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of "
-                          f"train.eval_every = {t.eval_every}, so a resumed run logs the same curve")
+    check_intervals(cfg.train)
     _check_run_dir(run_dir, cfg)
-
-    model = build(cfg.model)
-    optimizer = make_optimizer(t)
-    hparams = hparams_from_config(t)
-    state = jax.jit(init_state, static_argnums=(0, 1, 2))(model, optimizer, cfg.model.n_ctx, hparams["seed"])
-    train_step = jax.jit(make_train_step(model, optimizer, dropout=cfg.model.dropout > 0), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model))
-    windows = corpus.eval_windows(cfg.data.eval_windows, cfg.model.n_ctx)
-
-    acc = accounting.account(cfg.model)
-    tokens_per_step = t.batch_size * cfg.model.n_ctx
-    peak = device_peak_flops()
-    data_seed = t.seed if t.data_seed is None else t.data_seed
-
-    manager = _checkpoint_manager(run_dir, t.keep_checkpoints)
-    metrics_path = run_dir / "metrics.jsonl"
-    if manager.latest_step() is not None:
-        import orbax.checkpoint as ocp
-
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
-    start = int(state.step)
-    # Records past the checkpoint were logged by a run that died before its next checkpoint: they are redone.
-    records = _read_metrics(metrics_path, start)
-    _write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-
-    bar = _progress_bar(progress, t.steps, start)
-    train_losses: list[jax.Array] = []
-    last_time, last_step = time.perf_counter(), start
-    end = t.steps if stop_after is None else min(t.steps, stop_after)
-    record = records[-1] if records else None
-    for step in range(start, end):
-        batch = corpus.train_batch(data_seed, step, t.batch_size, cfg.model.n_ctx, cfg.data.max_train_tokens)
-        state, step_metrics = train_step(state, jnp.asarray(batch), hparams)
-        train_losses.append(step_metrics["loss"])
-        done = step + 1
-        if done % t.eval_every == 0 or done == t.steps:
-            per_position = evaluate(eval_step, state.params, windows, t.batch_size)
-            now = time.perf_counter()
-            tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)
-            test_loss = float(per_position.mean())
-            record = {
-                "step": done, "tokens": done * tokens_per_step,
-                "flops_6N": done * tokens_per_step * acc.train_flops_6N,
-                "flops_exact": done * tokens_per_step * acc.train_flops_exact,
-                "train_loss": float(np.mean(jax.device_get(train_losses))),
-                "test_loss": test_loss, "test_bits_per_byte": test_loss / math.log(2) / corpus.test_bytes_per_token,
-                "tokens_per_s": tokens_per_s,
-                "mfu": None if peak is None else tokens_per_s * acc.train_flops_exact / peak,
-                "lr": float(step_metrics["lr"]), "test_loss_per_position": per_position.round(5).tolist(),
-            }
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            _report(bar, record)
-            train_losses.clear()
-            last_time, last_step = time.perf_counter(), done
-            # Checkpoint only after the record it covers is on disk (see the resume logic above).
-            if done % t.checkpoint_every == 0 or done == t.steps:
-                import orbax.checkpoint as ocp
-
-                manager.save(done, args=ocp.args.StandardSave(state))
-                manager.wait_until_finished()
-        if bar is not None:
-            bar.update(1)
+    sink = JsonlSink(run_dir / "metrics.jsonl")
+    bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)
+    last = train_loop([cfg], ["run"], corpus, run_dir / "checkpoints", sink, stacked=False,
+                      on_step=None if bar is None else bar.update, log=None if bar is None else bar.write,
+                      stop_after=stop_after)
     if bar is not None:
         bar.close()
-    manager.close()
-    return record
+    if last:
+        return last[0]
+    records = sink.records()  # already finished: nothing was trained
+    return records[-1] if records else {}
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):
@@ -260,12 +355,3 @@ def _progress_bar(enabled: bool, total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-
-def _report(bar, record: dict) -> None:
-    if bar is None:
-        return
-    mfu = "" if record["mfu"] is None else f" mfu {100 * record['mfu']:.1f}%"
-    bar.write(f"step {record['step']:>7} | tokens {record['tokens']:.3g} | train {record['train_loss']:.4f} | "
-              f"test {record['test_loss']:.4f} nats ({record['test_bits_per_byte']:.3f} bpb) | "
-              f"{record['tokens_per_s']:.3g} tok/s{mfu}")

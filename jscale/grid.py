@@ -1,0 +1,247 @@
+"""Running a sweep: groups of runs trained as vmapped ensembles, results in SQLite, resumable after any crash.
+
+`run_sweep` registers every run in `DIR/results.sqlite`, then trains each group not yet finished, resuming it
+from its newest orbax checkpoint (`DIR/groups/GROUP/checkpoints`). Killing the process at any moment and running
+the same command again ends with the results of an uninterrupted sweep: evaluations are committed before the
+checkpoint that covers them, and evaluations past the newest checkpoint are deleted and redone.
+
+Whether a backend trains a group faster as one vmapped ensemble or member by member is measured, once per sweep
+directory and backend, and recorded in `DIR/ensemble.json` (so a resumed sweep groups its runs the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscale import accounting, data, results, sweep as sweeps, train
+from jscale.config import Config, ConfigError
+
+MAX_MEMBERS = 64
+
+
+class DBSink:
+    """Where train_loop writes a group's evaluations: the sweep's results database."""
+
+    def __init__(self, db: results.ResultsDB, run_ids: list[str]):
+        self.db, self.run_ids = db, run_ids
+
+    def resume(self, step: int) -> None:
+        self.db.truncate(self.run_ids, step)
+
+    def record(self, records: list[dict]) -> None:
+        self.db.record_eval(records)
+
+
+def device_memory_bytes() -> int:
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def members_that_fit(cfg: Config) -> int:
+    """How many members of this shape fit in half the device's memory, by jscale.accounting's estimate."""
+    bytes_per_act = 2 if jax.default_backend() in ("gpu", "tpu") and cfg.model.dtype != "float32" else 4
+    mem = accounting.memory_estimate(cfg.model, cfg.train.batch_size, bytes_per_act)
+    per_member = mem["params_and_optimizer"] + mem["activations"]
+    return int(max(1, min(MAX_MEMBERS, 0.5 * device_memory_bytes() // per_member)))
+
+
+def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
+    """Aggregate throughput of `members` models as one vmapped step against one model's step, same shapes."""
+    from jscale.models import build
+
+    model, opt = build(cfg.model), train.make_optimizer(cfg.train)
+    step = train.make_train_step(model, opt)
+    hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
+    B, T = cfg.train.batch_size, cfg.model.n_ctx
+
+    def timed(fn, state, batch, hparams):
+        for _ in range(2):
+            state, m = fn(state, batch, hparams)
+        jax.block_until_ready(m["loss"])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, m = fn(state, batch, hparams)
+        jax.block_until_ready(m["loss"])
+        return (time.perf_counter() - t0) / steps
+
+    seeds = jnp.arange(members, dtype=jnp.uint32)
+    init = lambda s: train.init_state(model, opt, T, s)
+    single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
+                   jnp.zeros((B, T + 1), jnp.int32), hp)
+    stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
+    vmapped = timed(jax.jit(jax.vmap(step), donate_argnums=0), jax.jit(jax.vmap(init))(seeds),
+                    jnp.zeros((members, B, T + 1), jnp.int32), stacked_hp)
+    return {"members": members, "single_step_s": single, "vmapped_step_s": vmapped,
+            "speedup": members * single / vmapped}
+
+
+def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) -> tuple[int, dict]:
+    """The ensemble size for this sweep directory and backend: as requested, else decided by measurement."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--ensemble-size: must be >= 1, got {requested}")
+        return requested, {"reason": "set by --ensemble-size"}
+    path = out / "ensemble.json"
+    key = f"{jax.default_backend()}:{jax.devices()[0].device_kind}:{jax.device_count()}"
+    decisions = json.loads(path.read_text()) if path.exists() else {}
+    if key in decisions:
+        return decisions[key]["members"], decisions[key]
+    # Measure on the shape with the most runs, at the size memory allows (capped at 16 for the measurement).
+    largest = max(sweep.groups(MAX_MEMBERS), key=lambda g: len(g.runs))
+    cap = min(len(largest.runs), members_that_fit(largest.cfg))
+    if cap < 2:
+        decision = {"members": max(1, cap), "reason": "groups of one run or memory for one member"}
+    else:
+        m = measure_vmap_speedup(largest.cfg, min(cap, 16))
+        use_vmap = m["speedup"] > 1.0
+        decision = {"members": cap if use_vmap else 1, "measured": m,
+                    "reason": f"vmap of {m['members']} measured {m['speedup']:.2f}x the sequential throughput"}
+    if jax.process_index() == 0:
+        decisions[key] = decision
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(decisions, indent=2))
+        os.replace(tmp, path)
+    return decision["members"], decision
+
+
+def _group_gflops_per_step(g: sweeps.Group) -> float:
+    c = g.cfg
+    return len(g.runs) * c.train.batch_size * c.model.n_ctx * accounting.account(c.model).train_flops_exact / 1e9
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard: expected i/n such as 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard: need 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def shard_of(group_id: str, n: int) -> int:
+    """Groups are dealt to --shard jobs by a stable hash, so every job agrees without talking."""
+    return zlib.crc32(group_id.encode()) % n
+
+
+def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = None,
+              shard: tuple[int, int] = (0, 1), progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train every unfinished group of the sweep that belongs to this shard. Returns a summary."""
+    out = Path(out)
+    for run in sweep.runs:
+        train.check_intervals(run.cfg.train)
+    members, decision = choose_ensemble_size(sweep, out, ensemble_size)
+    groups = sweep.groups(members)
+    leader = jax.process_index() == 0
+    db = results.ResultsDB(out) if leader else None
+    if leader:
+        out.mkdir(parents=True, exist_ok=True)
+        db.add_runs(sweeps.run_row(r, g.group_id) for g in groups for r in g.runs)
+    mine = [g for g in groups if shard_of(g.group_id, shard[1]) == shard[0]]
+    finished = set()
+    if leader:
+        statuses = db.status(r.run_id for g in mine for r in g.runs)
+        finished = {rid for rid, s in statuses.items() if s in ("done", "diverged")}
+    if jax.process_count() > 1:  # every process must agree on which groups to train
+        from jax.experimental import multihost_utils
+
+        flags = np.array([all(r.run_id in finished for r in g.runs) for g in mine])
+        flags = multihost_utils.broadcast_one_to_all(flags)
+        todo = [g for g, f in zip(mine, flags) if not f]
+    else:
+        todo = [g for g in mine if not all(r.run_id in finished for r in g.runs)]
+
+    bar = None
+    if progress and leader:
+        from tqdm.auto import tqdm
+
+        # Progress is counted in FLOPs (exact count), so the ETA holds when later groups are bigger.
+        total = sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in todo)
+        bar = tqdm(total=round(total, 3), unit="GFLOP", unit_scale=False, dynamic_ncols=True, desc=sweep.name,
+                   bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}]")
+        bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}: "
+                  f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}")
+    corpora: dict[str, data.TokenizedCorpus] = {}
+    trained = 0
+    for g in todo:
+        if stop_after is not None and trained >= stop_after:
+            break
+        key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
+        if key not in corpora:
+            corpora[key] = data.prepare(g.cfg.data)
+        corpus = corpora[key]
+        for r in g.runs:
+            corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows)
+        ids = [r.run_id for r in g.runs]
+        if bar is not None:
+            bar.write(f"group {g.group_id}: {len(ids)} x {g.runs[0].name if len(ids) == 1 else 'members'} "
+                      f"(n_layer {g.cfg.model.n_layer}, d_model {g.cfg.model.d_model}, {g.cfg.train.steps} steps)")
+        start = bar.n if bar is not None else 0
+        per_step = _group_gflops_per_step(g)
+        train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
+                         None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
+                         on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
+                         log=None if bar is None else bar.write)
+        if bar is not None:  # a resumed group skipped its first steps
+            bar.n = start + per_step * g.cfg.train.steps
+            bar.refresh()
+        trained += 1
+    if bar is not None:
+        bar.close()
+    if db is not None:
+        db.close()
+    return {"runs": len(sweep.runs), "groups": len(groups), "trained_groups": trained, "members": members}
+
+
+def status_table(out: str | Path) -> str:
+    """`jscale status`: runs by status and the compute spent and left."""
+    tables = results.load(out)
+    runs = tables["runs"]
+    counts = runs["status"].value_counts().to_dict()
+    tokens_done = runs["step"] * runs["batch_size"] * runs["n_ctx"]
+    spent = float((tokens_done * runs["flops_per_token_6N"]).sum())
+    total = float((runs["tokens"] * runs["flops_per_token_6N"]).sum())
+    lines = [f"{out}: {len(runs)} runs"]
+    for s in ("done", "running", "pending", "diverged"):
+        lines.append(f"  {s:<9} {counts.get(s, 0)}")
+    lines.append(f"  compute spent {spent:.3e} FLOPs (6ND), left {total - spent:.3e} of {total:.3e} "
+                 f"({100 * spent / total if total else 0:.1f}% done)")
+    best = runs.dropna(subset=["final_test_loss"]).sort_values("N")
+    if len(best):
+        lines.append(f"  {'run':<13}{'name':<40}{'N':>10}{'status':>10}{'step':>8}{'test loss':>11}")
+        for r in best.itertuples():
+            lines.append(f"  {r.run_id:<13}{r.name[:39]:<40}{r.N:>10.3g}{r.status:>10}{r.step:>8}"
+                         f"{r.final_test_loss:>11.4f}")
+    return "\n".join(lines)
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process run through jax.distributed. With no flags, JAX's own environment detection (SLURM,
+    Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID) decides; with none of
+    those it stays single-process."""
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    cluster = any(k in os.environ for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"))
+    if coordinator is None and not cluster:
+        return
+    # Cross-process collectives on CPU devices (tests, CPU clusters); no effect on GPU or TPU devices. Set before
+    # the backend starts, so no JAX computation may run before this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

@@ -1,0 +1,360 @@
+"""Sweep specifications: a base config plus axes, expanded into runs and grouped into vmappable ensembles.
+
+A sweep is a TOML file:
+
+    name = "size"
+    claim = "L(N) is a power law"          # optional: what the sweep tests
+    [base.model]                            # any config keys (model, data, train)
+    n_layer = 2
+    [[axis]]                                # cartesian product over one key
+    key = "train.seed"
+    values = [0, 1]
+    [[axis]]                                # zipped lists: one point per index
+    zip = { "model.d_model" = [64, 128], "model.n_heads" = [2, 4] }
+    [[axis]]                                # a generator (see GENERATORS)
+    generator = "sizes"
+    N_min = 1e4
+    N_max = 1e6
+    count = 5
+
+Axes multiply in order. Generators: `sizes` (log-spaced N at a fixed aspect ratio), `shapes` (fixed N over aspect
+ratios d_model/n_layer), `ff_ratios` (fixed N over d_ff/d_model), `heads` (head dimensions at each run's d_model),
+`isoflop` (for each budget C and size N the steps that spend C), `data_sizes` (data.max_train_tokens), `seeds`,
+`learning_rates`, and `kaplan_lr` (sets each run's lr to Kaplan's LR(N) = 0.003239 - 0.0001395 ln N).
+
+Runs that share every array shape and step count form a group; a group trains as one vmapped ensemble. Only
+the per-member hyperparameters (train.lr, warmup_steps, final_lr_fraction, weight_decay, grad_clip, seed,
+data_seed, data.max_train_tokens) may differ inside a group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+from jscale import accounting, config
+from jscale.config import Config, ConfigError
+
+# Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
+# change which tokens a member's batches are drawn from.
+MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"),
+               ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"), ("train", "data_seed"),
+               ("data", "max_train_tokens")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str  # a stable hash of the resolved config
+    name: str  # readable: the axis values that made it
+    cfg: Config
+    tags: dict[str, Any]
+
+    @property
+    def group_key(self) -> str:
+        d = self.cfg.to_dict()
+        for section, key in MEMBER_KEYS:
+            d[section].pop(key)
+        return json.dumps(d, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    group_id: str
+    runs: tuple[Run, ...]
+
+    @property
+    def cfg(self) -> Config:
+        return self.runs[0].cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    claim: str
+    runs: tuple[Run, ...]
+    source: str  # the spec file
+
+    def groups(self, max_members: int) -> list[Group]:
+        """Runs with equal shapes and steps, in chunks of at most max_members, in a stable order."""
+        by_key: dict[str, list[Run]] = {}
+        for run in self.runs:
+            by_key.setdefault(run.group_key, []).append(run)
+        groups = []
+        for members in by_key.values():
+            members = sorted(members, key=lambda r: r.run_id)
+            for i in range(0, len(members), max_members):
+                chunk = tuple(members[i:i + max_members])
+                gid = hashlib.sha1(",".join(r.run_id for r in chunk).encode()).hexdigest()[:12]
+                groups.append(Group(gid, chunk))
+        return groups
+
+
+# Short names of swept keys in run names; derived keys that would only repeat information are left out.
+SHORT = {"model.n_layer": "L", "model.d_model": "D", "model.n_heads": "H", "model.d_ff": "F", "model.d_attn": "A",
+         "train.lr": "lr", "train.seed": "seed", "data.max_train_tokens": "Dtok", "train.steps": "S",
+         "isoflop.budget": "C"}
+HIDDEN_TAGS = {"train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
+
+
+def _hash_config(cfg: Config) -> str:
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generators. Each takes the axis table and one partially built run (a dict of dotted keys) and returns the points
+# it expands into (dicts of dotted keys to set).
+
+Point = dict[str, Any]
+
+
+def _need(spec: dict, key: str, where: str, kind=(int, float)):
+    if key not in spec:
+        raise ConfigError(f"{where}.{key}: missing")
+    v = spec[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise ConfigError(f"{where}.{key}: expected {getattr(kind, '__name__', 'a number')}, got {v!r}")
+    return v
+
+
+def shape_for(N: float, aspect_ratio: float, d_head: int) -> Point:
+    """n_layer and d_model with 12 n_layer d_model^2 ~ N and d_model / n_layer ~ aspect_ratio (d_model a multiple
+    of d_head, d_ff = 4 d_model, d_attn = d_model)."""
+    d_model = max(d_head, round((N * aspect_ratio / 12) ** (1 / 3) / d_head) * d_head)
+    n_layer = max(1, round(d_model / aspect_ratio))
+    # Re-fit d_model to the rounded depth so N stays close to its target.
+    d_model = max(d_head, round(math.sqrt(N / (12 * n_layer)) / d_head) * d_head)
+    return {"model.n_layer": n_layer, "model.d_model": d_model, "model.n_heads": d_model // d_head,
+            "model.d_ff": 4 * d_model, "model.d_attn": d_model}
+
+
+def _sizes(spec, run, where):
+    lo, hi = _need(spec, "N_min", where), _need(spec, "N_max", where)
+    count = _need(spec, "count", where, int)
+    if not 0 < lo <= hi or count < 1:
+        raise ConfigError(f"{where}: need 0 < N_min <= N_max and count >= 1")
+    ratio, d_head = spec.get("aspect_ratio", 32), spec.get("d_head", 16)
+    Ns = [lo * (hi / lo) ** (i / max(count - 1, 1)) for i in range(count)]
+    return [shape_for(n, ratio, d_head) for n in Ns]
+
+
+def _shapes(spec, run, where):
+    N = _need(spec, "N", where)
+    ratios = spec.get("aspect_ratios")
+    if not isinstance(ratios, list) or not ratios:
+        raise ConfigError(f"{where}.aspect_ratios: expected a list of d_model/n_layer values")
+    return [shape_for(N, r, spec.get("d_head", 16)) for r in ratios]
+
+
+def _ff_ratios(spec, run, where):
+    N, n_layer = _need(spec, "N", where), _need(spec, "n_layer", where, int)
+    d_head = spec.get("d_head", 16)
+    out = []
+    for r in spec.get("ratios", [1, 2, 4, 8, 16]):
+        # N = 2 d n (2 d + r d) = 2 n (2 + r) d^2
+        d = max(d_head, round(math.sqrt(N / (2 * n_layer * (2 + r))) / d_head) * d_head)
+        out.append({"model.n_layer": n_layer, "model.d_model": d, "model.d_attn": d, "model.d_ff": round(r * d),
+                    "model.n_heads": d // d_head})
+    return out
+
+
+def _heads(spec, run, where):
+    d_model = run.get("model.d_model", config.ModelConfig.d_model)
+    d_attn = run.get("model.d_attn") or d_model
+    out = []
+    for h in spec.get("d_heads", [8, 16, 32, 64]):
+        if d_attn % h == 0:
+            out.append({"model.n_heads": d_attn // h})
+    if not out:
+        raise ConfigError(f"{where}.d_heads: none divides d_attn = {d_attn}")
+    return out
+
+
+def _isoflop(spec, run, where):
+    budgets = spec.get("budgets")
+    if not isinstance(budgets, list) or not budgets:
+        raise ConfigError(f"{where}.budgets: expected a list of compute budgets in FLOPs")
+    sizes = spec.get("sizes")
+    if not isinstance(sizes, dict):
+        raise ConfigError(f"{where}.sizes: expected a table like {{N_min = 1e4, N_max = 1e6, count = 5}}")
+    convention = spec.get("convention", "all")
+    if convention not in ("all", "non_embedding"):
+        raise ConfigError(f"{where}.convention: {convention!r} is not one of all, non_embedding")
+    min_steps = spec.get("min_steps", 20)
+    base = _resolve(run, where)
+    tokens_per_step = base.train.batch_size * base.model.n_ctx
+    out = []
+    for C in budgets:
+        for shape in _sizes(sizes, run, f"{where}.sizes"):
+            cfg = _resolve({**run, **shape}, where)
+            acc = accounting.account(cfg.model)
+            N = acc.N_total if convention == "all" else acc.N
+            steps = round(C / (6 * N * tokens_per_step))
+            if steps < min_steps:
+                continue  # this size cannot spend the budget in a meaningful run
+            out.append({**shape, "train.steps": steps, "train.warmup_steps": min(base.train.warmup_steps, steps // 5),
+                        "train.eval_every": max(1, steps // 4), "train.checkpoint_every": max(1, steps // 4) * 4,
+                        "isoflop.budget": float(C)})
+    if not out:
+        raise ConfigError(f"{where}: every (budget, size) pair gives fewer than {min_steps} steps")
+    return out
+
+
+def _values(key):
+    def gen(spec, run, where):
+        vals = spec.get("values")
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"{where}.values: expected a non-empty list")
+        return [{key: int(v) if key.endswith(("max_train_tokens", "seed")) else v} for v in vals]
+
+    return gen
+
+
+def _kaplan_lr(spec, run, where):
+    cfg = _resolve(run, where)
+    N = accounting.account(cfg.model).N
+    return [{"train.lr": 0.003239 - 0.0001395 * math.log(N)}]
+
+
+GENERATORS: dict[str, Callable] = {
+    "sizes": _sizes, "shapes": _shapes, "ff_ratios": _ff_ratios, "heads": _heads, "isoflop": _isoflop,
+    "data_sizes": _values("data.max_train_tokens"), "seeds": _values("train.seed"),
+    "learning_rates": _values("train.lr"), "kaplan_lr": _kaplan_lr,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expansion.
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for k, v in flat.items():
+        if k.startswith("isoflop."):
+            continue  # bookkeeping tags, not config keys
+        section, _, key = k.partition(".")
+        nested.setdefault(section, {})[key] = v
+    return nested
+
+
+def _resolve(flat: dict[str, Any], where: str) -> Config:
+    try:
+        return config.from_dict(_nest(flat)).resolve()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _flatten(base: dict, where: str) -> dict[str, Any]:
+    flat = {}
+    for section, table in base.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}.{section}: expected a table of config keys")
+        for k, v in table.items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
+def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
+    where = f"axis[{index}]"
+    kinds = [k for k in ("key", "zip", "generator") if k in axis]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: give exactly one of key (with values), zip, or generator")
+    if "key" in axis:
+        vals = axis.get("values")
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"{where}.values: expected a non-empty list for key {axis['key']!r}")
+        return [{axis["key"]: v} for v in vals]
+    if "zip" in axis:
+        table = axis["zip"]
+        if not isinstance(table, dict) or not table:
+            raise ConfigError(f"{where}.zip: expected a table of key = [values]")
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in table.items()}
+        if len(set(lengths.values())) != 1 or -1 in lengths.values():
+            raise ConfigError(f"{where}.zip: lists must have equal lengths, got "
+                              f"{', '.join(f'{k}: {n}' for k, n in lengths.items())}")
+        return [dict(zip(table, vals)) for vals in zip(*table.values())]
+    gen = GENERATORS.get(axis["generator"])
+    if gen is None:
+        raise ConfigError(f"{where}.generator: {axis['generator']!r} is not one of {', '.join(GENERATORS)}")
+    return gen(axis, run, where)
+
+
+def expand(spec: dict, source: str = "<dict>", overrides: list[str] = ()) -> Sweep:
+    """Expand a parsed sweep spec into validated runs (duplicates removed)."""
+    unknown = set(spec) - {"name", "claim", "base", "axis"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown sweep key (expected name, claim, base, axis)")
+    base = config.apply_overrides(spec.get("base", {}), list(overrides))
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = [(_flatten(base, "base"), {})]
+    axes = spec.get("axis", [])
+    if not isinstance(axes, list):
+        raise ConfigError("axis: expected [[axis]] tables")
+    for i, axis in enumerate(axes):
+        if not isinstance(axis, dict):
+            raise ConfigError(f"axis[{i}]: expected a table")
+        runs = [({**flat, **point}, {**tags, **point}) for flat, tags in runs
+                for point in _axis_points(axis, i, flat)]
+    out, seen = [], set()
+    for flat, tags in runs:
+        cfg = _resolve(flat, "sweep run " + (", ".join(f"{k}={v}" for k, v in tags.items()) or "base"))
+        run_id = _hash_config(cfg)
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        name = " ".join(f"{SHORT.get(k, k.split('.')[-1])}={v:.3g}" if isinstance(v, float)
+                        else f"{SHORT.get(k, k.split('.')[-1])}={v}" for k, v in tags.items()
+                        if k not in HIDDEN_TAGS) or "base"
+        out.append(Run(run_id, name, cfg, tags))
+    if not out:
+        raise ConfigError("axis: the sweep expands to no runs")
+    return Sweep(name=str(spec.get("name", Path(source).stem)), claim=str(spec.get("claim", "")), runs=tuple(out),
+                 source=source)
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return expand(spec, str(path), overrides)
+
+
+def run_row(run: Run, group_id: str) -> dict[str, Any]:
+    """The runs-table row of a planned run."""
+    m, t = run.cfg.model, run.cfg.train
+    acc = accounting.account(m)
+    return {"run_id": run.run_id, "name": run.name, "group_id": group_id, "config": json.dumps(run.cfg.to_dict()),
+            "tags": json.dumps(run.tags), "kind": m.kind, "n_layer": m.n_layer, "d_model": m.d_model, "d_ff": m.d_ff_,
+            "d_attn": m.d_attn_, "n_heads": m.n_heads, "n_ctx": m.n_ctx, "vocab_size": m.vocab_size, "N": acc.N,
+            "N_total": acc.N_total, "flops_per_token_6N": acc.train_flops_6N,
+            "flops_per_token_exact": acc.train_flops_exact, "D": run.cfg.data.max_train_tokens,
+            "tokens": t.steps * t.batch_size * m.n_ctx, "steps": t.steps, "batch_size": t.batch_size, "seed": t.seed,
+            "lr": t.lr}
+
+
+def plan_table(sweep: Sweep, groups: list[Group]) -> str:
+    """What `jscale plan` prints: every run with N, FLOPs and tokens, its group, and the totals."""
+    lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {len(groups)} groups" +
+             (f"  (claim: {sweep.claim})" if sweep.claim else "")]
+    lines.append(f"{'group':<13}{'run':<13}{'name':<44}{'N':>10}{'N_total':>10}{'steps':>7}{'tokens':>10}"
+                 f"{'C (6ND)':>10}{'C exact':>10}")
+    total_6n = total_exact = 0.0
+    for g in groups:
+        for run in g.runs:
+            row = run_row(run, g.group_id)
+            c6, ce = row["tokens"] * row["flops_per_token_6N"], row["tokens"] * row["flops_per_token_exact"]
+            total_6n, total_exact = total_6n + c6, total_exact + ce
+            lines.append(f"{g.group_id:<13}{run.run_id:<13}{run.name[:43]:<44}{row['N']:>10.3g}{row['N_total']:>10.3g}"
+                         f"{row['steps']:>7}{row['tokens']:>10.3g}{c6:>10.3g}{ce:>10.3g}")
+    sizes = sorted((len(g.runs) for g in groups), reverse=True)
+    lines.append(f"ensembles: {len(groups)} groups of sizes {sizes}")
+    lines.append(f"estimated compute: {total_6n:.3e} FLOPs (6ND), {total_exact:.3e} FLOPs (exact) = "
+                 f"{total_exact / accounting.PF_DAY:.3e} PF-days")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The experiment grid: vmapped ensembles, divergence, the results database, crash-proof resume, shards."""
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import jscale_cmd
+from jscale import grid, results, sweep
+
+BASE = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 8},
+        "train": {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                  "checkpoint_every": 20}}
+
+SWEEP_TOML = """
+name = "tiny"
+[base.model]
+n_layer = 1
+d_model = 32
+n_heads = 2
+n_ctx = 32
+[base.data]
+eval_windows = 8
+[base.train]
+batch_size = 8
+steps = {steps}
+lr = 3e-3
+warmup_steps = 5
+eval_every = 10
+checkpoint_every = 10
+[[axis]]
+key = "train.seed"
+values = [0, 1]
+[[axis]]
+key = "model.d_model"
+values = [16, 32]
+"""
+
+
+def make(*axes):
+    return sweep.expand({"name": "t", "base": BASE, "axis": list(axes)})
+
+
+def curves(out):
+    with sqlite3.connect(out / "results.sqlite") as c:
+        return c.execute("SELECT run_id, step, train_loss, test_loss FROM curves ORDER BY run_id, step").fetchall()
+
+
+def test_vmapped_ensemble_matches_members_trained_one_by_one(tmp_path):
+    sw = make({"zip": {"train.seed": [0, 1, 2, 3], "train.lr": [1e-3, 3e-3, 3e-3, 2e-3],
+                       "data.max_train_tokens": [3000, 0, 3000, 0]}})
+    summary = grid.run_sweep(sw, tmp_path / "vmap", ensemble_size=8, progress=False)
+    assert summary["groups"] == 1  # seeds, learning rates and D all vary inside one ensemble
+    grid.run_sweep(sw, tmp_path / "loop", ensemble_size=1, progress=False)
+    a, b = curves(tmp_path / "vmap"), curves(tmp_path / "loop")
+    assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) == 4 * 4
+    np.testing.assert_allclose([r[2:] for r in a], [r[2:] for r in b], rtol=2e-5)
+    # Members differ: different seeds, learning rates and data limits give different curves.
+    finals = results.load(tmp_path / "vmap")["runs"]["final_test_loss"]
+    assert finals.nunique() == 4
+
+
+def test_a_diverging_member_is_frozen_and_the_others_are_unaffected(tmp_path):
+    healthy = make({"key": "train.seed", "values": [0, 1]})
+    with_bad = make({"zip": {"train.seed": [0, 1, 2], "train.lr": [3e-3, 3e-3, 1e6]}})
+    grid.run_sweep(healthy, tmp_path / "healthy", ensemble_size=4, progress=False)
+    grid.run_sweep(with_bad, tmp_path / "bad", ensemble_size=4, progress=False)
+    runs = results.load(tmp_path / "bad")["runs"].set_index("name")
+    assert runs.loc["seed=2 lr=1e+06", "status"] == "diverged"
+    assert (runs.drop("seed=2 lr=1e+06")["status"] == "done").all()
+    ok = {r[0]: r for r in curves(tmp_path / "healthy")}
+    for run_id, *rest in curves(tmp_path / "bad"):
+        if run_id in ok:
+            np.testing.assert_allclose(rest, [x for x in curves(tmp_path / "healthy")
+                                              if x[0] == run_id and x[1] == rest[0]][0][1:], rtol=2e-5)
+    text = grid.status_table(tmp_path / "bad")
+    assert "diverged  1" in text and "done      2" in text
+
+
+def test_results_load_and_fit_from_a_sweep(tmp_path):
+    sw = make({"key": "model.d_model", "values": [16, 32, 48]}, {"key": "model.n_heads", "values": [1]})
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
+    tables = results.load(tmp_path / "s")
+    runs, curves_df, positions = tables["runs"], tables["curves"], tables["positions"]
+    assert len(runs) == 3 and (runs["status"] == "done").all()
+    assert sorted(runs["N"]) == [12 * 16 ** 2, 12 * 32 ** 2, 12 * 48 ** 2]
+    assert len(curves_df) == 12 and set(curves_df.columns) >= {"run_id", "step", "tokens", "flops_6N", "test_loss"}
+    assert len(positions) == 12 * 32 and positions["position"].max() == 32
+    r = subprocess.run(jscale_cmd("fit", str(tmp_path / "s"), "--law", "kaplan-n", "--n-convention", "non_embedding",
+                                  "--bootstrap", "10", "--out", str(tmp_path / "f.json")), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "power fit on 3 points (N: non_embedding" in r.stdout
+    r = subprocess.run(jscale_cmd("fit", str(tmp_path / "s"), "--law", "frontier", "--bootstrap", "0",
+                                  "--out", str(tmp_path / "g.json")), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path):
+    """Real processes, SIGKILLed at random moments, then the same command until it finishes."""
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SWEEP_TOML.format(steps=120))
+    cmd = lambda out: jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--ensemble-size", "2")
+    subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
+    assert curves(tmp_path / "killed") == curves(tmp_path / "straight")  # bitwise, on CPU
+    with sqlite3.connect(tmp_path / "killed" / "results.sqlite") as c:
+        assert c.execute("SELECT DISTINCT status FROM runs").fetchall() == [("done",)]
+    # A finished sweep trains nothing when run again.
+    r = subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True, text=True)
+    assert "0 trained now" in r.stdout
+
+
+def test_shards_split_the_groups_between_jobs_sharing_one_directory(tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SWEEP_TOML.format(steps=20))
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen(jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--ensemble-size", "2",
+                                         "--shard", f"{i}/2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trained = sorted(int(o[0].split(" trained now")[0].split()[-1]) for o in outs)
+    assert sum(trained) == 2  # two groups (d_model 16 and 32), each trained by exactly one job
+    runs = results.load(out)["runs"]
+    assert len(runs) == 4 and (runs["status"] == "done").all()
+    r = subprocess.run(jscale_cmd("run", str(spec), "--out", str(out), "--shard", "2/2"), capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--shard: need 0 <= i < n" in r.stderr
+
+
+def test_ensemble_size_is_measured_once_per_backend_and_kept(tmp_path):
+    sw = make({"key": "train.seed", "values": [0, 1, 2]})
+    members, decision = grid.choose_ensemble_size(sw, tmp_path, None)
+    assert decision["measured"]["members"] == 3 and decision["measured"]["speedup"] > 0
+    assert members in (1, 3)
+    again, _ = grid.choose_ensemble_size(sw, tmp_path, None)
+    assert again == members  # read back from ensemble.json, not re-measured
+    assert (tmp_path / "ensemble.json").exists()

@@ -1,0 +1,118 @@
+"""Sweep specs: axes, generators, grouping into ensembles, the plan, and one-line errors."""
+
+import math
+import subprocess
+
+import pytest
+
+from conftest import jscale_cmd
+from jscale import accounting, sweep
+from jscale.config import ConfigError
+
+BASE = {"model": {"n_ctx": 32}, "data": {"eval_windows": 8},
+        "train": {"batch_size": 4, "steps": 50, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 10}}
+
+
+def expand(*axes, base=BASE):
+    return sweep.expand({"name": "t", "base": base, "axis": list(axes)})
+
+
+def test_cartesian_and_zipped_axes():
+    sw = expand({"key": "train.seed", "values": [0, 1, 2]},
+                {"zip": {"model.d_model": [32, 64], "model.n_heads": [2, 4]}})
+    assert len(sw.runs) == 6
+    assert {(r.cfg.train.seed, r.cfg.model.d_model, r.cfg.model.n_heads) for r in sw.runs} == {
+        (s, d, h) for s in (0, 1, 2) for d, h in ((32, 2), (64, 4))}
+    assert len({r.run_id for r in sw.runs}) == 6
+    # Run ids are a stable hash of the config: the same spec gives the same ids.
+    assert [r.run_id for r in sw.runs] == [r.run_id for r in expand(
+        {"key": "train.seed", "values": [0, 1, 2]}, {"zip": {"model.d_model": [32, 64], "model.n_heads": [2, 4]}}).runs]
+
+
+def test_sizes_generator_spans_N_on_a_log_scale():
+    sw = expand({"generator": "sizes", "N_min": 1e5, "N_max": 1e7, "count": 5, "aspect_ratio": 32, "d_head": 16})
+    Ns = sorted(accounting.account(r.cfg.model).N for r in sw.runs)
+    assert len(Ns) == 5
+    for got, want in zip(Ns, [1e5 * 10 ** (0.5 * i) for i in range(5)]):
+        assert got == pytest.approx(want, rel=0.35)
+    for r in sw.runs:
+        assert r.cfg.model.d_model % 16 == 0 and r.cfg.model.d_head == 16
+
+
+def test_shapes_at_fixed_N_vary_the_aspect_ratio():
+    sw = expand({"generator": "shapes", "N": 2e6, "aspect_ratios": [8, 32, 128], "d_head": 16})
+    ratios = [r.cfg.model.d_model / r.cfg.model.n_layer for r in sw.runs]
+    assert ratios == sorted(ratios) and ratios[-1] / ratios[0] > 8
+    for r in sw.runs:
+        assert accounting.account(r.cfg.model).N == pytest.approx(2e6, rel=0.25)
+
+
+def test_ff_ratios_and_heads():
+    sw = expand({"generator": "ff_ratios", "N": 1e6, "n_layer": 2, "ratios": [1, 4, 16], "d_head": 8})
+    got = sorted(r.cfg.model.d_ff_ / r.cfg.model.d_model for r in sw.runs)
+    assert got == pytest.approx([1, 4, 16], rel=0.1)
+    for r in sw.runs:
+        assert accounting.account(r.cfg.model).N == pytest.approx(1e6, rel=0.25)
+    heads = expand({"key": "model.d_model", "values": [64]}, {"generator": "heads", "d_heads": [8, 16, 64, 48]})
+    assert sorted(r.cfg.model.n_heads for r in heads.runs) == [1, 4, 8]  # 48 does not divide 64
+
+
+def test_isoflop_generator_spends_each_budget():
+    sw = expand({"generator": "isoflop", "budgets": [1e12, 4e12],
+                 "sizes": {"N_min": 1e4, "N_max": 3e5, "count": 4, "d_head": 16}, "min_steps": 5})
+    budgets = {}
+    for r in sw.runs:
+        C = r.tags["isoflop.budget"]
+        acc = accounting.account(r.cfg.model)
+        tokens_per_step = r.cfg.train.batch_size * r.cfg.model.n_ctx
+        spent = 6 * acc.N_total * r.cfg.train.steps * tokens_per_step
+        assert spent == pytest.approx(C, abs=6 * acc.N_total * tokens_per_step)  # within one step's rounding
+        budgets.setdefault(C, []).append(acc.N_total)
+    assert set(budgets) == {1e12, 4e12} and all(len(v) >= 3 for v in budgets.values())
+
+
+def test_data_sizes_seeds_and_kaplan_lr():
+    sw = expand({"generator": "data_sizes", "values": [1e4, 1e5]}, {"generator": "seeds", "values": [0, 1]},
+                {"generator": "kaplan_lr"})
+    assert sorted({r.cfg.data.max_train_tokens for r in sw.runs}) == [10_000, 100_000]
+    N = accounting.account(sw.runs[0].cfg.model).N
+    assert sw.runs[0].cfg.train.lr == pytest.approx(0.003239 - 0.0001395 * math.log(N))
+
+
+def test_groups_share_shapes_and_chunk_by_ensemble_size():
+    sw = expand({"key": "model.d_model", "values": [32, 64]}, {"key": "train.seed", "values": [0, 1, 2]},
+                {"key": "train.lr", "values": [1e-3, 3e-3]}, {"generator": "data_sizes", "values": [5000, 50000]})
+    groups = sw.groups(64)
+    assert len(groups) == 2 and sorted(len(g.runs) for g in groups) == [12, 12]
+    for g in groups:
+        assert len({r.cfg.model.d_model for r in g.runs}) == 1
+    small = sw.groups(5)
+    assert sorted(len(g.runs) for g in small) == [2, 2, 5, 5, 5, 5]
+    assert [g.group_id for g in sw.groups(5)] == [g.group_id for g in small]  # stable across calls
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"axis": [{"key": "model.d_modle", "values": [1]}]}, "model.d_modle: unknown config key"),
+    ({"axis": [{"key": "model.d_model", "values": []}]}, "axis[0].values: expected a non-empty list"),
+    ({"axis": [{"zip": {"model.d_model": [32, 64], "model.n_heads": [2]}}]}, "axis[0].zip: lists must have equal"),
+    ({"axis": [{"generator": "sizez"}]}, "axis[0].generator: 'sizez' is not one of"),
+    ({"axis": [{"generator": "sizes", "N_min": 1e4, "count": 3}]}, "axis[0].N_max: missing"),
+    ({"axis": [{"key": "model.n_heads", "values": [3]}]}, "model.n_heads: d_attn = 128 is not divisible"),
+    ({"axes": []}, "axes: unknown sweep key"),
+    ({"axis": [{"key": "train.seed"}, {}]}, "axis[0].values: expected a non-empty list"),
+])
+def test_invalid_specs_name_the_key(spec, message):
+    with pytest.raises(ConfigError) as e:
+        sweep.expand({"base": BASE, **spec})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_plan_cli(tmp_path, repo):
+    r = subprocess.run(jscale_cmd("plan", str(repo / "experiments" / "quickstart.toml")), capture_output=True,
+                       text=True, check=True)
+    assert "estimated compute" in r.stdout and "PF-days" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[axis]]\nkey = "model.n_layer"\nvalues = [0]\n')
+    r = subprocess.run(jscale_cmd("plan", str(bad)), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "model.n_layer: must be positive, got 0" in r.stderr
