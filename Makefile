@@ -28,4 +28,4 @@ quickstart: $(VENV)/.installed
 	  --out $(OUT)/fit-kaplan-n.json --plot $(OUT)/fit
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2

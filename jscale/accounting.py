@@ -8,6 +8,12 @@
   implementation that computes the full T x T score matrix, as XLA does, spends twice that.
 - Training FLOPs per token: Kaplan's 6N, and the exact count 3 x forward (backward = 2 x forward) with attention and
   the de-embedding included (what MFU is measured against).
+- Grouped-query attention (n_kv_heads G < n_heads H): the key and value projections shrink to G heads, so
+  c_attn is d_model x (d_attn + 2 G d_head); the score and value matmuls keep all H query heads.
+- Universal Transformer (blocks reused `reuse` times): N counts the unique parameters; N_compute = N x reuse is
+  what each token passes through, so 6N in Kaplan's sense is 6 N_compute, and attention is paid once per pass.
+- LSTM: 4 gates per layer, W_i (d_in x 4 d_model) and W_h (d_model x 4 d_model): N = 8 n_layer d_model^2 (with
+  d_in = d_model), forward 2N per token plus the de-embedding; no positions, no attention.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day
 class Accounting:
     params: dict[str, int]  # per operation, Table 1 rows plus biases/norms and an untied unembedding
     forward_flops: dict[str, float]  # per token per operation, causal-averaged attention
-    N: int  # non-embedding parameters (Kaplan)
+    N: int  # non-embedding parameters (Kaplan), unique ones for a Universal Transformer
     N_total: int  # all parameters (Chinchilla)
-    C_forward: float  # Kaplan's 2N + 2 n_layer n_ctx d_attn
-    train_flops_6N: float  # Kaplan's 6N per token
+    N_compute: int  # non-embedding parameters each token passes through: N x reuse
+    C_forward: float  # Kaplan's 2 N_compute + 2 depth n_ctx d_attn
+    train_flops_6N: float  # Kaplan's 6N per token (6 N_compute)
     train_flops_exact: float  # 3 x every forward term, de-embedding included
 
     def train_flops(self, convention: str) -> float:
@@ -35,25 +42,29 @@ class Accounting:
 
 def account(cfg: ModelConfig, attention: str = "causal") -> Accounting:
     """Parameters and FLOPs per token of a model. attention='dense' counts the full T x T score matrix."""
-    if cfg.kind != "transformer":
+    if cfg.kind == "lstm":
+        return _account_lstm(cfg)
+    if cfg.kind not in ("transformer", "universal"):
         raise ValueError(f"model.kind: no accounting for {cfg.kind!r}")
     L, D, A, F, T, V = cfg.n_layer, cfg.d_model, cfg.d_attn_, cfg.d_ff_, cfg.n_ctx, cfg.vocab_size
+    QKV = A + 2 * cfg.n_kv_heads_ * cfg.d_head  # c_attn's output width: 3 d_attn without grouped-query attention
+    r = cfg.reuse if cfg.kind == "universal" else 1
     params = {
         "embed": (V + T) * D,
-        "attn_qkv": L * D * 3 * A,
+        "attn_qkv": L * D * QKV,
         "attn_proj": L * A * D,
         "feed_forward": L * 2 * D * F,
         "unembed": 0 if cfg.tie_embeddings else D * V,
         # c_attn, c_proj, c_fc, mlp c_proj biases and two LayerNorms per block; the final LayerNorm.
-        "biases_norms": L * (3 * A + D + F + D + 4 * D) + 2 * D,
+        "biases_norms": L * (QKV + D + F + D + 4 * D) + 2 * D,
     }
     mask = {"causal": 2 * L * T * A, "dense": 4 * L * T * A}[attention]
     forward = {
         "embed": 4 * D,
-        "attn_qkv": 2 * L * D * 3 * A,
-        "attn_mask": mask,
-        "attn_proj": 2 * L * A * D,
-        "feed_forward": 2 * L * 2 * D * F,
+        "attn_qkv": 2 * L * D * QKV * r,
+        "attn_mask": mask * r,
+        "attn_proj": 2 * L * A * D * r,
+        "feed_forward": 2 * L * 2 * D * F * r,
         "de_embed": 2 * D * V,
     }
     N = params["attn_qkv"] + params["attn_proj"] + params["feed_forward"]
@@ -62,10 +73,23 @@ def account(cfg: ModelConfig, attention: str = "causal") -> Accounting:
         forward_flops={k: float(v) for k, v in forward.items()},
         N=N,
         N_total=sum(params.values()),
-        C_forward=float(2 * N + 2 * L * T * A),
-        train_flops_6N=float(6 * N),
+        N_compute=N * r,
+        C_forward=float(2 * N * r + 2 * L * r * T * A),
+        train_flops_6N=float(6 * N * r),
         train_flops_exact=float(3 * sum(forward.values())),
     )
+
+
+def _account_lstm(cfg: ModelConfig) -> Accounting:
+    L, D, V = cfg.n_layer, cfg.d_model, cfg.vocab_size
+    params = {"embed": V * D, "lstm_input": L * D * 4 * D, "lstm_recurrent": L * D * 4 * D,
+              "unembed": 0 if cfg.tie_embeddings else D * V, "biases_norms": L * 4 * D}
+    N = params["lstm_input"] + params["lstm_recurrent"]
+    forward = {"lstm_input": 2 * params["lstm_input"], "lstm_recurrent": 2 * params["lstm_recurrent"],
+               "de_embed": 2 * D * V}
+    return Accounting(params=params, forward_flops={k: float(v) for k, v in forward.items()}, N=N,
+                      N_total=sum(params.values()), N_compute=N, C_forward=float(2 * N),
+                      train_flops_6N=float(6 * N), train_flops_exact=float(3 * sum(forward.values())))
 
 
 def memory_estimate(cfg: ModelConfig, batch_size: int, bytes_per_activation: int) -> dict[str, float]:
@@ -76,6 +100,9 @@ def memory_estimate(cfg: ModelConfig, batch_size: int, bytes_per_activation: int
     """
     acc = account(cfg)
     T, D, H = cfg.n_ctx, cfg.d_model, cfg.n_heads
-    per_layer = T * batch_size * D * (34 + 5 * H * T / D) * bytes_per_activation / 2
+    if cfg.kind == "lstm":  # 4 gates, c and h per position and layer
+        per_layer = T * batch_size * D * 6 * bytes_per_activation
+    else:
+        per_layer = T * batch_size * D * (34 + 5 * H * T / D) * bytes_per_activation / 2
     logits = batch_size * T * cfg.vocab_size * 4
-    return {"params_and_optimizer": 16.0 * acc.N_total, "activations": cfg.n_layer * per_layer + logits}
+    return {"params_and_optimizer": 16.0 * acc.N_total, "activations": cfg.depth * per_layer + logits}

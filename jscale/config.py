@@ -22,15 +22,18 @@ class ConfigError(JscaleError):
     pass
 
 
-MODEL_KINDS = ("transformer",)
+MODEL_KINDS = ("transformer", "universal", "lstm")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "transformer"
-    n_layer: int = 2
-    d_model: int = 128
+    kind: str = "transformer"  # transformer | universal (blocks reused over depth) | lstm
+    n_layer: int = 2  # Transformer blocks; for universal the unique blocks; for lstm the LSTM layers
+    d_model: int = 128  # for lstm: the hidden size
     n_heads: int = 4
+    n_kv_heads: int | None = None  # key/value heads: None = n_heads (multi-head), 1 = multi-query, else grouped
+    reuse: int = 1  # universal: how many times the stack of unique blocks is applied
+    step_embedding: bool = True  # universal: add a sinusoidal embedding of the repeat index (Dehghani et al.)
     d_ff: int | None = None  # None: 4 * d_model
     d_attn: int | None = None  # None: d_model
     n_ctx: int = 128
@@ -51,6 +54,15 @@ class ModelConfig:
     @property
     def d_head(self) -> int:
         return self.d_attn_ // self.n_heads
+
+    @property
+    def n_kv_heads_(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def depth(self) -> int:
+        """Blocks applied per token: n_layer, times reuse for a Universal Transformer."""
+        return self.n_layer * (self.reuse if self.kind == "universal" else 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +228,17 @@ def validate(cfg: Config) -> None:
     _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
                     "model.n_ctx", "model.vocab_size", "data.eval_windows", "train.batch_size", "train.steps",
                     "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
-    if m.d_attn_ % m.n_heads:
-        raise ConfigError(f"model.n_heads: d_attn = {m.d_attn_} is not divisible by n_heads = {m.n_heads}")
+    _positive(cfg, ["model.n_kv_heads"])
+    if m.reuse < 1:
+        raise ConfigError(f"model.reuse: must be >= 1, got {m.reuse}")
+    if m.reuse != 1 and m.kind != "universal":
+        raise ConfigError(f"model.reuse: only a universal model reuses its blocks (model.kind = {m.kind!r})")
+    if m.kind != "lstm":
+        if m.d_attn_ % m.n_heads:
+            raise ConfigError(f"model.n_heads: d_attn = {m.d_attn_} is not divisible by n_heads = {m.n_heads}")
+        if m.n_heads % m.n_kv_heads_:
+            raise ConfigError(f"model.n_kv_heads: n_heads = {m.n_heads} is not divisible by n_kv_heads = "
+                              f"{m.n_kv_heads_}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:

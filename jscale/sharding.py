@@ -34,6 +34,8 @@ RULES: dict[tuple[str, str], tuple] = {
     ("wte", "embedding"): ("tensor", "fsdp"),  # (vocab, d_model)
     ("wpe", "embedding"): (None, "fsdp"),
     ("lm_head", "kernel"): ("fsdp", "tensor"),
+    ("wi", "kernel"): ("fsdp", "tensor"),  # LSTM input projection (d_in, 4 d_model)
+    ("wi", "bias"): ("tensor",),
 }
 
 

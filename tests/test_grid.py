@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import numpy as np
-import pytest
 
 from conftest import jscale_cmd
 from jscale import grid, results, sweep
@@ -103,14 +102,14 @@ def test_results_load_and_fit_from_a_sweep(tmp_path):
 def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path):
     """Real processes, SIGKILLed at random moments, then the same command until it finishes."""
     spec = tmp_path / "tiny.toml"
-    spec.write_text(SWEEP_TOML.format(steps=120))
+    spec.write_text(SWEEP_TOML.format(steps=80))
     cmd = lambda out: jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--ensemble-size", "2")
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
     rng = random.Random(0)
     kills = 0
-    for _ in range(3):
+    for _ in range(2):
         proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 9.0))
+        time.sleep(rng.uniform(3.0, 8.0))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1

@@ -10,7 +10,6 @@ import pytest
 from jscale import laws, lbfgs, reference_data
 from jscale.laws import LawFitError
 
-RNG = np.random.default_rng(1234)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +69,7 @@ def test_fast_fit_reaches_the_all_starts_optimum(chinchilla_data, chinchilla_fit
 
 
 def test_batched_lbfgs_matches_scipy_on_a_quadratic_and_rosenbrock():
+    rng = np.random.default_rng(6500)  # per test, so results do not depend on test order
     from scipy import optimize
 
     def rosen(x, rows):
@@ -78,7 +78,7 @@ def test_batched_lbfgs_matches_scipy_on_a_quadratic_and_rosenbrock():
                      axis=1)
         return f, g
 
-    starts = RNG.normal(0, 2, (20, 2))
+    starts = rng.normal(0, 2, (20, 2))
     x, f, ok = lbfgs.minimize(rosen, starts)
     assert ok.all()
     np.testing.assert_allclose(x, 1.0, atol=1e-5)
@@ -108,18 +108,28 @@ def test_chinchilla_recovers_a_known_law_within_its_intervals():
 
 
 @pytest.mark.parametrize("irreducible", [False, True])
-def test_power_law_recovery(irreducible):
+def test_power_law_recovery_and_interval_coverage(irreducible):
+    """Over 20 independent noisy draws the fit is within the noise every time, and the 95% bootstrap intervals
+    cover the true exponent (and E) in most draws (percentile intervals undercover a little at 40 points)."""
     N = np.geomspace(1e5, 1e9, 40)
-    true = {"X_c": 8.8e13, "alpha": 0.076, **({"E": 1.5} if irreducible else {})}
-    L = (laws._power_e if irreducible else laws._power)(true, N) * np.exp(RNG.normal(0, 0.003, len(N)))
-    fit = laws.fit_power(N, L, variable="N", irreducible=irreducible, n_bootstrap=200, seed=0)
-    assert fit.law == ("power+E" if irreducible else "power")
-    assert fit.params["alpha"] == pytest.approx(true["alpha"], rel=0.1 if not irreducible else 0.3)
-    lo, hi = fit.intervals["alpha"]
-    assert lo <= true["alpha"] <= hi
+    # Kaplan's L(N); with E, a law whose curvature over this range pins E down (E is 40-90% of the loss).
+    true = {"X_c": 1e7, "alpha": 0.3, "E": 1.7} if irreducible else {"X_c": 8.8e13, "alpha": 0.076}
+    covered = {"alpha": 0, "E": 0}
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        L = (laws._power_e if irreducible else laws._power)(true, N) * np.exp(rng.normal(0, 0.003, len(N)))
+        fit = laws.fit_power(N, L, variable="N", irreducible=irreducible, n_bootstrap=100, seed=seed)
+        assert fit.law == ("power+E" if irreducible else "power")
+        assert fit.params["alpha"] == pytest.approx(true["alpha"], rel=0.05)
+        np.testing.assert_allclose(fit.predict(X=N), L, rtol=0.015)
+        for k in covered:
+            if k in fit.intervals:
+                covered[k] += fit.intervals[k][0] <= true[k] <= fit.intervals[k][1]
+        if irreducible:
+            assert fit.params["E"] == pytest.approx(1.7, abs=0.03)
+    assert covered["alpha"] >= 15
     if irreducible:
-        assert fit.params["E"] == pytest.approx(1.5, abs=0.1)
-    np.testing.assert_allclose(fit.predict(X=N), L, rtol=0.02)
+        assert covered["E"] >= 15
 
 
 def test_power_law_without_noise_is_exact():
@@ -130,10 +140,11 @@ def test_power_law_without_noise_is_exact():
 
 
 def test_kaplan_nd_recovery():
+    rng = np.random.default_rng(2453)  # per test, so results do not depend on test order
     true = {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}
     N, D = np.meshgrid(np.geomspace(1e6, 1e9, 7), np.geomspace(1e7, 1e10, 7))
     N, D = N.ravel(), D.ravel()
-    L = laws._kaplan_nd(true, N, D) * np.exp(RNG.normal(0, 0.002, len(N)))
+    L = laws._kaplan_nd(true, N, D) * np.exp(rng.normal(0, 0.002, len(N)))
     fit = laws.fit_kaplan_nd(N, D, L, n_bootstrap=100, seed=0)
     assert fit.params["alpha_N"] == pytest.approx(0.076, rel=0.1)
     assert fit.params["alpha_D"] == pytest.approx(0.103, rel=0.1)
@@ -141,10 +152,11 @@ def test_kaplan_nd_recovery():
 
 
 def test_kaplan_ns_recovery_and_smin():
+    rng = np.random.default_rng(3404)  # per test, so results do not depend on test order
     true = {"N_c": 6.5e13, "alpha_N": 0.077, "S_c": 2.1e3, "alpha_S": 0.76}
     N, S = np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e3, 1e5, 6))
     N, S = N.ravel(), S.ravel()
-    L = laws._kaplan_ns(true, N, S) * np.exp(RNG.normal(0, 0.002, len(N)))
+    L = laws._kaplan_ns(true, N, S) * np.exp(rng.normal(0, 0.002, len(N)))
     fit = laws.fit_kaplan_ns(N, S, L, n_bootstrap=0)
     assert fit.params["alpha_N"] == pytest.approx(0.077, rel=0.1)
     assert fit.params["alpha_S"] == pytest.approx(0.76, rel=0.1)
@@ -155,13 +167,14 @@ def test_kaplan_ns_recovery_and_smin():
 
 def test_critical_batch_recovery():
     """Batch scans built from (S/S_min - 1)(E/E_min - 1) = 1 with B_crit(L) = B_* / L^(1/alpha_B)."""
+    rng = np.random.default_rng(2969)  # per test, so results do not depend on test order
     B_star, alpha_B = 2e8, 0.21
     steps, tokens, targets = [], [], []
     for L in (3.0, 3.5, 4.0, 4.5, 5.0):
         b_crit = B_star / L ** (1 / alpha_B)
         s_min = 1e4 / L ** 2
         for B in np.geomspace(b_crit / 8, b_crit * 8, 7):
-            S = s_min * (1 + b_crit / B) * np.exp(RNG.normal(0, 0.01))
+            S = s_min * (1 + b_crit / B) * np.exp(rng.normal(0, 0.01))
             steps.append(S), tokens.append(B * S), targets.append(L)
     fit = laws.fit_critical_batch(steps, tokens, targets, n_bootstrap=50)
     assert fit.params["alpha_B"] == pytest.approx(alpha_B, rel=0.05)
@@ -169,6 +182,7 @@ def test_critical_batch_recovery():
 
 
 def test_isoflop_recovers_the_compute_optimal_exponent():
+    rng = np.random.default_rng(5380)  # per test, so results do not depend on test order
     true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
     a_true = true["beta"] / (true["alpha"] + true["beta"])
     Ns, Ls, budgets = [], [], []
@@ -176,7 +190,7 @@ def test_isoflop_recovers_the_compute_optimal_exponent():
         n_opt = laws.chinchilla_derived(true)["G"] * (C / 6) ** a_true
         for N in n_opt * np.geomspace(0.25, 4, 9):
             Ns.append(N), budgets.append(C)
-            Ls.append(laws._chinchilla(true, N, C / (6 * N)) * np.exp(RNG.normal(0, 0.001)))
+            Ls.append(laws._chinchilla(true, N, C / (6 * N)) * np.exp(rng.normal(0, 0.001)))
     fit = laws.fit_isoflop(Ns, Ls, budgets, n_bootstrap=200, seed=0)
     assert fit.params["a"] == pytest.approx(a_true, abs=0.03)
     assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0)

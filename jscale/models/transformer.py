@@ -3,7 +3,8 @@
 The parameter tree mirrors GPT-2's checkpoint layout one to one (wte, wpe, h_{i}/{ln_1, attn/{c_attn, c_proj}, ln_2,
 mlp/{c_fc, c_proj}}, ln_f), with Dense kernels stored (in, out) like GPT-2's Conv1D weights, so weights can be
 exported to other GPT-2 implementations without touching the model. Shape letters: B batch, T positions,
-D d_model, A d_attn, H heads, K head dim (A / H), F d_ff, V vocabulary.
+D d_model, A d_attn, H heads, G key/value heads (grouped-query attention; G = H is GPT-2), K head dim (A / H),
+F d_ff, V vocabulary.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
         cfg, dtype = self.cfg, compute_dtype(self.cfg)
         B, T, _ = x_BxTxD.shape
-        H, K = cfg.n_heads, cfg.d_head
-        qkv_BxTx3A = _dense(3 * cfg.d_attn_, "c_attn", dtype)(x_BxTxD)
-        q_BxTxA, k_BxTxA, v_BxTxA = jnp.split(qkv_BxTx3A, 3, axis=-1)
-        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(B, T, H, K) for a in (q_BxTxA, k_BxTxA, v_BxTxA))
+        H, G, K = cfg.n_heads, cfg.n_kv_heads_, cfg.d_head  # G key/value heads, each shared by H / G query heads
+        # Fused projection, GPT-2's c_attn; with G = H its columns are [q | k | v] of d_attn each.
+        qkv = _dense((H + 2 * G) * K, "c_attn", dtype)(x_BxTxD)
+        q_BxTxHxK = qkv[..., :H * K].reshape(B, T, H, K)
+        k_BxTxGxK = qkv[..., H * K:(H + G) * K].reshape(B, T, G, K)
+        v_BxTxGxK = qkv[..., (H + G) * K:].reshape(B, T, G, K)
         out_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+            q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True,
             implementation=attention_implementation(cfg, dtype))
         # GPT-2 scales the residual projections' init by 1/sqrt(2 n_layer).
         out_BxTxD = _dense(cfg.d_model, "c_proj", dtype, 0.02 / math.sqrt(2 * cfg.n_layer))(
@@ -86,8 +89,15 @@ class Block(nn.Module):
         return x_BxTxD
 
 
+def sinusoid(position, d_model: int) -> jax.Array:
+    """The sinusoidal embedding of one position (Vaswani et al. 2017), shape (d_model,)."""
+    i = jnp.arange(d_model // 2)
+    angle = position / (10000.0 ** (2 * i / d_model))
+    return jnp.concatenate([jnp.sin(angle), jnp.cos(angle), jnp.zeros(d_model % 2)])
+
+
 class Transformer(nn.Module):
-    """tokens (B, T) int -> logits (B, T, V) float32."""
+    """tokens (B, T) int -> logits (B, T, V) float32. Serves model.kind "transformer" and "universal"."""
 
     cfg: ModelConfig
 
@@ -101,8 +111,15 @@ class Transformer(nn.Module):
                        embedding_init=nn.initializers.normal(0.01))
         x_BxTxD = wte(tokens_BxT) + wpe(jnp.arange(T))[None]
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
-        for i in range(cfg.n_layer):
-            x_BxTxD = Block(cfg, name=f"h_{i}")(x_BxTxD, deterministic)
+        blocks = [Block(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        # A Universal Transformer (Dehghani et al. 2018; Kaplan's "recurrent Transformer") applies the same
+        # n_layer blocks `reuse` times, adding a sinusoidal embedding of the repeat index before each pass.
+        reuse = cfg.reuse if cfg.kind == "universal" else 1
+        for r in range(reuse):
+            if reuse > 1 and cfg.step_embedding:
+                x_BxTxD = x_BxTxD + sinusoid(r, cfg.d_model).astype(dtype)
+            for block in blocks:
+                x_BxTxD = block(x_BxTxD, deterministic)
         x_BxTxD = _layer_norm("ln_f", dtype)(x_BxTxD)
         if cfg.tie_embeddings:
             logits_BxTxV = wte.attend(x_BxTxD)

@@ -1,0 +1,70 @@
+"""An LSTM language model (Kaplan et al. 2020, Fig. 7, compared 1-, 2- and 4-layer LSTMs with Transformers).
+
+Embedding, n_layer stacked LSTM layers of hidden size d_model, and a tied (or untied) unembedding. Each layer's input
+projection x W_i + b for all T positions is one matmul outside the time loop; only h W_h stays inside the
+`lax.scan` over time. Gate order (i, f, g, o); the forget-gate bias starts at 1. Shape letters: B batch,
+T positions, D d_model (= hidden size), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jscale.config import ModelConfig
+from jscale.models.transformer import compute_dtype
+
+
+def _forget_bias(key, shape, dtype=jnp.float32):
+    H = shape[0] // 4
+    return jnp.zeros(shape, dtype).at[H:2 * H].set(1.0)
+
+
+class LSTMLayer(nn.Module):
+    hidden: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        H = self.hidden
+        # Hoisted input projection: one (B*T, D) x (D, 4H) matmul instead of T small ones.
+        xi_BxTx4H = nn.Dense(4 * H, name="wi", dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=nn.initializers.normal(x_BxTxD.shape[-1] ** -0.5),
+                             bias_init=_forget_bias)(x_BxTxD)
+        wh_Hx4H = self.param("wh", nn.initializers.orthogonal(), (H, 4 * H), jnp.float32).astype(self.dtype)
+        B = x_BxTxD.shape[0]
+
+        def step(carry, xi_Bx4H):
+            h_BxH, c_BxH = carry
+            gates = xi_Bx4H + h_BxH @ wh_Hx4H
+            i, f, g, o = jnp.split(gates, 4, axis=-1)
+            c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_BxH = jax.nn.sigmoid(o) * jnp.tanh(c_BxH)
+            return (h_BxH, c_BxH), h_BxH
+
+        zeros = jnp.zeros((B, H), self.dtype)
+        _, h_TxBxH = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(xi_BxTx4H, 0, 1))
+        return jnp.swapaxes(h_TxBxH, 0, 1)
+
+
+class LSTM(nn.Module):
+    """tokens (B, T) int -> logits (B, T, V) float32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
+                       embedding_init=nn.initializers.normal(0.02))
+        x_BxTxD = nn.Dropout(cfg.dropout)(wte(tokens_BxT), deterministic=deterministic)
+        for i in range(cfg.n_layer):
+            x_BxTxD = LSTMLayer(cfg.d_model, dtype, name=f"lstm_{i}")(x_BxTxD)
+            x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
+        if cfg.tie_embeddings:
+            logits_BxTxV = wte.attend(x_BxTxD)
+        else:
+            logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, name="lm_head", dtype=dtype,
+                                    param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02))(x_BxTxD)
+        return logits_BxTxV.astype(jnp.float32)
