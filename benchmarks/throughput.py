@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +47,7 @@ def measure(d_model, n_layer, n_ctx, batch, attention="auto", dtype="auto", step
     step = jax.jit(train.make_train_step(model, opt), donate_argnums=0)
     hp = train.hparams_from_config(TrainConfig())
     batch_arr = jax.random.randint(jax.random.key(0), (batch, n_ctx + 1), 0, 256)
-    for _ in range(2):  # compile and warm up
-        state, m = step(state, batch_arr, hp)
-    jax.block_until_ready(m["loss"])
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, batch_arr, hp)
-    jax.block_until_ready(m["loss"])
-    dt = (time.perf_counter() - t0) / steps
+    dt = train.seconds_per_step(step, state, batch_arr, hp, steps)
     acc = accounting.account(cfg)
     tokens_per_s = batch * n_ctx / dt
     flops = tokens_per_s * acc.train_flops_exact

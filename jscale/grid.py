@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import zlib
 from pathlib import Path
 
@@ -65,16 +64,7 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     B, T = cfg.train.batch_size, cfg.model.n_ctx
 
-    def timed(fn, state, batch, hparams):
-        for _ in range(2):
-            state, m = fn(state, batch, hparams)
-        jax.block_until_ready(m["loss"])
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = fn(state, batch, hparams)
-        jax.block_until_ready(m["loss"])
-        return (time.perf_counter() - t0) / steps
-
+    timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
     seeds = jnp.arange(members, dtype=jnp.uint32)
     init = lambda s: train.init_state(model, opt, T, s)
     single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),

@@ -291,17 +291,24 @@ def _kaplan_nd_arrays(N, D, L):
     return _least_squares_log(lambda p: _kaplan_nd(p, N, D), starts, np.log(L), tr, "kaplan-nd")
 
 
+def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss, n_params: int,
+                 n_bootstrap: int, seed: int, convention: dict[str, str] | None) -> FittedLaw:
+    """Fit a law of several variables by least squares on log L (fit_arrays(*variables, L) -> (params, objective)),
+    with residuals and percentile-bootstrap intervals over resampled points."""
+    cols = _columns(n_params, **variables, loss=loss)
+    X, L = [cols[k] for k in variables], cols["loss"]
+    params, obj = fit_arrays(*X, L)
+    fitted = FittedLaw(law, params, tuple(variables), dict(convention or {}), objective=obj, n_points=len(L))
+    fitted.residuals = (np.log(L) - np.log(fitted.predict(**{k: cols[k] for k in variables}))).tolist()
+    if n_bootstrap:
+        fitted.intervals, _ = bootstrap(lambda i: fit_arrays(*(x[i] for x in X), L[i])[0], len(L), n_bootstrap, seed)
+    return fitted
+
+
 def fit_kaplan_nd(N, D, loss, n_bootstrap: int = 1000, seed: int = 0,
                   convention: dict[str, str] | None = None) -> FittedLaw:
-    cols = _columns(4, N=N, D=D, loss=loss)
-    N, D, L = cols["N"], cols["D"], cols["loss"]
-    params, obj = _kaplan_nd_arrays(N, D, L)
-    fitted = FittedLaw("kaplan-nd", params, ("N", "D"), dict(convention or {}), objective=obj, n_points=len(L))
-    fitted.residuals = (np.log(L) - np.log(fitted.predict(N=N, D=D))).tolist()
-    # Kaplan's overfitting bound: L(N, D) / L(N, inf) - 1 < 2% needs D > 5e3 N^0.74 at his constants.
-    if n_bootstrap:
-        fitted.intervals, _ = bootstrap(lambda i: _kaplan_nd_arrays(N[i], D[i], L[i])[0], len(L), n_bootstrap, seed)
-    return fitted
+    """Kaplan's eq. 1.5, L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D."""
+    return _fit_log_law("kaplan-nd", _kaplan_nd_arrays, {"N": N, "D": D}, loss, 4, n_bootstrap, seed, convention)
 
 
 def s_min(S, B, B_crit):
@@ -324,14 +331,8 @@ def _kaplan_ns_arrays(N, S, L):
 def fit_kaplan_ns(N, S_min, loss, n_bootstrap: int = 1000, seed: int = 0,
                   convention: dict[str, str] | None = None) -> FittedLaw:
     """L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S; pass S_min = s_min(S, B, B_crit(L))."""
-    cols = _columns(4, N=N, S_min=S_min, loss=loss)
-    N, S, L = cols["N"], cols["S_min"], cols["loss"]
-    params, obj = _kaplan_ns_arrays(N, S, L)
-    fitted = FittedLaw("kaplan-ns", params, ("N", "S_min"), dict(convention or {}), objective=obj, n_points=len(L))
-    fitted.residuals = (np.log(L) - np.log(fitted.predict(N=N, S_min=S))).tolist()
-    if n_bootstrap:
-        fitted.intervals, _ = bootstrap(lambda i: _kaplan_ns_arrays(N[i], S[i], L[i])[0], len(L), n_bootstrap, seed)
-    return fitted
+    return _fit_log_law("kaplan-ns", _kaplan_ns_arrays, {"N": N, "S_min": S_min}, loss, 4, n_bootstrap, seed,
+                        convention)
 
 
 def _critical_batch_arrays(S, E, target, L_target):

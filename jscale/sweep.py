@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -316,14 +315,7 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = ()) -> Swe
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        spec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return expand(spec, str(path), overrides)
+    return expand(config.read_toml(path, "sweep"), str(path), overrides)
 
 
 def run_row(run: Run, group_id: str) -> dict[str, Any]:

@@ -110,6 +110,19 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
     return eval_step
 
 
+def seconds_per_step(step_fn, state, batch, hparams, steps: int = 10, warmup: int = 2) -> float:
+    """Wall-clock seconds of one call of a jitted (state, batch, hparams) -> (state, metrics) step, after
+    compilation and warmup (for benchmarks and the grid's vmap-or-loop measurement)."""
+    for _ in range(warmup):
+        state, m = step_fn(state, batch, hparams)
+    jax.block_until_ready(m["loss"])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step_fn(state, batch, hparams)
+    jax.block_until_ready(m["loss"])
+    return (time.perf_counter() - t0) / steps
+
+
 # Dense 16-bit peak FLOP/s by device kind, for MFU. CPUs have no entry: MFU is not reported there.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
               "TPU v5p": 459e12, "TPU v6": 918e12}
