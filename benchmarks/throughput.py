@@ -34,16 +34,19 @@ KINDS = {
     "transformer, multi-query": dict(kind="transformer", n_layer=4, d_model=128, n_kv_heads=1),
     "universal, 2 blocks x 2": dict(kind="universal", n_layer=2, d_model=128, reuse=2),  # N/2, same compute
     "universal, 1 block x 4": dict(kind="universal", n_layer=1, d_model=176, reuse=4),
+    "transformer-xl, mem 256": dict(kind="transformer_xl", n_layer=4, d_model=128, mem_len=256),
     "lstm, 2 layers": dict(kind="lstm", n_layer=2, d_model=224),
     "lstm, 1 layer": dict(kind="lstm", n_layer=1, d_model=320),
 }
+if jax.default_backend() == "gpu":  # cuDNN's fused LSTM against the scan, same parameters
+    KINDS["lstm, 2 layers, cuDNN"] = dict(kind="lstm", n_layer=2, d_model=224, lstm_impl="cudnn")
 
 
 def measure(d_model, n_layer, n_ctx, batch, attention="auto", dtype="auto", steps=10, **model):
     cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 64), n_ctx=n_ctx, vocab_size=256,
                       attention=attention, dtype=dtype, **model)
     model, opt = build(cfg), train.make_optimizer(TrainConfig())
-    state = jax.jit(train.init_state, static_argnums=(0, 1, 2))(model, opt, n_ctx, jnp.uint32(0))
+    state = jax.jit(train.init_state, static_argnums=(0, 1, 2, 4))(model, opt, n_ctx, jnp.uint32(0), batch)
     step = jax.jit(train.make_train_step(model, opt), donate_argnums=0)
     hp = train.hparams_from_config(TrainConfig())
     batch_arr = jax.random.randint(jax.random.key(0), (batch, n_ctx + 1), 0, 256)

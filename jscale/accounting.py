@@ -12,6 +12,11 @@
   c_attn is d_model x (d_attn + 2 G d_head); the score and value matmuls keep all H query heads.
 - Universal Transformer (blocks reused `reuse` times): N counts the unique parameters; N_compute = N x reuse is
   what each token passes through, so 6N in Kaplan's sense is 6 N_compute, and attention is paid once per pass.
+- Transformer-XL (memory of M positions, segment T): keys and values span S = M + T positions, so the fused
+  projection runs over S positions per T-token segment and the attention terms grow with M + T/2 (causal
+  average) or M + T (dense); the position-key projection W_kR (d_model x d_attn per layer) is counted in N, the
+  biases u and v with the biases. Its per-segment cost is charged per token as if the batch were one row (an
+  upper bound: it is shared across rows).
 - LSTM: 4 gates per layer, W_i (d_in x 4 d_model) and W_h (d_model x 4 d_model): N = 8 n_layer d_model^2 (with
   d_in = d_model), forward 2N per token plus the de-embedding; no positions, no attention.
 """
@@ -44,6 +49,8 @@ def account(cfg: ModelConfig, attention: str = "causal") -> Accounting:
     """Parameters and FLOPs per token of a model. attention='dense' counts the full T x T score matrix."""
     if cfg.kind == "lstm":
         return _account_lstm(cfg)
+    if cfg.kind == "transformer_xl":
+        return _account_xl(cfg, attention)
     if cfg.kind not in ("transformer", "universal"):
         raise ValueError(f"model.kind: no accounting for {cfg.kind!r}")
     L, D, A, F, T, V = cfg.n_layer, cfg.d_model, cfg.d_attn_, cfg.d_ff_, cfg.n_ctx, cfg.vocab_size
@@ -78,6 +85,35 @@ def account(cfg: ModelConfig, attention: str = "causal") -> Accounting:
         train_flops_6N=float(6 * N * r),
         train_flops_exact=float(3 * sum(forward.values())),
     )
+
+
+def _account_xl(cfg: ModelConfig, attention: str) -> Accounting:
+    L, D, A, F, T, V, M = cfg.n_layer, cfg.d_model, cfg.d_attn_, cfg.d_ff_, cfg.n_ctx, cfg.vocab_size, cfg.mem_len
+    params = {
+        "embed": V * D,  # no absolute positions
+        "attn_qkv": L * D * 3 * A,
+        "attn_proj": L * A * D,
+        "position_keys": L * D * A,  # W_kR
+        "feed_forward": L * 2 * D * F,
+        "unembed": 0 if cfg.tie_embeddings else D * V,
+        "biases_norms": L * (3 * A + D + F + D + 4 * D + 2 * A) + 2 * D,  # ... + u and v
+    }
+    keys = {"causal": M + T / 2, "dense": M + T}[attention]  # keys seen per query
+    span = (M + T) / T  # projections over [memory; segment] per segment token
+    forward = {
+        "embed": 0,
+        "attn_qkv": 2 * L * D * 3 * A * span,
+        "position_keys": 2 * L * D * A * span,
+        "attn_mask": 2 * L * 3 * keys * A,  # content scores, position scores and the weighted sum of values
+        "attn_proj": 2 * L * A * D,
+        "feed_forward": 2 * L * 2 * D * F,
+        "de_embed": 2 * D * V,
+    }
+    N = params["attn_qkv"] + params["attn_proj"] + params["position_keys"] + params["feed_forward"]
+    return Accounting(params=params, forward_flops={k: float(v) for k, v in forward.items()}, N=N,
+                      N_total=sum(params.values()), N_compute=N,
+                      C_forward=float(2 * N + 2 * L * (M + T / 2) * 2 * A),
+                      train_flops_6N=float(6 * N), train_flops_exact=float(3 * sum(forward.values())))
 
 
 def _account_lstm(cfg: ModelConfig) -> Accounting:

@@ -22,18 +22,21 @@ class ConfigError(JscaleError):
     pass
 
 
-MODEL_KINDS = ("transformer", "universal", "lstm")
+MODEL_KINDS = ("transformer", "universal", "lstm", "transformer_xl")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "transformer"  # transformer | universal (blocks reused over depth) | lstm
+    kind: str = "transformer"  # transformer | universal (blocks reused over depth) | lstm | transformer_xl
     n_layer: int = 2  # Transformer blocks; for universal the unique blocks; for lstm the LSTM layers
     d_model: int = 128  # for lstm: the hidden size
     n_heads: int = 4
     n_kv_heads: int | None = None  # key/value heads: None = n_heads (multi-head), 1 = multi-query, else grouped
     reuse: int = 1  # universal: how many times the stack of unique blocks is applied
     step_embedding: bool = True  # universal: add a sinusoidal embedding of the repeat index (Dehghani et al.)
+    lstm_impl: str = "scan"  # lstm: scan (lax.scan, any device) | cudnn (jax.experimental.rnn, GPU only)
+    mem_len: int = 0  # transformer_xl: positions of each layer's memory of the previous segment
+    eval_mem_len: int | None = None  # transformer_xl: memory at evaluation (None = mem_len)
     d_ff: int | None = None  # None: 4 * d_model
     d_attn: int | None = None  # None: d_model
     n_ctx: int = 128
@@ -58,6 +61,10 @@ class ModelConfig:
     @property
     def n_kv_heads_(self) -> int:
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def eval_mem_len_(self) -> int:
+        return self.mem_len if self.eval_mem_len is None else self.eval_mem_len
 
     @property
     def depth(self) -> int:
@@ -227,6 +234,9 @@ def validate(cfg: Config) -> None:
     _choice("model.kind", m.kind, MODEL_KINDS)
     _choice("model.dtype", m.dtype, ("auto", "float32", "bfloat16"))
     _choice("model.attention", m.attention, ("auto", "xla", "cudnn"))
+    _choice("model.lstm_impl", m.lstm_impl, ("scan", "cudnn"))
+    if m.lstm_impl == "cudnn" and m.dropout > 0:
+        raise ConfigError("model.lstm_impl: cuDNN's LSTM path has no dropout between layers here; use scan")
     _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe"))
     _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
                     "model.n_ctx", "model.vocab_size", "data.eval_windows", "train.batch_size", "train.steps",
@@ -234,6 +244,11 @@ def validate(cfg: Config) -> None:
     _positive(cfg, ["model.n_kv_heads"])
     if m.reuse < 1:
         raise ConfigError(f"model.reuse: must be >= 1, got {m.reuse}")
+    for key in ("mem_len", "eval_mem_len"):
+        if getattr(m, key) is not None and getattr(m, key) < 0:
+            raise ConfigError(f"model.{key}: must be >= 0, got {getattr(m, key)}")
+    if (m.mem_len or m.eval_mem_len) and m.kind != "transformer_xl":
+        raise ConfigError(f"model.mem_len: only a transformer_xl model has a memory (model.kind = {m.kind!r})")
     if m.reuse != 1 and m.kind != "universal":
         raise ConfigError(f"model.reuse: only a universal model reuses its blocks (model.kind = {m.kind!r})")
     if m.kind != "lstm":

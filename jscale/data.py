@@ -245,39 +245,47 @@ class TokenizedCorpus:
     def test_bytes_per_token(self) -> float:
         return self.meta["test_bytes"] / max(len(self.test), 1)
 
-    def check_fits(self, n_ctx: int, max_train_tokens: int, eval_windows: int) -> None:
+    def check_fits(self, n_ctx: int, max_train_tokens: int, eval_windows: int, context: int = 0) -> None:
         limit = len(self.train) if max_train_tokens == 0 else min(max_train_tokens, len(self.train))
         if limit < n_ctx + 1:
             raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {limit} training tokens of "
                               f"{self.meta['corpus']}")
-        if len(self.test) < n_ctx + 1:
-            raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {len(self.test)} held-out tokens of "
-                              f"{self.meta['corpus']} (raise data.test_fraction or use more data)")
+        if len(self.test) < context + n_ctx + 1:
+            key = "model.eval_mem_len" if context else "model.n_ctx"
+            raise ConfigError(f"{key}: {context + n_ctx} tokens of context are longer than the {len(self.test)} "
+                              f"held-out tokens of {self.meta['corpus']} (raise data.test_fraction or use more data)")
 
-    def train_batch(self, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0
-                    ) -> np.ndarray:
-        return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens)
+    def train_batch(self, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0,
+                    consecutive: bool = False) -> np.ndarray:
+        return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens, consecutive)
 
-    def eval_windows(self, n_windows: int, n_ctx: int) -> np.ndarray:
-        return eval_windows(self.test, n_windows, n_ctx)
+    def eval_windows(self, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:
+        return eval_windows(self.test, n_windows, n_ctx, context)
 
 
-def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0
-                ) -> np.ndarray:
-    """Random windows of n_ctx + 1 tokens, (batch_size, n_ctx + 1) int32: a pure function of (seed, step).
+def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0,
+                consecutive: bool = False) -> np.ndarray:
+    """Windows of n_ctx + 1 tokens, (batch_size, n_ctx + 1) int32: a pure function of (seed, step).
 
-    Only the first max_train_tokens tokens (all when 0) are ever drawn from.
+    Random windows; or, with consecutive=True (Transformer-XL), row b reads its own token stream segment by
+    segment: the stream starts at a random offset drawn from (seed, b) and step k reads its k-th segment
+    (wrapping around at the end). Only the first max_train_tokens tokens (all when 0) are ever drawn from.
     """
     limit = len(tokens) if max_train_tokens == 0 else min(max_train_tokens, len(tokens))
-    rng = np.random.default_rng([seed, step])
-    starts_B = rng.integers(0, limit - n_ctx, size=batch_size)
+    if consecutive:
+        offsets_B = np.array([np.random.default_rng([seed, b]).integers(0, limit - n_ctx) for b in range(batch_size)])
+        starts_B = (offsets_B + step * n_ctx) % (limit - n_ctx)
+    else:
+        starts_B = np.random.default_rng([seed, step]).integers(0, limit - n_ctx, size=batch_size)
     return np.asarray(tokens[starts_B[:, None] + np.arange(n_ctx + 1)], np.int32)
 
 
-def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int) -> np.ndarray:
-    """A fixed set of held-out windows, evenly spaced over the test split: (n_windows, n_ctx + 1) int32."""
-    starts_W = np.linspace(0, len(tokens) - n_ctx - 1, n_windows).astype(np.int64)
-    return np.asarray(tokens[starts_W[:, None] + np.arange(n_ctx + 1)], np.int32)
+def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:
+    """A fixed set of held-out windows, evenly spaced over the test split: (n_windows, context + n_ctx + 1) int32.
+
+    The last n_ctx + 1 tokens of each are evaluated; the `context` tokens before them fill a memory first."""
+    starts_W = np.linspace(0, len(tokens) - context - n_ctx - 1, n_windows).astype(np.int64)
+    return np.asarray(tokens[starts_W[:, None] + np.arange(context + n_ctx + 1)], np.int32)
 
 
 def cache_root(cfg: DataConfig) -> Path:

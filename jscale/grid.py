@@ -134,6 +134,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     out = Path(out)
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
+        train.check_runnable(run.cfg)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     groups = sweep.groups(members)
     leader = jax.process_index() == 0
@@ -175,7 +176,8 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             corpora[key] = data.prepare(g.cfg.data)
         corpus = corpora[key]
         for r in g.runs:
-            corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows)
+            corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows,
+                              train.eval_context(r.cfg.model))
         ids = [r.run_id for r in g.runs]
         if bar is not None:
             bar.write(f"group {g.group_id}: {len(ids)} x {g.runs[0].name if len(ids) == 1 else 'members'} "

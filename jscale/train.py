@@ -24,7 +24,7 @@ import optax
 
 from jscale import accounting, data, sharding
 from jscale.config import Config, ConfigError, TrainConfig
-from jscale.models import build
+from jscale.models import build, has_memory
 
 Hparams = dict[str, jax.Array]
 
@@ -34,6 +34,7 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     step: jax.Array  # int32 scalar: optimizer steps taken
     alive: jax.Array  # bool scalar: False once the loss or gradient went NaN/inf; the state is then frozen
+    memory: Any = None  # Transformer-XL: each layer's memory of the previous segment, (B, mem_len, D); else None
 
 
 def hparams_from_config(t: TrainConfig) -> Hparams:
@@ -62,26 +63,39 @@ def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps)
 
 
-def init_state(model: nn.Module, optimizer: optax.GradientTransformation, n_ctx: int, seed: jax.Array) -> TrainState:
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, n_ctx: int, seed: jax.Array,
+               batch_size: int = 1) -> TrainState:
     params = model.init(jax.random.key(seed), jnp.zeros((1, n_ctx), jnp.int32))["params"]
+    memory = model.initial_memory(batch_size) if has_memory(model.cfg) else None
     return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                      alive=jnp.ones((), bool))
+                      alive=jnp.ones((), bool), memory=memory)
 
 
-def per_position_loss(model: nn.Module, params, windows_BxT1: jax.Array, dropout_key=None) -> jax.Array:
-    """Cross-entropy in nats of predicting windows[:, 1:] from windows[:, :-1]; shape (B, T)."""
+def per_position_loss(model: nn.Module, params, windows_BxT1: jax.Array, dropout_key=None, memory=None,
+                      mem_len: int | None = None) -> tuple[jax.Array, Any]:
+    """Cross-entropy in nats of predicting windows[:, 1:] from windows[:, :-1], shape (B, T), and the model's new
+    memory (Transformer-XL; None for the other kinds)."""
     inputs_BxT, targets_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
     rngs = None if dropout_key is None else {"dropout": dropout_key}
-    logits_BxTxV = model.apply({"params": params}, inputs_BxT, deterministic=dropout_key is None, rngs=rngs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    deterministic = dropout_key is None
+    if has_memory(model.cfg):
+        logits_BxTxV, memory = model.apply({"params": params}, inputs_BxT, memory, deterministic=deterministic,
+                                           mem_len=mem_len, rngs=rngs)
+    else:
+        logits_BxTxV = model.apply({"params": params}, inputs_BxT, deterministic=deterministic, rngs=rngs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT), memory
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, dropout: bool = False
                     ) -> Callable[[TrainState, jax.Array, Hparams], tuple[TrainState, dict[str, jax.Array]]]:
     def train_step(state: TrainState, batch_BxT1: jax.Array, hp: Hparams):
         key = jax.random.fold_in(jax.random.key(hp["seed"]), state.step) if dropout else None
-        loss_fn = lambda p: per_position_loss(model, p, batch_BxT1, key).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+
+        def loss_fn(p):
+            losses_BxT, memory = per_position_loss(model, p, batch_BxT1, key, state.memory)
+            return losses_BxT.mean(), memory
+
+        (loss, memory), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         clip = jnp.where(hp["grad_clip"] > 0, jnp.minimum(1.0, hp["grad_clip"] / (grad_norm + 1e-6)), 1.0)
         grads = jax.tree.map(lambda g: g * clip, grads)
@@ -94,18 +108,36 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, d
         # A run whose loss or gradient is NaN/inf is marked diverged and frozen where it was; under vmap this is
         # per member, so the rest of an ensemble trains on unaffected.
         ok = state.alive & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, alive=ok)
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, alive=ok, memory=memory)
         new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state).replace(alive=ok)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
     return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-    """eval_step(params, windows (W, T+1)) -> summed per-position loss (T,) over the windows."""
+def eval_context(cfg) -> int:
+    """Tokens before each evaluation window that fill a Transformer-XL's evaluation memory (whole segments)."""
+    if not has_memory(cfg):
+        return 0
+    return -(-cfg.eval_mem_len_ // cfg.n_ctx) * cfg.n_ctx
 
-    def eval_step(params, windows_WxT1: jax.Array) -> jax.Array:
-        return per_position_loss(model, params, windows_WxT1).sum(axis=0)
+
+def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """eval_step(params, windows (W, C + T + 1)) -> summed per-position loss (T,) of the last T + 1 tokens.
+
+    For Transformer-XL the C = eval_context(cfg) tokens before them are fed first, segment by segment, to fill a
+    memory of eval_mem_len positions; the other kinds have C = 0."""
+    cfg = model.cfg
+    T, C = cfg.n_ctx, eval_context(cfg)
+
+    def eval_step(params, windows_WxS: jax.Array) -> jax.Array:
+        memory = None
+        for start in range(0, C, T):
+            _, memory = per_position_loss(model, params, windows_WxS[:, start:start + T + 1], memory=memory,
+                                          mem_len=cfg.eval_mem_len_)
+        losses_WxT, _ = per_position_loss(model, params, windows_WxS[:, C:], memory=memory,
+                                          mem_len=cfg.eval_mem_len_)
+        return losses_WxT.sum(axis=0)
 
     return eval_step
 
@@ -214,7 +246,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     hp_sharding = sharding.member_sharding(mesh, M if stacked else None)
     hparams = {k: sharding.put(v, hp_sharding) for k, v in host_hp.items()}
 
-    init = lambda seed: init_state(model, optimizer, n_ctx, seed)
+    init = lambda seed: init_state(model, optimizer, n_ctx, seed, t.batch_size)
     init = jax.vmap(init) if stacked else init
     abstract = jax.eval_shape(init, hparams["seed"])
     state_sh = sharding.state_shardings(abstract, mesh, stacked)
@@ -242,7 +274,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     if writer is not None:
         writer.resume(start)
 
-    windows = corpus.eval_windows(cfg.data.eval_windows, n_ctx)
+    windows = corpus.eval_windows(cfg.data.eval_windows, n_ctx, eval_context(cfg.model))
+    consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)
     tokens_per_step = t.batch_size * n_ctx
     peak = device_peak_flops()
@@ -255,7 +288,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     for step in range(start, end):
-        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d) for s, d in zip(data_seeds, limits)]
+        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive) for s, d in zip(data_seeds, limits)]
         batch = np.stack(batches) if stacked else batches[0]
         state, metrics = train_step(state, sharding.put(batch, batch_sh), hparams)
         losses.append(metrics["loss"])
@@ -333,6 +366,13 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
         _write_atomic(config_path, json.dumps(wanted, indent=2))
 
 
+def check_runnable(cfg: Config) -> None:
+    """What only the running backend can tell, checked before anything compiles."""
+    m = cfg.model
+    if m.kind == "lstm" and m.lstm_impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"model.lstm_impl: cudnn needs a GPU (this backend is {jax.default_backend()}); use scan")
+
+
 def check_intervals(t: TrainConfig) -> None:
     if t.checkpoint_every % t.eval_every:
         raise ConfigError(f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of "
@@ -346,8 +386,9 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     """
     run_dir = Path(run_dir)
     corpus = data.prepare(cfg.data)
-    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows)
+    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows, eval_context(cfg.model))
     check_intervals(cfg.train)
+    check_runnable(cfg)
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)

@@ -4,6 +4,10 @@ Embedding, n_layer stacked LSTM layers of hidden size d_model, and a tied (or un
 projection x W_i + b for all T positions is one matmul outside the time loop; only h W_h stays inside the
 `lax.scan` over time. Gate order (i, f, g, o); the forget-gate bias starts at 1. Shape letters: B batch,
 T positions, D d_model (= hidden size), V vocabulary.
+
+model.lstm_impl = "cudnn" runs the same parameters through cuDNN's fused LSTM (`jax.experimental.rnn`, GPU only):
+`cudnn_weights` packs them into cuDNN's flat layout (tests check the packing against JAX's reference LSTM on the
+CPU). Which is faster has not been measured on a GPU yet, so the default is the scan.
 """
 
 from __future__ import annotations
@@ -48,6 +52,27 @@ class LSTMLayer(nn.Module):
         return jnp.swapaxes(h_TxBxH, 0, 1)
 
 
+def cudnn_weights(params, n_layer: int) -> jax.Array:
+    """Our LSTM parameters in cuDNN's flat layout: every layer's W_ih (4H, in) and W_hh (4H, H), then every
+    layer's b_ih and b_hh (4H each; ours has one bias, so b_hh = 0). Same gate order (i, f, g, o)."""
+    weights, biases = [], []
+    for i in range(n_layer):
+        layer = params[f"lstm_{i}"]
+        weights += [layer["wi"]["kernel"].T.ravel(), layer["wh"].T.ravel()]
+        biases += [layer["wi"]["bias"], jnp.zeros_like(layer["wi"]["bias"])]
+    return jnp.concatenate(weights + biases)
+
+
+def _cudnn_lstm(x_BxTxD: jax.Array, params, n_layer: int) -> jax.Array:
+    from jax.experimental import rnn
+
+    B, T, D = x_BxTxD.shape
+    zeros = jnp.zeros((n_layer, B, D), x_BxTxD.dtype)
+    y_BxTxD, _, _ = rnn.lstm(x_BxTxD, zeros, zeros, cudnn_weights(params, n_layer).astype(x_BxTxD.dtype),
+                             jnp.full((B,), T, jnp.int32), D, D, n_layer, 0.0, False)
+    return y_BxTxD
+
+
 class LSTM(nn.Module):
     """tokens (B, T) int -> logits (B, T, V) float32."""
 
@@ -59,9 +84,13 @@ class LSTM(nn.Module):
         wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
                        embedding_init=nn.initializers.normal(0.02))
         x_BxTxD = nn.Dropout(cfg.dropout)(wte(tokens_BxT), deterministic=deterministic)
-        for i in range(cfg.n_layer):
-            x_BxTxD = LSTMLayer(cfg.d_model, dtype, name=f"lstm_{i}")(x_BxTxD)
-            x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
+        if cfg.lstm_impl == "cudnn" and not self.is_initializing():
+            # The same parameters (created by the scan layers at init), run by cuDNN in one fused call.
+            x_BxTxD = _cudnn_lstm(x_BxTxD, self.variables["params"], cfg.n_layer)
+        else:
+            for i in range(cfg.n_layer):
+                x_BxTxD = LSTMLayer(cfg.d_model, dtype, name=f"lstm_{i}")(x_BxTxD)
+                x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         if cfg.tie_embeddings:
             logits_BxTxV = wte.attend(x_BxTxD)
         else:
