@@ -113,7 +113,9 @@ class TransformerXL(nn.Module):
         return logits_BxTxV.astype(jnp.float32), (tuple(new_memory) if mem_len > 0 else None)
 
     def initial_memory(self, batch_size: int, mem_len: int | None = None):
-        """Zeros: the memory of a stream's first segment (masked positions carry no information: see below)."""
+        """Zeros: the memory a stream's first training segment sees. These positions are not masked (shapes stay
+        fixed under jit), so that first segment attends to keys made from zero states; every later segment sees
+        real memory. Evaluation starts with no memory at all and fills it from the tokens before each window."""
         mem_len = self.cfg.mem_len if mem_len is None else mem_len
         if mem_len == 0:
             return None
