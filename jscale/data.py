@@ -16,6 +16,7 @@ half-written cache.
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import hashlib
 import json
@@ -273,11 +274,18 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx
     """
     limit = len(tokens) if max_train_tokens == 0 else min(max_train_tokens, len(tokens))
     if consecutive:
-        offsets_B = np.array([np.random.default_rng([seed, b]).integers(0, limit - n_ctx) for b in range(batch_size)])
-        starts_B = (offsets_B + step * n_ctx) % (limit - n_ctx)
+        starts_B = (_stream_offsets(seed, batch_size, limit - n_ctx) + step * n_ctx) % (limit - n_ctx)
     else:
         starts_B = np.random.default_rng([seed, step]).integers(0, limit - n_ctx, size=batch_size)
     return np.asarray(tokens[starts_B[:, None] + np.arange(n_ctx + 1)], np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_offsets(seed: int, batch_size: int, span: int) -> np.ndarray:
+    """Where each batch row's token stream starts: drawn from (seed, row), the same at every step."""
+    offsets_B = np.array([np.random.default_rng([seed, b]).integers(0, span) for b in range(batch_size)])
+    offsets_B.flags.writeable = False
+    return offsets_B
 
 
 def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:

@@ -100,9 +100,7 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
     if jax.process_index() == 0:
         decisions[key] = decision
         out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(decisions, indent=2))
-        os.replace(tmp, path)
+        train.write_atomic(path, json.dumps(decisions, indent=2))
     return decision["members"], decision
 
 

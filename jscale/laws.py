@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 
 from jscale.config import JscaleError
 
@@ -396,25 +396,11 @@ def chinchilla_grid() -> np.ndarray:
         g["alpha"], g["beta"], g["e"], g["a"], g["b"])])
 
 
-def huber(r: np.ndarray, delta: float) -> np.ndarray:
-    return special.huber(delta, r)
-
-
-def chinchilla_objective(theta_Sx5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
-                         delta: float = 1e-3, weights: np.ndarray | None = None) -> np.ndarray:
-    """The summed Huber loss for many parameter vectors at once: theta (S, 5) -> (S,)."""
-    a, b, e, alpha, beta = (theta_Sx5[:, i:i + 1] for i in range(5))
-    terms = np.stack(np.broadcast_arrays(a - alpha * logN, b - beta * logD, e + 0 * logN))
-    r = logL - special.logsumexp(terms, axis=0)
-    h = huber(r, delta)
-    return (h if weights is None else h * weights).sum(axis=1)
-
-
 def _objective_and_grad(theta_Bx5, logN, logD, logL, delta, weights_Bxn):
     """Huber objective and its exact gradient for B parameter vectors, each with its own point weights (B, n).
 
-    Written out by hand (no scipy.special.logsumexp/huber): this is the inner loop of every polish and bootstrap
-    refit."""
+    Written out by hand (no scipy.special.logsumexp/huber): this is the inner loop of every polish, bootstrap refit
+    and grid pass; tests check it against SciPy's formulation and finite differences."""
     a, b, e, alpha, beta = (theta_Bx5[:, i:i + 1] for i in range(5))
     t0, t1 = a - alpha * logN, b - beta * logD
     m = np.maximum(np.maximum(t0, t1), e)
@@ -428,6 +414,13 @@ def _objective_and_grad(theta_Bx5, logN, logD, logL, delta, weights_Bxn):
     grad = np.stack([(dh * x0).sum(1), (dh * x1).sum(1), (dh * x2).sum(1),
                      -(dh * x0 * logN).sum(1), -(dh * x1 * logD).sum(1)], axis=1)
     return (h * weights_Bxn).sum(1), grad
+
+
+def chinchilla_objective(theta_Sx5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
+                         delta: float = 1e-3, weights: np.ndarray | None = None) -> np.ndarray:
+    """The summed Huber loss for many parameter vectors at once: theta (S, 5) -> (S,)."""
+    weights_1xn = np.ones((1, len(logL))) if weights is None else np.asarray(weights, np.float64).reshape(1, -1)
+    return _objective_and_grad(theta_Sx5, logN, logD, logL, delta, weights_1xn)[0]
 
 
 def _minimize_batch(starts_Bx5, logN, logD, logL, delta, weights_Bxn):

@@ -176,7 +176,7 @@ def _checkpoint_manager(directory: Path, keep: int):
         max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -202,7 +202,7 @@ class JsonlSink:
     def resume(self, step: int) -> None:
         """Records past the checkpoint were logged by a run that died before its next checkpoint: redo them."""
         keep = [r for r in self.records() if r["step"] <= step]
-        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def record(self, records: list[dict]) -> None:
         with self.path.open("a") as f:
@@ -299,7 +299,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 chunk = sharding.put(windows[i:i + t.batch_size], replicated)
                 per_position += _fetch(eval_step(state.params, chunk)).reshape(-1, n_ctx)
             per_position /= len(windows)
-            train_loss = np.mean(np.stack([_fetch(x).reshape(-1) for x in losses]), axis=0)
+            train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
             alive = _fetch(state.alive).reshape(-1)
             lr = _fetch(metrics["lr"]).reshape(-1)
             now = time.perf_counter()
@@ -363,7 +363,7 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
                                       f"{held.get(section, {}).get(key)!r}, not {value!r}; use another --out")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(config_path, json.dumps(wanted, indent=2))
+        write_atomic(config_path, json.dumps(wanted, indent=2))
 
 
 def check_runnable(cfg: Config) -> None:

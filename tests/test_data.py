@@ -65,6 +65,19 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert np.all(np.diff(a.astype(np.int64), axis=1) % 251 == 1)
 
 
+def test_consecutive_batches_continue_each_rows_stream():
+    """Transformer-XL's batches: row b at step k + 1 starts where its step-k window ended."""
+    tokens = np.arange(100_000, dtype=np.int64)
+    a = data.train_batch(tokens, 5, 10, 4, 16, consecutive=True)
+    b = data.train_batch(tokens, 5, 11, 4, 16, consecutive=True)
+    np.testing.assert_array_equal(b[:, 0], a[:, -1])  # the last target of step k is the first input of k + 1
+    np.testing.assert_array_equal(a, data.train_batch(tokens, 5, 10, 4, 16, consecutive=True))
+    assert len(set(a[:, 0])) == 4  # each row reads its own stream
+    assert not np.array_equal(a, data.train_batch(tokens, 6, 10, 4, 16, consecutive=True))
+    limited = np.concatenate([data.train_batch(tokens, 0, s, 4, 8, 300, consecutive=True) for s in range(100)])
+    assert limited.max() < 300  # streams wrap within the first D tokens
+
+
 def test_max_train_tokens_limits_the_windows_to_the_first_D_tokens():
     tokens = np.arange(100_000, dtype=np.int64)
     seen = np.concatenate([data.train_batch(tokens, 0, s, 16, 8, max_train_tokens=500) for s in range(200)])

@@ -68,6 +68,25 @@ def test_fast_fit_reaches_the_all_starts_optimum(chinchilla_data, chinchilla_fit
         assert chinchilla_fit.params[k] == pytest.approx(full.params[k], rel=1e-4)
 
 
+def test_objective_and_gradient_against_scipy_and_finite_differences(chinchilla_data):
+    """The hand-written objective equals SciPy's logsumexp + huber formulation, and its gradient the numerical one."""
+    from scipy import optimize, special
+
+    df = chinchilla_data
+    logN, logD, logL = np.log(df.N.to_numpy()), np.log(df.D.to_numpy()), np.log(df.loss.to_numpy())
+    weights = np.random.default_rng(11).integers(0, 3, len(logL)).astype(float)
+    thetas = laws.chinchilla_grid()[::450]
+    terms = np.stack(np.broadcast_arrays(thetas[:, 0:1] - thetas[:, 3:4] * logN,
+                                         thetas[:, 1:2] - thetas[:, 4:5] * logD, thetas[:, 2:3] + 0 * logN))
+    want = (special.huber(1e-3, logL - special.logsumexp(terms, axis=0)) * weights).sum(axis=1)
+    np.testing.assert_allclose(laws.chinchilla_objective(thetas, logN, logD, logL, 1e-3, weights), want, rtol=1e-10)
+    # A point where many residuals fall inside the Huber region, and one where all are outside.
+    for theta, delta in (([6.2, 7.7, 0.6, 0.35, 0.37], 0.05), ([5.0, 9.0, 0.2, 0.3, 0.4], 1e-3)):
+        f = lambda th: laws._objective_and_grad(np.array([th]), logN, logD, logL, delta, weights[None])[0][0]
+        g = lambda th: laws._objective_and_grad(np.array([th]), logN, logD, logL, delta, weights[None])[1][0]
+        assert optimize.check_grad(f, g, np.array(theta), epsilon=1e-7) < 1e-4 * max(1.0, np.linalg.norm(g(theta)))
+
+
 def test_batched_lbfgs_matches_scipy_on_a_quadratic_and_rosenbrock():
     rng = np.random.default_rng(6500)  # per test, so results do not depend on test order
     from scipy import optimize
