@@ -25,7 +25,7 @@ class Memory:
 
 def cfg(**parallel):
     return config.from_dict({
-        "model": {"n_layer": 2, "d_model": 32, "n_heads": 4, "n_ctx": 16},
+        "model": {"n_layer": 1, "d_model": 32, "n_heads": 4, "n_ctx": 16},
         "data": {"eval_windows": 16},
         "train": {"batch_size": 16, "steps": 12, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
                   "checkpoint_every": 12},
@@ -58,7 +58,7 @@ if len(sys.argv) > 2:  # also report how the parameters were laid out
     sh = sharding.state_shardings(abstract, sharding.make_mesh(c.parallel), stacked=False)
     out["specs"] = {"c_attn": list(sh.params["h_0"]["attn"]["c_attn"]["kernel"].spec),
                     "c_proj": list(sh.params["h_0"]["mlp"]["c_proj"]["kernel"].spec),
-                    "mu_c_fc": list(sh.opt_state.mu["h_1"]["mlp"]["c_fc"]["kernel"].spec),
+                    "mu_c_fc": list(sh.opt_state.mu["h_0"]["mlp"]["c_fc"]["kernel"].spec),
                     "ln": list(sh.params["ln_f"]["scale"].spec)}
 print("RESULT " + json.dumps(out))
 '''
