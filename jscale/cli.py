@@ -1,4 +1,4 @@
-"""The `jscale` command line: train, info, fit.
+"""The `jscale` command line: train, info, plan, run, status, report, fit.
 
 User errors (a bad config key, a missing file, an impossible value) print one line, `jscale: error: ...`, and exit
 with status 2; nothing is compiled or written before the input has been checked.
@@ -63,7 +63,7 @@ def _info(args) -> None:
 def _plan(args) -> None:
     from jscale import grid, sweep
 
-    sw = sweep.load(args.sweep, args.overrides)
+    sw = sweep.load(args.sweep, args.overrides, args.scale)
     members = args.ensemble_size or grid.MAX_MEMBERS
     print(sweep.plan_table(sw, sw.groups(members)))
     if args.ensemble_size is None:
@@ -75,9 +75,9 @@ def _run(args) -> None:
     from jscale import grid, sweep
 
     shard = grid.parse_shard(args.shard)
-    sw = sweep.load(args.sweep, args.overrides)  # validated before any device work
+    sw = sweep.load(args.sweep, args.overrides, args.scale)  # validated before any device work
     grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.sweep).stem
+    out = Path(args.out) if args.out else Path("runs") / (Path(args.sweep).stem + (f"-{sw.scale}" if sw.scale else ""))
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard, progress=not args.quiet)
     import jax
 
@@ -86,10 +86,20 @@ def _run(args) -> None:
               f"trained now | jscale status {out}")
 
 
+def _report(args) -> None:
+    from jscale import report
+
+    paths = report.write_report(args.dir, args.out, latency=not args.no_latency, n_bootstrap=args.bootstrap)
+    print(f"wrote {paths['html']} and {paths['markdown']}")
+
+
 def _status(args) -> None:
     from jscale import grid
 
     print(grid.status_table(args.dir))
+
+
+SCALE_HELP = "which [scale.NAME] of the sweep file to run: cpu, gpu, full (default cpu, if it has scales)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", help="sweep TOML file")
     p.add_argument("overrides", nargs="*", help="base config overrides, e.g. train.steps=100")
     p.add_argument("--ensemble-size", type=int, help="at most this many runs per vmapped group")
+    p.add_argument("--scale", help=SCALE_HELP)
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run a sweep; re-running on the same --out skips finished runs and resumes")
@@ -120,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="sweep directory (default runs/SWEEP_NAME)")
     p.add_argument("--ensemble-size", type=int, help="runs per vmapped group (1 = one after another); default: "
                                                        "measured per backend, limited by memory")
+    p.add_argument("--scale", help=SCALE_HELP)
     p.add_argument("--shard", help="i/n: train only this job's share of the groups (jobs share one --out)")
     p.add_argument("--coordinator", help="multi-host: coordinator address host:port (jax.distributed)")
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
@@ -130,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")
     p.add_argument("dir")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("report", help="an HTML page and a Markdown summary of one sweep or a directory of sweeps: "
+                                      "figures, fits with intervals beside the published numbers, verdicts")
+    p.add_argument("dir", help="a sweep directory, or a directory of sweep directories")
+    p.add_argument("--out", help="output directory (default DIR/report)")
+    p.add_argument("--no-latency", action="store_true", help="skip measuring generation latency (efficiency)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for each interval")
+    p.set_defaults(func=_report)
 
     from jscale import fit_cli
 

@@ -104,6 +104,22 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
     return decision["members"], decision
 
 
+def check_sweep_dir(sweep: sweeps.Sweep, out: Path) -> None:
+    """One sweep, at one scale, per directory: its sweep.json names them, and the report reads it."""
+    path = out / "sweep.json"
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: not valid JSON; fix or delete it") from None
+        if (held.get("name"), held.get("scale")) != (sweep.name, sweep.scale):
+            raise ConfigError(f"{out}: holds sweep {held.get('name')!r} at scale {held.get('scale')!r}, not "
+                              f"{sweep.name!r} at scale {sweep.scale!r}; give another --out")
+    elif jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        train.write_atomic(path, json.dumps(sweep.describe(), indent=2))
+
+
 def _group_gflops_per_step(g: sweeps.Group) -> float:
     c = g.cfg
     return len(g.runs) * c.train.batch_size * c.model.n_ctx * accounting.account(c.model).train_flops_exact / 1e9
@@ -133,6 +149,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
         train.check_runnable(run.cfg)
+    check_sweep_dir(sweep, out)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     groups = sweep.groups(members)
     leader = jax.process_index() == 0

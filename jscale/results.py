@@ -64,11 +64,13 @@ class ResultsDB:
         self.close()
 
     def add_runs(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Register planned runs; runs already present (by id) keep their status and results."""
+        """Register planned runs; runs already present (by id) keep their status and results, and take the
+        spec's current name and tags (labels only: the id is the config's hash)."""
         with self.conn:
             self.conn.executemany(
-                f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}, updated) "
-                f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?)",
+                f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, updated) "
+                f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?) "
+                f"ON CONFLICT (run_id) DO UPDATE SET name = excluded.name, tags = excluded.tags",
                 [tuple(r[c] for c in RUN_COLUMNS) + (time.time(),) for r in rows])
 
     def status(self, run_ids: Iterable[str]) -> dict[str, str]:

@@ -17,8 +17,22 @@ A sweep is a TOML file:
     N_max = 1e6
     count = 5
 
+A sweep may come in several sizes from one file. Each `[scale.NAME]` table maps dotted paths to the values that
+NAME uses instead: `"train.steps" = 300` sets a base config key, `"axis.1.N_max" = 1e5` sets a field of the second
+axis (counted from 0). `jscale run --scale NAME` picks one (default: cpu, when the file has scales):
+
+    [scale.cpu]
+    "train.steps" = 300
+    "axis.0.count" = 4
+    [scale.gpu]
+    "train.steps" = 3000
+
+`analysis` names the report section that reads the results (see jscale.report; default: the sweep's name).
+
 Axes multiply in order. Generators: `sizes` (log-spaced N at a fixed aspect ratio), `shapes` (fixed N over aspect
 ratios d_model/n_layer), `ff_ratios` (fixed N over d_ff/d_model), `heads` (head dimensions at each run's d_model),
+`shape_grid` (Kaplan's Fig. 5: at each of several N, aspect ratio, d_ff/d_model and head dimension varied one at a
+time around a reference shape; tags shape.N and shape.vary say which),
 `isoflop` (for each budget C and size N the steps that spend C), `data_sizes` (data.max_train_tokens), `seeds`,
 `learning_rates`, and `kaplan_lr` (sets each run's lr to Kaplan's LR(N) = 0.003239 - 0.0001395 ln N).
 
@@ -77,6 +91,13 @@ class Sweep:
     claim: str
     runs: tuple[Run, ...]
     source: str  # the spec file
+    scale: str | None = None  # which [scale.NAME] table was applied
+    analysis: str = ""  # the report section for its results
+
+    def describe(self) -> dict[str, Any]:
+        """What sweep.json records in the sweep directory."""
+        return {"name": self.name, "claim": self.claim, "scale": self.scale, "analysis": self.analysis,
+                "source": self.source, "runs": len(self.runs)}
 
     def groups(self, max_members: int) -> list[Group]:
         """Runs with equal shapes and steps, in chunks of at most max_members, in a stable order."""
@@ -96,8 +117,15 @@ class Sweep:
 # Short names of swept keys in run names; derived keys that would only repeat information are left out.
 SHORT = {"model.n_layer": "L", "model.d_model": "D", "model.n_heads": "H", "model.d_ff": "F", "model.d_attn": "A",
          "train.lr": "lr", "train.seed": "seed", "data.max_train_tokens": "Dtok", "train.steps": "S",
-         "isoflop.budget": "C"}
-HIDDEN_TAGS = {"train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
+         "isoflop.budget": "C", "shape.N": "N*", "model.kind": "", "model.n_kv_heads": "KV", "model.reuse": "reuse",
+         "model.mem_len": "mem"}
+HIDDEN_TAGS = {"shape.vary", "train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
+
+
+def _tag_text(key: str, value: Any) -> str:
+    short = SHORT.get(key, key.split(".")[-1])
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{short}={text}" if short else text
 
 
 def _hash_config(cfg: Config) -> str:
@@ -131,6 +159,17 @@ def shape_for(N: float, aspect_ratio: float, d_head: int) -> Point:
             "model.d_ff": 4 * d_model, "model.d_attn": d_model}
 
 
+def width_for(N: float, n_layer: int, kind: str, d_head: int) -> Point:
+    """d_model (a multiple of d_head) for N non-embedding parameters at a fixed depth: N = 12 n_layer d_model^2
+    for a Transformer block (d_ff = 4 d_model), 8 n_layer d_model^2 for an LSTM layer."""
+    per_layer = 8 if kind == "lstm" else 12
+    d_model = max(d_head, round(math.sqrt(N / (per_layer * n_layer)) / d_head) * d_head)
+    point = {"model.n_layer": n_layer, "model.d_model": d_model}
+    if kind != "lstm":
+        point.update({"model.n_heads": d_model // d_head, "model.d_ff": 4 * d_model, "model.d_attn": d_model})
+    return point
+
+
 def _sizes(spec, run, where):
     lo, hi = _need(spec, "N_min", where), _need(spec, "N_max", where)
     count = _need(spec, "count", where, int)
@@ -138,7 +177,40 @@ def _sizes(spec, run, where):
         raise ConfigError(f"{where}: need 0 < N_min <= N_max and count >= 1")
     ratio, d_head = spec.get("aspect_ratio", 32), spec.get("d_head", 16)
     Ns = [lo * (hi / lo) ** (i / max(count - 1, 1)) for i in range(count)]
+    # An LSTM keeps its own model.n_layer and is sized by width; so is a Transformer when the axis gives n_layer.
+    kind = run.get("model.kind", "transformer")
+    n_layer = run.get("model.n_layer", config.ModelConfig.n_layer) if kind == "lstm" else spec.get("n_layer")
+    if n_layer is not None:
+        if not isinstance(n_layer, int) or n_layer < 1:
+            raise ConfigError(f"{where}.n_layer: expected a positive integer, got {n_layer!r}")
+        return [width_for(n, n_layer, kind, d_head) for n in Ns]
     return [shape_for(n, ratio, d_head) for n in Ns]
+
+
+def _shape_grid(spec, run, where):
+    """Kaplan's Fig. 5 at each N in spec["N"]: a reference shape (aspect_ratio, d_ff = 4 d_model, d_head), then
+    the aspect ratio, d_ff/d_model and the head dimension varied one at a time. Each point is tagged with its
+    target N ("shape.N") so the report can compare runs made for the same N."""
+    Ns = spec.get("N")
+    if not isinstance(Ns, list) or not Ns or not all(isinstance(n, (int, float)) and n > 0 for n in Ns):
+        raise ConfigError(f"{where}.N: expected a list of positive parameter counts")
+    ratio, d_head = spec.get("aspect_ratio", 16), spec.get("d_head", 16)
+    out = []
+    for N in Ns:
+        ref = shape_for(N, ratio, d_head)
+        variants = [("reference", ref)]
+        variants += [("aspect_ratio", shape_for(N, r, d_head)) for r in spec.get("aspect_ratios", [])]
+        n_layer = ref["model.n_layer"]
+        for r in spec.get("ff_ratios", []):  # N = 2 n_layer d (2 d + r d)
+            d = max(d_head, round(math.sqrt(N / (2 * n_layer * (2 + r))) / d_head) * d_head)
+            variants.append(("ff_ratio", {"model.n_layer": n_layer, "model.d_model": d, "model.d_attn": d,
+                                          "model.d_ff": max(1, round(r * d)), "model.n_heads": d // d_head}))
+        for h in spec.get("d_heads", []):
+            if ref["model.d_attn"] % h == 0:
+                variants.append(("d_head", {**ref, "model.n_heads": ref["model.d_attn"] // h}))
+        # A variant equal to the reference is dropped as a duplicate run; the reference serves every panel.
+        out += [{**v, "shape.N": float(N), "shape.vary": vary} for vary, v in variants]
+    return out
 
 
 def _shapes(spec, run, where):
@@ -183,7 +255,7 @@ def _isoflop(spec, run, where):
     convention = spec.get("convention", "all")
     if convention not in ("all", "non_embedding"):
         raise ConfigError(f"{where}.convention: {convention!r} is not one of all, non_embedding")
-    min_steps = spec.get("min_steps", 20)
+    min_steps, evals = spec.get("min_steps", 20), spec.get("evals", 4)
     base = _resolve(run, where)
     tokens_per_step = base.train.batch_size * base.model.n_ctx
     out = []
@@ -196,7 +268,8 @@ def _isoflop(spec, run, where):
             if steps < min_steps:
                 continue  # this size cannot spend the budget in a meaningful run
             out.append({**shape, "train.steps": steps, "train.warmup_steps": min(base.train.warmup_steps, steps // 5),
-                        "train.eval_every": max(1, steps // 4), "train.checkpoint_every": max(1, steps // 4) * 4,
+                        "train.eval_every": max(1, steps // evals),
+                        "train.checkpoint_every": max(1, steps // evals) * evals,
                         "isoflop.budget": float(C)})
     if not out:
         raise ConfigError(f"{where}: every (budget, size) pair gives fewer than {min_steps} steps")
@@ -220,7 +293,8 @@ def _kaplan_lr(spec, run, where):
 
 
 GENERATORS: dict[str, Callable] = {
-    "sizes": _sizes, "shapes": _shapes, "ff_ratios": _ff_ratios, "heads": _heads, "isoflop": _isoflop,
+    "sizes": _sizes, "shapes": _shapes, "ff_ratios": _ff_ratios, "heads": _heads, "shape_grid": _shape_grid,
+    "isoflop": _isoflop,
     "data_sizes": _values("data.max_train_tokens"), "seeds": _values("train.seed"),
     "learning_rates": _values("train.lr"), "kaplan_lr": _kaplan_lr,
 }
@@ -233,8 +307,8 @@ GENERATORS: dict[str, Callable] = {
 def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     nested: dict[str, dict[str, Any]] = {}
     for k, v in flat.items():
-        if k.startswith("isoflop."):
-            continue  # bookkeeping tags, not config keys
+        if k.split(".")[0] not in config.SECTIONS:
+            continue  # bookkeeping tags such as isoflop.budget, not config keys
         section, _, key = k.partition(".")
         nested.setdefault(section, {})[key] = v
     return nested
@@ -282,11 +356,50 @@ def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
     return gen(axis, run, where)
 
 
-def expand(spec: dict, source: str = "<dict>", overrides: list[str] = ()) -> Sweep:
-    """Expand a parsed sweep spec into validated runs (duplicates removed)."""
-    unknown = set(spec) - {"name", "claim", "base", "axis"}
+SWEEP_KEYS = ("name", "claim", "analysis", "base", "axis", "scale")
+
+
+def scales(spec: dict) -> list[str]:
+    table = spec.get("scale", {})
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError("scale: expected [scale.NAME] tables of \"path\" = value")
+    return list(table)
+
+
+def apply_scale(spec: dict, scale: str | None) -> tuple[dict, str | None]:
+    """The spec with [scale.NAME]'s values put in place; with no NAME, cpu if the file has scales."""
+    names = scales(spec)
+    if scale is None:
+        if not names:
+            return spec, None
+        scale = "cpu" if "cpu" in names else names[0]
+    if scale not in names:
+        raise ConfigError(f"--scale: {scale!r} is not a scale of this sweep "
+                          f"({', '.join(names) if names else 'it defines no [scale.NAME] tables'})")
+    base = {k: dict(v) if isinstance(v, dict) else v for k, v in spec.get("base", {}).items()}
+    axes = [dict(a) if isinstance(a, dict) else a for a in spec.get("axis", [])]
+    for path, value in spec["scale"][scale].items():
+        where = f'scale.{scale}."{path}"'
+        parts = path.split(".")
+        if parts[0] == "axis":
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(axes):
+                raise ConfigError(f"{where}: expected axis.I.FIELD with I from 0 to {len(axes) - 1}")
+            if not isinstance(axes[int(parts[1])], dict):
+                raise ConfigError(f"{where}: axis {parts[1]} is not a table")
+            axes[int(parts[1])][parts[2]] = value
+        elif len(parts) == 2 and parts[0] in config.SECTIONS:
+            base.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            raise ConfigError(f"{where}: expected section.key (one of {', '.join(config.SECTIONS)}) or axis.I.FIELD")
+    return {**spec, "base": base, "axis": axes}, scale
+
+
+def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale: str | None = None) -> Sweep:
+    """Expand a parsed sweep spec (at one of its scales) into validated runs (duplicates removed)."""
+    unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown sweep key (expected name, claim, base, axis)")
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown sweep key (expected {', '.join(SWEEP_KEYS)})")
+    spec, scale = apply_scale(spec, scale)
     base = config.apply_overrides(spec.get("base", {}), list(overrides))
     runs: list[tuple[dict[str, Any], dict[str, Any]]] = [(_flatten(base, "base"), {})]
     axes = spec.get("axis", [])
@@ -304,18 +417,17 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = ()) -> Swe
         if run_id in seen:
             continue
         seen.add(run_id)
-        name = " ".join(f"{SHORT.get(k, k.split('.')[-1])}={v:.3g}" if isinstance(v, float)
-                        else f"{SHORT.get(k, k.split('.')[-1])}={v}" for k, v in tags.items()
-                        if k not in HIDDEN_TAGS) or "base"
+        name = " ".join(_tag_text(k, v) for k, v in tags.items() if k not in HIDDEN_TAGS) or "base"
         out.append(Run(run_id, name, cfg, tags))
     if not out:
         raise ConfigError("axis: the sweep expands to no runs")
-    return Sweep(name=str(spec.get("name", Path(source).stem)), claim=str(spec.get("claim", "")), runs=tuple(out),
-                 source=source)
+    name = str(spec.get("name", Path(source).stem))
+    return Sweep(name=name, claim=str(spec.get("claim", "")), runs=tuple(out), source=source, scale=scale,
+                 analysis=str(spec.get("analysis", name)))
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    return expand(config.read_toml(path, "sweep"), str(path), overrides)
+def load(path: str | Path, overrides: list[str] = (), scale: str | None = None) -> Sweep:
+    return expand(config.read_toml(path, "sweep"), str(path), overrides, scale)
 
 
 def run_row(run: Run, group_id: str) -> dict[str, Any]:
@@ -333,7 +445,8 @@ def run_row(run: Run, group_id: str) -> dict[str, Any]:
 
 def plan_table(sweep: Sweep, groups: list[Group]) -> str:
     """What `jscale plan` prints: every run with N, FLOPs and tokens, its group, and the totals."""
-    lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {len(groups)} groups" +
+    lines = [f"sweep {sweep.name}" + (f" at scale {sweep.scale}" if sweep.scale else "") +
+             f": {len(sweep.runs)} runs in {len(groups)} groups" +
              (f"  (claim: {sweep.claim})" if sweep.claim else "")]
     lines.append(f"{'group':<13}{'run':<13}{'name':<44}{'N':>10}{'N_total':>10}{'steps':>7}{'tokens':>10}"
                  f"{'C (6ND)':>10}{'C exact':>10}")

@@ -116,3 +116,65 @@ def test_plan_cli(tmp_path, repo):
     r = subprocess.run(jscale_cmd("plan", str(bad)), capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "model.n_layer: must be positive, got 0" in r.stderr
+
+
+SCALED = {"name": "s", "base": BASE, "axis": [{"key": "model.d_model", "values": [32, 64]}],
+          "scale": {"cpu": {}, "gpu": {"train.steps": 80, "axis.0.values": [64, 128, 256]}}}
+
+
+def test_scales_pick_base_keys_and_axis_fields_from_one_file():
+    cpu = sweep.expand(SCALED)  # cpu is the default when a file has scales
+    assert cpu.scale == "cpu" and [r.cfg.model.d_model for r in cpu.runs] == [32, 64]
+    assert {r.cfg.train.steps for r in cpu.runs} == {50}
+    gpu = sweep.expand(SCALED, scale="gpu")
+    assert [r.cfg.model.d_model for r in gpu.runs] == [64, 128, 256]
+    assert {r.cfg.train.steps for r in gpu.runs} == {80}
+    assert SCALED["axis"][0]["values"] == [32, 64]  # the spec itself is not modified
+
+
+@pytest.mark.parametrize("scale, bad, message", [
+    ("tpu", {}, "--scale: 'tpu' is not a scale of this sweep (cpu, gpu)"),
+    ("gpu", {"axis.3.values": [1]}, 'scale.gpu."axis.3.values": expected axis.I.FIELD with I from 0 to 0'),
+    ("gpu", {"modle.d_model": 1}, 'scale.gpu."modle.d_model": expected section.key'),
+    ("gpu", {"model.d_modl": 1}, "model.d_modl: unknown config key"),
+])
+def test_scale_errors_name_the_problem(scale, bad, message):
+    spec = {**SCALED, "scale": {"cpu": {}, "gpu": bad}}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        sweep.expand(spec, scale=scale)
+
+
+def test_shape_grid_varies_one_thing_at_a_time_at_each_N():
+    sw = expand({"generator": "shape_grid", "N": [2e5, 1e6], "aspect_ratio": 16, "d_head": 16,
+                 "aspect_ratios": [4, 64], "ff_ratios": [1, 16], "d_heads": [8, 32]})
+    for N in (2e5, 1e6):
+        runs = {r.tags["shape.vary"]: r for r in sw.runs if r.tags["shape.N"] == N and r.tags["shape.vary"] == "reference"}
+        ref = runs["reference"].cfg.model
+        assert ref.d_ff_ == 4 * ref.d_model and ref.d_head == 16
+        for r in (r for r in sw.runs if r.tags["shape.N"] == N):
+            m, vary = r.cfg.model, r.tags["shape.vary"]
+            assert accounting.account(m).N == pytest.approx(N, rel=0.35)
+            if vary == "aspect_ratio":
+                assert m.d_ff_ == 4 * m.d_model and m.d_head == 16 and m.n_layer != ref.n_layer
+            elif vary == "ff_ratio":
+                assert m.n_layer == ref.n_layer and m.d_ff_ / m.d_model in (1, 16)
+            elif vary == "d_head":
+                assert (m.n_layer, m.d_model, m.d_ff_) == (ref.n_layer, ref.d_model, ref.d_ff_) and m.d_head in (8, 32)
+
+
+def test_sizes_keep_each_lstm_depth_and_size_it_by_width():
+    sw = expand({"zip": {"model.kind": ["lstm", "lstm", "transformer"], "model.n_layer": [1, 4, 2]}},
+                {"generator": "sizes", "N_min": 1e5, "N_max": 1e6, "count": 2, "n_layer": 2, "d_head": 16})
+    for family in ((("lstm", 1), ("lstm", 4), ("transformer", 2))):
+        runs = [r for r in sw.runs if (r.cfg.model.kind, r.cfg.model.n_layer) == family]
+        Ns = sorted(accounting.account(r.cfg.model).N for r in runs)
+        assert Ns == pytest.approx([1e5, 1e6], rel=0.3)
+
+
+def test_a_sweep_directory_holds_one_sweep_at_one_scale(tmp_path):
+    from jscale import grid
+
+    grid.check_sweep_dir(sweep.expand(SCALED), tmp_path)
+    grid.check_sweep_dir(sweep.expand(SCALED), tmp_path)  # the same again is fine
+    with pytest.raises(ConfigError, match="holds sweep 's' at scale 'cpu', not 's' at scale 'gpu'"):
+        grid.check_sweep_dir(sweep.expand(SCALED, scale="gpu"), tmp_path)
