@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-.PHONY: quickstart test install
+.PHONY: quickstart test install experiments
 install: $(VENV)/.installed
 
 # A sweep of small GPTs (experiments/quickstart.toml; re-running resumes it), then L(N) fitted and plotted.
@@ -26,6 +26,13 @@ quickstart: $(VENV)/.installed
 	$(BIN)/jscale run experiments/quickstart.toml --out $(OUT)
 	$(BIN)/jscale fit $(OUT) --law kaplan-n --n-convention non_embedding --bootstrap 1000 \
 	  --out $(OUT)/fit-kaplan-n.json --plot $(OUT)/fit
+
+# Every experiment of experiments/ at one scale (cpu, gpu or full), then their report (re-running resumes).
+SCALE ?= cpu
+EXPERIMENTS := size shape lstm recurrent compute data efficiency
+experiments: $(VENV)/.installed
+	for e in $(EXPERIMENTS); do $(BIN)/jscale run experiments/$$e.toml --scale $(SCALE) --out runs/$(SCALE)/$$e || exit 1; done
+	$(BIN)/jscale report runs/$(SCALE) --out experiments/results/$(SCALE)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2

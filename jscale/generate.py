@@ -23,7 +23,7 @@ import numpy as np
 
 from jscale.config import ModelConfig
 from jscale.models import build
-from jscale.models.transformer import LAYER_NORM_EPS, compute_dtype, sinusoid
+from jscale.models.transformer import LAYER_NORM_EPS, compute_dtype, step_embedding
 
 Cache = Any  # a pytree: KV caches, LSTM states or Transformer-XL memory
 
@@ -67,7 +67,7 @@ def _transformer_decoder(cfg: ModelConfig):
         ks, vs = cache["k"], cache["v"]
         for r in range(reuse):
             if reuse > 1 and cfg.step_embedding:
-                x_D = x_D + sinusoid(r, cfg.d_model).astype(dtype)
+                x_D = x_D + step_embedding(r, cfg.d_model).astype(dtype)
             for i in range(cfg.n_layer):
                 x_D, k, v = _transformer_block(cfg, params[f"h_{i}"], x_D, ks[r, i], vs[r, i], pos)
                 ks, vs = ks.at[r, i].set(k), vs.at[r, i].set(v)

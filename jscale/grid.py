@@ -11,6 +11,7 @@ directory and backend, and recorded in `DIR/ensemble.json` (so a resumed sweep g
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import zlib
@@ -115,9 +116,16 @@ def check_sweep_dir(sweep: sweeps.Sweep, out: Path) -> None:
         if (held.get("name"), held.get("scale")) != (sweep.name, sweep.scale):
             raise ConfigError(f"{out}: holds sweep {held.get('name')!r} at scale {held.get('scale')!r}, not "
                               f"{sweep.name!r} at scale {sweep.scale!r}; give another --out")
-    elif jax.process_index() == 0:
+    else:
+        held = sweep.describe()
+    if jax.process_index() == 0:  # which devices trained it, for the report
+        dev = jax.devices()[0]
+        session = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
+                   "processes": jax.process_count(), "jax": jax.__version__}
+        held["sessions"] = held.get("sessions", []) + [session]
         out.mkdir(parents=True, exist_ok=True)
-        train.write_atomic(path, json.dumps(sweep.describe(), indent=2))
+        train.write_atomic(path, json.dumps(held, indent=2))
 
 
 def _group_gflops_per_step(g: sweeps.Group) -> float:

@@ -57,6 +57,7 @@ class Experiment:
     runs: Any  # DataFrame of finished runs, with "loss" (final test loss) and config columns
     curves: Any
     positions: Any
+    n_planned: int  # runs in the sweep, finished or not
 
     @property
     def name(self) -> str:
@@ -90,7 +91,7 @@ def find_experiments(root: Path) -> list[Experiment]:
         done["C_6N"] = 6.0 * done["N"] * done["tokens_trained"]
         done["C_exact"] = done["flops_per_token_exact"] * done["tokens_trained"]
         done["C_6N_compute"] = done["flops_per_token_6N"] * done["tokens_trained"]  # 6 N x reuse for universal
-        out.append(Experiment(d, info, done, tables["curves"], tables["positions"]))
+        out.append(Experiment(d, info, done, tables["curves"], tables["positions"], len(runs)))
     return sorted(out, key=lambda e: (ORDER.index(e.info.get("analysis")) if e.info.get("analysis") in ORDER
                                       else len(ORDER), e.name))
 
@@ -443,12 +444,17 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         sec.numbers.append((f"N_opt ~ C^a, {name}", f"{a:.3f}", _ci(f, "a"),
                             f"Chinchilla {CHINCHILLA_A[name]}; Kaplan 0.73"))
     a_values = {name: f.derived.get("a", f.params.get("a")) for name, f in fits.items()}
+    if max(a_values.values()) < 0.46:
+        where = "all below both published values"
+    elif min(a_values.values()) > 0.73:
+        where = "all above both published values"
+    else:
+        closer = np.mean([abs(a - 0.49) < abs(a - 0.73) for a in a_values.values()]) > 0.5
+        where = f"mostly closer to {'Chinchilla' if closer else 'Kaplan'}'s"
     sec.verdicts.append(
         "Compute-optimal N grows as C^a with " + ", ".join(f"a = {a:.2f} ({n.split(' (')[0]})" for n, a in
                                                          a_values.items())
-        + f"; Chinchilla found 0.46-0.50 and Kaplan 0.73; ours are closer to "
-        + ("Chinchilla's." if np.mean([abs(a - 0.49) < abs(a - 0.73) for a in a_values.values()]) > 0.5
-           else "Kaplan's."))
+        + f"; Chinchilla found 0.46-0.50 and Kaplan 0.73: ours are {where}.")
     sec.figures["frontier"] = plots.compute_frontier(frontier, curves["run_id"].to_numpy(), C_kaplan,
                                                      curves["test_loss"].to_numpy())
     if "approach 2 (IsoFLOP)" in fits:
@@ -710,8 +716,11 @@ def build_sections(root: Path, out: Path, latency: bool = True, n_bootstrap: int
         analysis = e.info.get("analysis", e.name)
         sec = Section(e.name, SECTIONS.get(analysis, (f"Sweep '{e.name}'",))[0], e.info.get("claim", ""),
                       e.info.get("scale"))
-        n_all = len(results.load(e.path)["runs"])
-        sec.notes.append(f"{len(e.runs)} of {n_all} runs finished; unfinished and diverged runs are left out.")
+        sec.notes.append(f"{len(e.runs)} of {e.n_planned} runs finished; unfinished and diverged runs are left out.")
+        devices = sorted({f"{s['device']} ({s['backend']}, jax {s['jax']})" for s in e.info.get("sessions", [])})
+        days = sorted({s["date"][:10] for s in e.info.get("sessions", [])})
+        if devices:
+            sec.notes.append(f"Trained with `jscale run` on {', '.join(devices)}, {' to '.join(dict.fromkeys([days[0], days[-1]]))}.")
         if analysis == "efficiency":
             sections.append((sec, e, analysis))
             continue

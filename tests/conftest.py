@@ -9,6 +9,11 @@ _CACHE = Path(os.environ.setdefault("JSCALE_CACHE", str(Path(__file__).resolve()
 
 REPO = Path(__file__).resolve().parent.parent
 
+# One persistent XLA compilation cache for the session and every process it starts (CLI runs, killed and resumed
+# sweeps, notebook kernels): the same shapes compile once. Results are unchanged; only compile time is saved.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
