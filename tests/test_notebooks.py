@@ -1,6 +1,5 @@
 """Every Colab notebook runs top to bottom at its smallest size (JSCALE_NOTEBOOK_SCALE=smoke) in a real kernel."""
 
-import os
 
 import nbformat
 import pytest
