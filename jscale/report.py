@@ -286,46 +286,56 @@ def lstm_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     ax.legend(frameon=False, fontsize=7)
     ax.set_title("total loss against N", fontsize=9)
     # Per-position loss of each family's largest model, at its final evaluation, in log-spaced position bins.
-    plateau = {}
+    # Late-context gain: how much lower the loss is over the last quarter of the context than over positions
+    # T/8 to T/4. Kaplan's LSTMs plateau after < 100 tokens (gain ~ 0 there); Transformers keep improving.
+    gains = {}
     for i, fam in enumerate(families):
         g = runs[runs["family"] == fam]
         best = g.loc[g["N"].idxmax()]
         pos = exp.positions[(exp.positions["run_id"] == best.run_id) & (exp.positions["step"] == best.step)]
         if pos.empty:
             continue
-        t, loss = _binned(pos["position"].to_numpy(), pos["loss"].to_numpy())
+        t_all, loss_all = pos["position"].to_numpy(), pos["loss"].to_numpy()
+        t, loss = _binned(t_all, loss_all)
         st = _style(i)
         ax_pos.plot(t, loss, marker=st["marker"], linestyle=st["linestyle"], color=st["color"], mfc=st["mfc"],
                     ms=4, label=f"{fam}, N = {best.N:.2g}")
-        plateau[fam] = (_plateau_position(t, loss), best.N, loss)
+        T = t_all.max()
+        early = loss_all[(t_all >= T / 8) & (t_all <= T / 4)].mean()
+        late = loss_all[t_all > 3 * T / 4].mean()
+        gains[fam] = (100 * (early - late) / early, best.N, loss_all[0], int(T))
     ax_pos.set_xscale("log")
     ax_pos.set_xlabel("position in the context (tokens)")
     ax_pos.set_ylabel("test loss at that position (nats/token)")
     ax_pos.set_title("loss per context position, largest model of each family", fontsize=9)
     ax_pos.legend(frameon=False, fontsize=7)
     sec.figures["lstm"] = _tidy(fig)
-    for fam, (t_plateau, N, loss) in plateau.items():
-        sec.numbers.append((f"{fam} (N = {N:.2g}): first position within 1% of its end-of-context loss",
-                            f"{t_plateau:.0f}", "-", "LSTM < 100 tokens" if fam != "Transformer" else "whole context"))
-    lstm_fams = [f for f in plateau if f != "Transformer"]
-    if "Transformer" in plateau and lstm_fams:
-        t_tf = plateau["Transformer"][0]
-        t_lstm = max(plateau[f][0] for f in lstm_fams)
+    for fam, (gain, N, _, T) in gains.items():
+        sec.numbers.append((f"{fam} (N = {N:.2g}): loss gain from positions {T // 8}-{T // 4} to the last quarter",
+                            f"{gain:.1f}%", "-", "LSTM ~0 past 100 tokens; Transformer keeps improving"))
+    lstm_fams = [f for f in gains if f != "Transformer"]
+    if "Transformer" in gains and lstm_fams:
+        g_tf = gains["Transformer"][0]
+        g_lstm = max(gains[f][0] for f in lstm_fams)
+        T = gains["Transformer"][3]
         sec.verdicts.append(
-            f"The LSTMs stop improving (within 1% of their end-of-context loss) by token {t_lstm:.0f}; the "
-            f"Transformer only by token {t_tf:.0f} of {int(runs['n_ctx'].max())}: "
-            f"{'supports' if t_lstm < t_tf else 'does not support'} Kaplan's 'LSTMs plateau early'.")
-        early = {f: plateau[f][2][0] for f in plateau}
+            f"From positions {T // 8}-{T // 4} to the last quarter of the context, the Transformer's loss "
+            f"{'falls' if g_tf >= 0 else 'rises'} {abs(g_tf):.1f}% and the LSTMs' at most "
+            f"{'falls' if g_lstm >= 0 else 'rises'} {abs(g_lstm):.1f}%: "
+            f"{'supports' if g_lstm < g_tf else 'does not support'} Kaplan's 'LSTMs plateau early, Transformers "
+            f"keep improving'.")
+        first = {f: v[2] for f, v in gains.items()}
         sec.verdicts.append(
             "On the first context position the largest models score " +
-            ", ".join(f"{f} {v:.2f}" for f, v in early.items()) + " nats: "
-            + ("close (within 5%)" if max(early.values()) <= 1.05 * min(early.values()) else "not close")
+            ", ".join(f"{f} {v:.2f}" for f, v in first.items()) + " nats: "
+            + ("close (within 5%)" if max(first.values()) <= 1.05 * min(first.values()) else "not close")
             + ", against Kaplan's 'LSTMs match Transformers on early tokens'.")
     for fam, N, gap in gaps:
         if len(gap) >= 2:
+            side = lambda x: f"{abs(x):.1f}% {'above' if x >= 0 else 'below'}"
             sec.verdicts.append(
-                f"{fam}: {gap[0]:+.1f}% above the Transformer trend at N = {N[0]:.2g}, {gap[-1]:+.1f}% at "
-                f"N = {N[-1]:.2g}: the gap {'grows' if gap[-1] > gap[0] else 'does not grow'} with N.")
+                f"{fam}: {side(gap[0])} the Transformer trend at N = {N[0]:.2g}, {side(gap[-1])} it at "
+                f"N = {N[-1]:.2g}: the LSTM's deficit {'grows' if gap[-1] > gap[0] else 'does not grow'} with N.")
 
 
 def _binned(t, loss, n_bins: int = 12):
@@ -338,15 +348,6 @@ def _binned(t, loss, n_bins: int = 12):
             centers.append(np.exp(np.log(t[m]).mean()))
             means.append(loss[m].mean())
     return np.array(centers), np.array(means)
-
-
-def _plateau_position(t, loss, tolerance: float = 0.01) -> float:
-    """The first position from which the (binned) loss stays within `tolerance` of the last bin's."""
-    within = loss <= loss[-1] * (1 + tolerance)
-    for i in range(len(t)):
-        if within[i:].all():
-            return float(t[i])
-    return float(t[-1])
 
 
 def recurrent_section(exp: Experiment, sec: Section, ctx: dict) -> None:

@@ -77,8 +77,8 @@ def test_lstm_plateau_and_growing_gap(tmp_path):
 
     synthetic_sweep(tmp_path / "lstm", spec, loss, positions)
     text = " ".join(verdicts(tmp_path / "lstm", tmp_path)["lstm"].verdicts)
-    assert "supports Kaplan's 'LSTMs plateau early'" in text
-    assert "the gap grows with N" in text
+    assert "supports Kaplan's 'LSTMs plateau early, Transformers keep improving'" in text
+    assert "the LSTM's deficit grows with N" in text
 
 
 def test_compute_recovers_chinchillas_allocation_and_checks_flop_counts(tmp_path):
