@@ -20,6 +20,7 @@ import hashlib
 import html
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +68,12 @@ class Experiment:
 # Reading.
 
 
+def pd_errors() -> type[Exception]:
+    import pandas as pd
+
+    return pd.errors.DatabaseError
+
+
 def find_experiments(root: Path) -> list[Experiment]:
     dirs = [root] if (root / results.DB_NAME).exists() else sorted(
         p.parent for p in root.glob(f"*/{results.DB_NAME}"))
@@ -76,8 +83,14 @@ def find_experiments(root: Path) -> list[Experiment]:
     out = []
     for d in dirs:
         info_path = d / "sweep.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {"name": d.name, "analysis": d.name}
-        tables = results.load(d)
+        try:
+            info = json.loads(info_path.read_text()) if info_path.exists() else {"name": d.name, "analysis": d.name}
+        except json.JSONDecodeError as e:
+            raise JscaleError(f"{info_path}: not valid JSON ({e})") from None
+        try:
+            tables = results.load(d)
+        except (sqlite3.DatabaseError, pd_errors()) as e:
+            raise JscaleError(f"{d / results.DB_NAME}: not a readable jscale results database ({e})") from None
         runs = tables["runs"]
         done = runs[runs["status"] == "done"].copy()
         done["loss"] = done["final_test_loss"]
@@ -770,6 +783,8 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
     out = Path(out) if out else root / "report"
     if n_bootstrap < 0:
         raise JscaleError(f"--bootstrap: must be >= 0, got {n_bootstrap}")
+    if out.exists() and not out.is_dir():
+        raise JscaleError(f"--out: {out} is a file, not a directory")
     sections = build_sections(root, out, latency, n_bootstrap)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for e in find_experiments(root):

@@ -29,3 +29,24 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "scale smoke" in text
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_the_larger_notebook_sizes_make_valid_sweeps(scale, capsys):
+    """The cells tagged "specs" build each notebook's sweeps; at the sizes the tests do not run, every run must
+    still be a valid, runnable config."""
+    from jscale import sweep, train
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        cells = [c.source for c in nb.cells if "specs" in c.metadata.get("tags", [])]
+        if not cells:
+            continue
+        namespace = {"SCALE": scale}
+        for source in cells:
+            exec(source, namespace)
+        specs = namespace.get("specs") or {"spec": namespace["spec"]}
+        for spec in specs.values():
+            for run in sweep.expand(spec).runs:
+                train.check_intervals(run.cfg.train)
+                train.check_runnable(run.cfg)
