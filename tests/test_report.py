@@ -132,3 +132,12 @@ def test_report_on_a_directory_without_sweeps_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"jscale: error: {tmp_path}: no jscale sweep directories here (no results.sqlite "
                                    f"in it or its subdirectories)")
+
+
+def test_a_sweep_without_its_own_section_gets_an_L_of_N_fit(tmp_path):
+    spec = {"name": "quickstart", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
+            "axis": [{"generator": "sizes", "N_min": 5e3, "N_max": 2e5, "count": 4, "aspect_ratio": 16, "d_head": 8}]}
+    synthetic_sweep(tmp_path / "qs", spec, lambda r: (1e9 / r["N"]) ** 0.08)
+    sec = verdicts(tmp_path / "qs", tmp_path)["quickstart"]
+    assert sec.verdicts[0].startswith("Test loss falls as N^-0.080")
+    assert "loss_vs_N" in sec.figures
