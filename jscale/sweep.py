@@ -148,26 +148,29 @@ def _need(spec: dict, key: str, where: str, kind=(int, float)):
     return v
 
 
+def shape_at_depth(N: float, n_layer: int, d_head: int, ff_ratio: float = 4) -> Point:
+    """A Transformer of about N non-embedding parameters at a fixed depth: N = 2 n_layer d (2 d + ff_ratio d) with
+    d = d_model = d_attn a multiple of d_head, and d_ff = ff_ratio d."""
+    d_model = max(d_head, round(math.sqrt(N / (2 * n_layer * (2 + ff_ratio))) / d_head) * d_head)
+    return {"model.n_layer": n_layer, "model.d_model": d_model, "model.n_heads": d_model // d_head,
+            "model.d_ff": round(ff_ratio * d_model), "model.d_attn": d_model}
+
+
 def shape_for(N: float, aspect_ratio: float, d_head: int) -> Point:
     """n_layer and d_model with 12 n_layer d_model^2 ~ N and d_model / n_layer ~ aspect_ratio (d_model a multiple
     of d_head, d_ff = 4 d_model, d_attn = d_model)."""
     d_model = max(d_head, round((N * aspect_ratio / 12) ** (1 / 3) / d_head) * d_head)
     n_layer = max(1, round(d_model / aspect_ratio))
-    # Re-fit d_model to the rounded depth so N stays close to its target.
-    d_model = max(d_head, round(math.sqrt(N / (12 * n_layer)) / d_head) * d_head)
-    return {"model.n_layer": n_layer, "model.d_model": d_model, "model.n_heads": d_model // d_head,
-            "model.d_ff": 4 * d_model, "model.d_attn": d_model}
+    return shape_at_depth(N, n_layer, d_head)  # d_model re-fitted to the rounded depth, so N stays near its target
 
 
 def width_for(N: float, n_layer: int, kind: str, d_head: int) -> Point:
-    """d_model (a multiple of d_head) for N non-embedding parameters at a fixed depth: N = 12 n_layer d_model^2
-    for a Transformer block (d_ff = 4 d_model), 8 n_layer d_model^2 for an LSTM layer."""
-    per_layer = 8 if kind == "lstm" else 12
-    d_model = max(d_head, round(math.sqrt(N / (per_layer * n_layer)) / d_head) * d_head)
-    point = {"model.n_layer": n_layer, "model.d_model": d_model}
+    """d_model (a multiple of d_head) for N non-embedding parameters at a fixed depth: a Transformer's blocks as
+    shape_at_depth, or LSTM layers of 8 d_model^2 each."""
     if kind != "lstm":
-        point.update({"model.n_heads": d_model // d_head, "model.d_ff": 4 * d_model, "model.d_attn": d_model})
-    return point
+        return shape_at_depth(N, n_layer, d_head)
+    d_model = max(d_head, round(math.sqrt(N / (8 * n_layer)) / d_head) * d_head)
+    return {"model.n_layer": n_layer, "model.d_model": d_model}
 
 
 def _sizes(spec, run, where):
@@ -200,11 +203,8 @@ def _shape_grid(spec, run, where):
         ref = shape_for(N, ratio, d_head)
         variants = [("reference", ref)]
         variants += [("aspect_ratio", shape_for(N, r, d_head)) for r in spec.get("aspect_ratios", [])]
-        n_layer = ref["model.n_layer"]
-        for r in spec.get("ff_ratios", []):  # N = 2 n_layer d (2 d + r d)
-            d = max(d_head, round(math.sqrt(N / (2 * n_layer * (2 + r))) / d_head) * d_head)
-            variants.append(("ff_ratio", {"model.n_layer": n_layer, "model.d_model": d, "model.d_attn": d,
-                                          "model.d_ff": max(1, round(r * d)), "model.n_heads": d // d_head}))
+        variants += [("ff_ratio", shape_at_depth(N, ref["model.n_layer"], d_head, r))
+                     for r in spec.get("ff_ratios", [])]
         for h in spec.get("d_heads", []):
             if ref["model.d_attn"] % h == 0:
                 variants.append(("d_head", {**ref, "model.n_heads": ref["model.d_attn"] // h}))
@@ -224,13 +224,7 @@ def _shapes(spec, run, where):
 def _ff_ratios(spec, run, where):
     N, n_layer = _need(spec, "N", where), _need(spec, "n_layer", where, int)
     d_head = spec.get("d_head", 16)
-    out = []
-    for r in spec.get("ratios", [1, 2, 4, 8, 16]):
-        # N = 2 d n (2 d + r d) = 2 n (2 + r) d^2
-        d = max(d_head, round(math.sqrt(N / (2 * n_layer * (2 + r))) / d_head) * d_head)
-        out.append({"model.n_layer": n_layer, "model.d_model": d, "model.d_attn": d, "model.d_ff": round(r * d),
-                    "model.n_heads": d // d_head})
-    return out
+    return [shape_at_depth(N, n_layer, d_head, r) for r in spec.get("ratios", [1, 2, 4, 8, 16])]
 
 
 def _heads(spec, run, where):
