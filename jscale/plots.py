@@ -16,13 +16,14 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-def _figure(ncols: int = 1):
+def figure(ncols: int = 1, width: float = 5.2):
+    """A row of ncols axes, each width x 4 inches."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), constrained_layout=True)
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.0), constrained_layout=True)
     return fig, axes
 
 
@@ -34,7 +35,7 @@ def _short(v: float, _=None) -> str:
     return f"{mantissa}e{int(exp)}"
 
 
-def _tidy(fig):
+def tidy(fig):
     """Readable log axes: over a wide range, label the decades only; otherwise label 1-2-5
     steps (under ~2.5 decades). Minor tick labels are never drawn, so they cannot overlap."""
     import matplotlib.ticker as ticker
@@ -58,10 +59,14 @@ def _shades(n: int):
     return [plt.cm.viridis(v) for v in np.linspace(0.0, 0.85, max(n, 1))]
 
 
-def _n_label(law: FittedLaw) -> str:
-    conv = law.convention.get("N", "")
+def n_label(convention: str) -> str:
+    """The axis label of N in a convention (all, non_embedding)."""
     return {"all": "parameters N (all, embeddings included)",
-            "non_embedding": "parameters N (non-embedding)"}.get(conv, "parameters N")
+            "non_embedding": "parameters N (non-embedding)"}.get(convention, "parameters N")
+
+
+def _n_label(law: FittedLaw) -> str:
+    return n_label(law.convention.get("N", ""))
 
 
 def _c_label(law: FittedLaw) -> str:
@@ -71,7 +76,7 @@ def _c_label(law: FittedLaw) -> str:
 
 def loss_vs_variable(law: FittedLaw, X, loss, label: str | None = None):
     """Loss against N, D or C with a power law (with or without E) drawn through it."""
-    fig, ax = _figure()
+    fig, ax = figure()
     X, loss = np.asarray(X, float), np.asarray(loss, float)
     ax.loglog(X, loss, "o", mfc="none", color="k", label="runs")
     grid = np.geomspace(X.min() / 1.5, X.max() * 1.5, 200)
@@ -84,13 +89,13 @@ def loss_vs_variable(law: FittedLaw, X, loss, label: str | None = None):
     ax.set_xlabel(label or default)
     ax.set_ylabel("loss (nats/token)")
     ax.legend(frameon=False)
-    return _tidy(fig)
+    return tidy(fig)
 
 
 def loss_nd_curves(law: FittedLaw, N, D, loss):
     """L(N, D): loss against tokens D for each model size, with the fitted surface's curves (Chinchilla or
     Kaplan's eq. 1.5)."""
-    fig, ax = _figure()
+    fig, ax = figure()
     N, D, loss = (np.asarray(a, float) for a in (N, D, loss))
     sizes = np.unique(N)
     if len(sizes) > 8:  # bin into 8 log-spaced groups so the plot stays readable
@@ -109,12 +114,12 @@ def loss_nd_curves(law: FittedLaw, N, D, loss):
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{law.law} fit: loss against data, one curve per model size", fontsize=9)
     ax.legend(frameon=False, fontsize=7)
-    return _tidy(fig)
+    return tidy(fig)
 
 
 def isoflop_profiles(law: FittedLaw, N, loss, budget):
     """Loss against N at each compute budget, the fitted parabolas (in log N) and their minima."""
-    fig, (ax, ax2) = _figure(2)
+    fig, (ax, ax2) = figure(2)
     N, loss, budget = (np.asarray(a, float) for a in (N, loss, budget))
     minima = law.info["minima"]
     for mnm, shade, marker in zip(minima, _shades(len(minima)), itertools.cycle(MARKERS)):
@@ -134,12 +139,12 @@ def isoflop_profiles(law: FittedLaw, N, loss, budget):
     ax2.set_xlabel(_c_label(law))
     ax2.set_ylabel("compute-optimal N")
     ax2.legend(frameon=False, fontsize=8)
-    return _tidy(fig)
+    return tidy(fig)
 
 
 def compute_frontier(law: FittedLaw, run, C, loss):
     """Every run's learning curve (grey), their lower envelope (black) and its power-law fit."""
-    fig, ax = _figure()
+    fig, ax = figure()
     run, C, loss = np.asarray(run), np.asarray(C, float), np.asarray(loss, float)
     for r in np.unique(run):
         m = run == r
@@ -152,12 +157,12 @@ def compute_frontier(law: FittedLaw, run, C, loss):
     ax.set_xlabel(_c_label(law))
     ax.set_ylabel("test loss (nats/token)")
     ax.legend(frameon=False, fontsize=8)
-    return _tidy(fig)
+    return tidy(fig)
 
 
 def compute_optimal(law: FittedLaw, C_range: tuple[float, float] | None = None):
     """N_opt(C) and D_opt(C) from a Chinchilla, IsoFLOP or envelope fit, with Kaplan's N ~ C^0.73 for reference."""
-    fig, ax = _figure()
+    fig, ax = figure()
     lo, hi = C_range or (1e17, 1e25)
     C = np.geomspace(lo, hi, 100)
     opt = law.compute_optimal(C)
@@ -171,12 +176,12 @@ def compute_optimal(law: FittedLaw, C_range: tuple[float, float] | None = None):
     ax.set_xlabel(_c_label(law))
     ax.set_ylabel("parameters N / tokens D")
     ax.legend(frameon=False, fontsize=8)
-    return _tidy(fig)
+    return tidy(fig)
 
 
 def residuals(law: FittedLaw, x=None, x_label: str = "point"):
     """Residuals log L - log prediction of a fit, against x (or the point index), with their histogram."""
-    fig, (ax, ax2) = _figure(2)
+    fig, (ax, ax2) = figure(2)
     r = np.asarray(law.residuals)
     x = np.arange(len(r)) if x is None else np.asarray(x, float)
     ax.plot(x, r, "ko", mfc="none", ms=4)
@@ -189,4 +194,4 @@ def residuals(law: FittedLaw, x=None, x_label: str = "point"):
     ax2.set_xlabel("residual")
     ax2.set_ylabel("count")
     ax2.set_title(f"{law.law}: RMS {np.sqrt(np.mean(r ** 2)):.3g}", fontsize=9)
-    return _tidy(fig)
+    return tidy(fig)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jscale import laws, results
+from jscale import laws, plots, results
 from jscale.config import JscaleError
 
 # Kaplan et al. 2020 (and Hoffmann et al. 2022) numbers the sections compare against; reference/scaling.md.
@@ -102,7 +102,6 @@ def find_experiments(root: Path) -> list[Experiment]:
         done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
         done["C_6N"] = 6.0 * done["N"] * done["tokens_trained"]
         done["C_exact"] = done["flops_per_token_exact"] * done["tokens_trained"]
-        done["C_6N_compute"] = done["flops_per_token_6N"] * done["tokens_trained"]  # 6 N x reuse for universal
         out.append(Experiment(d, info, done, tables["curves"], tables["positions"], len(runs)))
     return sorted(out, key=lambda e: (ORDER.index(e.info.get("analysis")) if e.info.get("analysis") in ORDER
                                       else len(ORDER), e.name))
@@ -131,27 +130,11 @@ def _rel(loss, predicted) -> np.ndarray:
     return 100.0 * (np.asarray(loss, float) / np.asarray(predicted, float) - 1.0)
 
 
-def _figure(ncols=1, width=5.2, height=4.0):
-    from jscale import plots
-
-    fig, axes = plots._figure(ncols)
-    fig.set_size_inches(width * ncols, height)
-    return fig, axes
-
-
 def _style(i: int) -> dict[str, Any]:
     """Series i: marker, line style and grey level, distinguishable in black-and-white print."""
-    from jscale.plots import LINESTYLES, MARKERS
-
     greys = ("0.0", "0.45", "0.25", "0.6", "0.1", "0.35", "0.5")
-    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
+    return {"marker": plots.MARKERS[i % len(plots.MARKERS)], "linestyle": plots.LINESTYLES[i % len(plots.LINESTYLES)],
             "color": greys[i % len(greys)], "mfc": "none" if i % 2 else greys[i % len(greys)]}
-
-
-def _tidy(fig):
-    from jscale.plots import _tidy as tidy
-
-    return tidy(fig)
 
 
 def _loglines(ax, x, y, label, i, fit_x=None, fit_y=None):
@@ -163,20 +146,15 @@ def _loglines(ax, x, y, label, i, fit_x=None, fit_y=None):
         ax.plot(fit_x, fit_y, linestyle=st["linestyle"], color=st["color"], lw=1)
 
 
-def _n_label(conv="non_embedding") -> str:
-    return {"non_embedding": "parameters N (non-embedding)",
-            "all": "parameters N (all, embeddings included)"}[conv]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Sections.
 
 
-def size_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def size_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N), with and without embeddings (Kaplan Fig. 1 right and Fig. 6)."""
     runs = exp.runs
     deep = runs[runs["n_layer"] >= 2]
-    fit_n = _power(deep["N"], deep["loss"], bootstrap=ctx["n_bootstrap"])
+    fit_n = _power(deep["N"], deep["loss"], bootstrap=n_bootstrap)
     fit_total = _power(deep["N_total"], deep["loss"], bootstrap=0)
     rms_n = 100 * np.sqrt(np.mean(np.square(fit_n.residuals)))
     rms_total = 100 * np.sqrt(np.mean(np.square(fit_total.residuals)))
@@ -188,7 +166,7 @@ def size_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     sec.numbers.append(("RMS scatter about one power law, all parameters (2+ layers)", f"{rms_total:.2f}%", "-",
                         "separate by depth"))
     one = runs[runs["n_layer"] == 1]
-    fig, (ax_total, ax_n) = _figure(2)
+    fig, (ax_total, ax_n) = plots.figure(2)
     grid_total = np.geomspace(runs["N_total"].min() / 1.3, runs["N_total"].max() * 1.3, 100)
     grid_n = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
     for i, (depth, g) in enumerate(sorted(runs.groupby("n_layer"))):
@@ -199,10 +177,10 @@ def size_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     ax_total.plot(grid_total, fit_total.predict(X=grid_total), "k:", lw=1, label="one power law, 2+ layers")
     for ax, conv, title in ((ax_total, "all", "with embeddings"), (ax_n, "non_embedding", "without embeddings")):
         ax.set_xscale("log"), ax.set_yscale("log")
-        ax.set_xlabel(_n_label(conv)), ax.set_ylabel("test loss (nats/token)")
+        ax.set_xlabel(plots.n_label(conv)), ax.set_ylabel("test loss (nats/token)")
         ax.set_title(f"Fig. 6 {title}", fontsize=9)
         ax.legend(frameon=False, fontsize=7)
-    sec.figures["loss_vs_N"] = _tidy(fig)
+    sec.figures["loss_vs_N"] = plots.tidy(fig)
     sec.verdicts.append(
         f"One power law in non-embedding N fits the 2+ layer models with {rms_n:.1f}% RMS scatter, against "
         f"{rms_total:.1f}% when embeddings are counted, so excluding embeddings "
@@ -214,13 +192,12 @@ def size_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         off = _rel(one["loss"], fit_n.predict(X=one["N"].to_numpy()))
         sec.verdicts.append(f"1-layer models sit {off.mean():+.1f}% (mean) from the 2+ layer trend "
                             f"(Kaplan: 1-layer models fall off the trend).")
-    ctx["L_of_N"] = fit_n
 
 
-def shape_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def shape_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """Loss against shape at fixed N, measured against the L(N) fit over all runs (Kaplan Fig. 5)."""
     runs = exp.runs.copy()
-    fit = _power(runs["N"], runs["loss"], bootstrap=ctx["n_bootstrap"])
+    fit = _power(runs["N"], runs["loss"], bootstrap=n_bootstrap)
     runs["excess"] = _rel(runs["loss"], fit.predict(X=runs["N"].to_numpy()))
     runs["target_N"] = [t.get("shape.N", n) for t, n in zip(runs["tags_"], runs["N"])]
     runs["vary"] = [t.get("shape.vary", "") for t in runs["tags_"]]
@@ -232,7 +209,7 @@ def shape_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     panels = (("aspect_ratio", "aspect", "aspect ratio d_model / n_layer", "+1-2% over 10-200; 40x within ~3%"),
               ("ff_ratio", "ff_ratio", "feed-forward ratio d_ff / d_model", "+0.5% at 1-2, +4.5% at 10"),
               ("d_head", "d_head", "head dimension d_attn / n_heads", "within 0.5-2% over 10-200"))
-    fig, axes = _figure(3, width=4.4)
+    fig, axes = plots.figure(3, width=4.4)
     spreads = {}
     for ax, (vary, col, label, paper) in zip(axes, panels, strict=True):
         panel_spread = []
@@ -252,7 +229,7 @@ def shape_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         if panel_spread:
             spreads[vary] = max(panel_spread)
             sec.numbers.append((f"largest loss spread when varying {label}", f"{spreads[vary]:.1f}%", "-", paper))
-    sec.figures["shape"] = _tidy(fig)
+    sec.figures["shape"] = plots.tidy(fig)
     for N, g in sorted(runs.groupby("target_N")):
         spread = g["excess"].max() - g["excess"].min()
         worst = g.loc[g["excess"].idxmax()]
@@ -265,17 +242,16 @@ def shape_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         sec.verdicts.append(
             f"Within aspect ratios 4-64 and d_ff/d_model 1-4, the largest spread at one N is {spread_ok:.1f}%: "
             f"{'supports' if spread_ok <= 5 else 'exceeds'} Kaplan's 'a few percent' (threshold used: 5%).")
-    ctx["shape_runs"] = runs
 
 
-def lstm_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """LSTMs against Transformers: loss against N and against context position (Kaplan Fig. 7)."""
     runs = exp.runs.copy()
     runs["family"] = [("Transformer" if k == "transformer" else f"LSTM, {n} layer{'s' if n > 1 else ''}")
                       for k, n in zip(runs["kind"], runs["n_layer"])]
     tf = runs[runs["kind"] == "transformer"]
-    fit_tf = _power(tf["N"], tf["loss"], bootstrap=ctx["n_bootstrap"])
-    fig, (ax, ax_pos) = _figure(2)
+    fit_tf = _power(tf["N"], tf["loss"], bootstrap=n_bootstrap)
+    fig, (ax, ax_pos) = plots.figure(2)
     families = sorted(runs["family"].unique(), key=lambda f: (f != "Transformer", f))
     grid = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
     gaps = []
@@ -295,7 +271,7 @@ def lstm_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         sec.numbers.append((f"{fam}: loss above the Transformer L(N) fit, smallest to largest N",
                             " -> ".join(f"{x:+.1f}%" for x in gap[order]), "-", "gap grows with N"))
     ax.set_xscale("log"), ax.set_yscale("log")
-    ax.set_xlabel(_n_label()), ax.set_ylabel("test loss (nats/token)")
+    ax.set_xlabel(plots.n_label("non_embedding")), ax.set_ylabel("test loss (nats/token)")
     ax.legend(frameon=False, fontsize=7)
     ax.set_title("total loss against N", fontsize=9)
     # Per-position loss of each family's largest model, at its final evaluation, in log-spaced position bins.
@@ -322,7 +298,7 @@ def lstm_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     ax_pos.set_ylabel("test loss at that position (nats/token)")
     ax_pos.set_title("loss per context position, largest model of each family", fontsize=9)
     ax_pos.legend(frameon=False, fontsize=7)
-    sec.figures["lstm"] = _tidy(fig)
+    sec.figures["lstm"] = plots.tidy(fig)
     for fam, (gain, N, _, T) in gains.items():
         sec.numbers.append((f"{fam} (N = {N:.2g}): loss gain from positions {T // 8}-{T // 4} to the last quarter",
                             f"{gain:.1f}%", "-", "LSTM ~0 past 100 tokens; Transformer keeps improving"))
@@ -363,7 +339,7 @@ def _binned(t, loss, n_bins: int = 12):
     return np.array(centers), np.array(means)
 
 
-def recurrent_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def recurrent_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """Universal Transformers (reuse over depth) and Transformer-XL (memory over time) against the standard
     Transformer, per parameter and per FLOP (Kaplan Fig. 17)."""
     runs = exp.runs.copy()
@@ -371,16 +347,16 @@ def recurrent_section(exp: Experiment, sec: Section, ctx: dict) -> None:
                        f"Universal, reuse {r}x" if k == "universal" else f"Transformer-XL, memory {m}")
                       for k, r, m in zip(runs["kind"], runs["reuse"], runs["mem_len"])]
     std = runs[runs["kind"] == "transformer"]
-    fit_n = _power(std["N"], std["loss"], bootstrap=ctx["n_bootstrap"])
-    fit_c = _power(std["C_exact"], std["loss"], variable="C", bootstrap=ctx["n_bootstrap"])
+    fit_n = _power(std["N"], std["loss"], bootstrap=n_bootstrap)
+    fit_c = _power(std["C_exact"], std["loss"], variable="C", bootstrap=n_bootstrap)
     sec.numbers.append(("standard Transformers: alpha_N", f"{fit_n.params['alpha']:.3f}", _ci(fit_n, "alpha"),
                         "0.076"))
-    fig, (ax_n, ax_c) = _figure(2)
+    fig, (ax_n, ax_c) = plots.figure(2)
     families = sorted(runs["family"].unique(), key=lambda f: (not f.startswith("standard"), len(f), f))
+    gn = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
+    gc = np.geomspace(runs["C_exact"].min() / 1.3, runs["C_exact"].max() * 1.3, 100)
     for i, fam in enumerate(families):
         g = runs[runs["family"] == fam]
-        gn = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
-        gc = np.geomspace(runs["C_exact"].min() / 1.3, runs["C_exact"].max() * 1.3, 100)
         is_std = fam.startswith("standard")
         _loglines(ax_n, g["N"], g["loss"], fam, i, *((gn, fit_n.predict(X=gn)) if is_std else (None, None)))
         _loglines(ax_c, g["C_exact"], g["loss"], fam, i, *((gc, fit_c.predict(X=gc)) if is_std else (None, None)))
@@ -404,7 +380,7 @@ def recurrent_section(exp: Experiment, sec: Section, ctx: dict) -> None:
         ax.legend(frameon=False, fontsize=7)
     ax_n.set_title("per parameter (line: standard Transformers' L(N))", fontsize=9)
     ax_c.set_title("per FLOP (line: standard Transformers' L(C))", fontsize=9)
-    sec.figures["recurrent"] = _tidy(fig)
+    sec.figures["recurrent"] = plots.tidy(fig)
 
 
 def xla_flops_per_token(cfg_dict: dict) -> float:
@@ -431,10 +407,8 @@ def xla_flops_per_token(cfg_dict: dict) -> float:
     return float(cost["flops"]) / (cfg.train.batch_size * cfg.model.n_ctx)
 
 
-def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def compute_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """The compute frontier L(C) (Kaplan), Chinchilla's approaches 1-3, and 6ND against XLA's count."""
-    from jscale import plots
-
     runs, curves = exp.runs, exp.curves
     curves = curves[curves["run_id"].isin(runs["run_id"])]
     # Kaplan's frontier: non-embedding N, C = 6 N D over every evaluation of every run, and C_min = C / (1 + B /
@@ -445,7 +419,7 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     b_crit = 2e8 / curves["test_loss"].to_numpy() ** (1 / 0.21)
     C_min = laws.c_min(C_kaplan, batch_tokens, b_crit)
     frontier = laws.fit_frontier(curves["run_id"].to_numpy(), C_min, curves["test_loss"].to_numpy(),
-                                 n_bootstrap=ctx["n_bootstrap"], convention={"N": "non_embedding", "C": "C_min, 6ND"})
+                                 n_bootstrap=n_bootstrap, convention={"N": "non_embedding", "C": "C_min, 6ND"})
     sec.numbers.append(("alpha_C of the frontier L = (C_c/C_min)^alpha_C (C = 6ND, N non-embedding)",
                         f"{frontier.params['alpha']:.3f}", _ci(frontier, "alpha"),
                         f"{KAPLAN['alpha_C_min']} (C_min); {KAPLAN['alpha_C_naive']} (naive L(C))"))
@@ -459,13 +433,13 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     C_all = 6.0 * curves["N_total"].to_numpy() * curves["tokens"].to_numpy()
     fits = {}
     fits["approach 1 (envelope)"] = laws.fit_envelope(curves["run_id"].to_numpy(), curves["N_total"].to_numpy(), C_all,
-                                                      curves["test_loss"].to_numpy(), n_bootstrap=ctx["n_bootstrap"])
+                                                      curves["test_loss"].to_numpy(), n_bootstrap=n_bootstrap)
     budgets = np.array([t.get("isoflop.budget", np.nan) for t in runs["tags_"]], float)
     if np.isfinite(budgets).all():
         fits["approach 2 (IsoFLOP)"] = laws.fit_isoflop(runs["N_total"], runs["loss"], budgets,
-                                                        n_bootstrap=ctx["n_bootstrap"])
+                                                        n_bootstrap=n_bootstrap)
     fits["approach 3 (parametric)"] = laws.fit_chinchilla(runs["N_total"], runs["tokens_trained"], runs["loss"],
-                                                          n_bootstrap=ctx["n_bootstrap"])
+                                                          n_bootstrap=n_bootstrap)
     for name, f in fits.items():
         a = f.derived.get("a", f.params.get("a"))
         sec.numbers.append((f"N_opt ~ C^a, {name}", f"{a:.3f}", _ci(f, "a"),
@@ -487,7 +461,7 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     if "approach 2 (IsoFLOP)" in fits:
         sec.figures["isoflop"] = plots.isoflop_profiles(fits["approach 2 (IsoFLOP)"], runs["N_total"].to_numpy(),
                                                         runs["loss"].to_numpy(), budgets)
-    fig, ax = _figure()
+    fig, ax = plots.figure()
     Cgrid = np.geomspace(C_all.min(), C_all.max() * 100, 100)
     for i, (name, f) in enumerate(fits.items()):
         st = _style(i)
@@ -499,8 +473,8 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     ax.set_xlabel("compute C (FLOPs, 6ND, all parameters)")
     ax.set_ylabel("compute-optimal N (all parameters)")
     ax.legend(frameon=False, fontsize=7)
-    sec.figures["compute_optimal"] = _tidy(fig)
-    # C = 6ND against XLA's count of the compiled train step, per distinct model.
+    sec.figures["compute_optimal"] = plots.tidy(fig)
+    # C = 6ND against XLA's count of the lowered train step, per distinct model.
     rows, ratios = [], []
     seen = {}
     for r in runs.itertuples():
@@ -519,13 +493,11 @@ def compute_section(exp: Experiment, sec: Section, ctx: dict) -> None:
                         f"sizes (attention and the unembedding, which 6N leaves out, weigh heavily in small models).")
 
 
-def data_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N, D) with early stopping (Kaplan Eq. 1.5) and the overfitting bound."""
-    from jscale import plots
-
     runs = exp.runs[exp.runs["D"] > 0].copy()
     runs["best"] = runs["best_test_loss"]
-    fit = laws.fit_kaplan_nd(runs["N"], runs["D"], runs["best"], n_bootstrap=ctx["n_bootstrap"],
+    fit = laws.fit_kaplan_nd(runs["N"], runs["D"], runs["best"], n_bootstrap=n_bootstrap,
                              convention={"N": "non_embedding"})
     p = fit.params
     for key, paper in (("alpha_N", "0.076"), ("alpha_D", "0.103"), ("N_c", "6.4e13"), ("D_c", "1.8e13")):
@@ -546,7 +518,7 @@ def data_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     fig1.axes[0].set_ylabel("best test loss (nats/token, early stopping)")
     sec.figures["loss_vs_D"] = fig1
     # Kaplan Fig. 9 (right): overfitting L/L(N, inf) - 1 against N^(alpha_N/alpha_D) / D.
-    fig, ax = _figure()
+    fig, ax = plots.figure()
     L_inf = (p["N_c"] / runs["N"].to_numpy()) ** p["alpha_N"]
     x = runs["N"].to_numpy() ** exponent / runs["D"].to_numpy()
     for i, (N, g) in enumerate(sorted(runs.groupby("N"))):
@@ -562,7 +534,7 @@ def data_section(exp: Experiment, sec: Section, ctx: dict) -> None:
     ax.set_xlabel(f"N^{exponent:.2f} / D  (N non-embedding, D tokens)")
     ax.set_ylabel("best loss above L(N, D = inf) (%)")
     ax.legend(frameon=False, fontsize=7)
-    sec.figures["overfitting"] = _tidy(fig)
+    sec.figures["overfitting"] = plots.tidy(fig)
     rms = 100 * np.sqrt(np.mean(np.square(fit.residuals)))
     sec.verdicts.append(f"Eq. 1.5 fits {len(runs)} (N, D) runs with {rms:.1f}% RMS scatter; alpha_N = "
                         f"{p['alpha_N']:.3f}, alpha_D = {p['alpha_D']:.3f} (Kaplan 0.076, 0.103).")
@@ -571,7 +543,7 @@ def data_section(exp: Experiment, sec: Section, ctx: dict) -> None:
                         f"with N.")
 
 
-def efficiency_section(exps: list[Experiment], sec: Section, ctx: dict, out: Path, latency: bool) -> None:
+def efficiency_section(exps: list[Experiment], sec: Section, out: Path, latency: bool) -> None:
     """Loss against generation latency (batch 1, per token) and against parameters, over every run of every
     experiment; the Pareto fronts; grouped-query and multi-query attention."""
     import pandas as pd
@@ -591,7 +563,7 @@ def efficiency_section(exps: list[Experiment], sec: Section, ctx: dict, out: Pat
     else:
         runs["latency_ms"], runs["cache_kb"], device = np.nan, np.nan, "?"
     runs["label"] = [_kind_label(r) for r in runs.itertuples()]
-    fig, (ax_n, ax_t) = _figure(2)
+    fig, (ax_n, ax_t) = plots.figure(2)
     kinds = sorted(runs["label"].unique())
     for i, kind in enumerate(kinds):
         g = runs[runs["label"] == kind]
@@ -604,7 +576,7 @@ def efficiency_section(exps: list[Experiment], sec: Section, ctx: dict, out: Pat
     front_n = _pareto(runs["N_total"].to_numpy(), runs["loss"].to_numpy())
     ax_n.plot(runs["N_total"].to_numpy()[front_n], runs["loss"].to_numpy()[front_n], "k-", lw=1, drawstyle="steps-post",
               label="Pareto front")
-    ax_n.set_xlabel(_n_label("all")), ax_n.set_ylabel("test loss (nats/token)")
+    ax_n.set_xlabel(plots.n_label("all")), ax_n.set_ylabel("test loss (nats/token)")
     ax_n.legend(frameon=False, fontsize=6)
     if latency:
         front_t = _pareto(runs["latency_ms"].to_numpy(), runs["loss"].to_numpy())
@@ -616,7 +588,7 @@ def efficiency_section(exps: list[Experiment], sec: Section, ctx: dict, out: Pat
         rows = [[r.experiment, r.label, r.name, f"{r.N_total:,}", f"{r.latency_ms:.3f}", f"{r.cache_kb:.1f}",
                  f"{r.loss:.4f}"] for r in runs.iloc[front_t].sort_values("latency_ms").itertuples()]
         sec.tables.append((["experiment", "kind", "run", "N (all)", "ms/token", "decode state (KiB)", "loss"], rows))
-    sec.figures["pareto"] = _tidy(fig)
+    sec.figures["pareto"] = plots.tidy(fig)
     sec.notes.append("Runs of different experiments differ in context length and tokens trained; the 'matches' "
                      "verdict compares only runs with the same context and tokens trained, none of them data-limited.")
     # Which smaller model matches a bigger one: among comparable runs (same context, same tokens, none limited to
@@ -706,16 +678,14 @@ def _latencies(runs, out: Path) -> dict[str, dict]:
     return found
 
 
-def generic_section(exp: Experiment, sec: Section, ctx: dict) -> None:
+def generic_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """Sweeps without a dedicated section (the quickstart): L(N) if N varies."""
     runs = exp.runs
     if runs["N"].nunique() < 3:
         sec.notes.append("Fewer than 3 model sizes: nothing to fit.")
         return
-    fit = _power(runs["N"], runs["loss"], bootstrap=ctx["n_bootstrap"])
+    fit = _power(runs["N"], runs["loss"], bootstrap=n_bootstrap)
     sec.numbers.append(("alpha_N, L = (N_c/N)^alpha_N", f"{fit.params['alpha']:.3f}", _ci(fit, "alpha"), "0.076"))
-    from jscale import plots
-
     sec.figures["loss_vs_N"] = plots.loss_vs_variable(dataclasses.replace(fit, convention={"N": "non_embedding"}),
                                                       runs["N"], runs["loss"])
     sec.verdicts.append(f"Test loss falls as N^-{fit.params['alpha']:.3f} (95% CI {_ci(fit, 'alpha')}) over "
@@ -729,6 +699,7 @@ SECTIONS: dict[str, tuple[str, Callable]] = {
     "recurrent": ("Recurrent Transformers: reuse over depth and memory over time", recurrent_section),
     "compute": ("Compute: the frontier, compute-optimal size and FLOP counts", compute_section),
     "data": ("Data: L(N, D) and overfitting", data_section),
+    "efficiency": ("Efficiency: which smaller model matches a bigger one", None),  # see _sections
 }
 
 
@@ -737,35 +708,31 @@ SECTIONS: dict[str, tuple[str, Callable]] = {
 
 
 def build_sections(root: Path, out: Path, latency: bool = True, n_bootstrap: int = N_BOOTSTRAP) -> list[Section]:
-    root, out = Path(root), Path(out)
-    exps = find_experiments(root)
-    ctx: dict[str, Any] = {"n_bootstrap": n_bootstrap}
+    return _sections(find_experiments(Path(root)), Path(out), latency, n_bootstrap)
+
+
+def _sections(exps: list[Experiment], out: Path, latency: bool, n_bootstrap: int) -> list[Section]:
     sections = []
     for e in exps:
         analysis = e.info.get("analysis", e.name)
-        sec = Section(e.name, SECTIONS.get(analysis, (f"Sweep '{e.name}'",))[0], e.info.get("claim", ""),
-                      e.info.get("scale"))
+        title, analyse = SECTIONS.get(analysis, (f"Sweep '{e.name}'", generic_section))
+        sec = Section(e.name, title, e.info.get("claim", ""), e.info.get("scale"))
         sec.notes.append(f"{len(e.runs)} of {e.n_planned} runs finished; unfinished and diverged runs are left out.")
         devices = sorted({f"{s['device']} ({s['backend']}, jax {s['jax']})" for s in e.info.get("sessions", [])})
         days = sorted({s["date"][:10] for s in e.info.get("sessions", [])})
         if devices:
             sec.notes.append(f"Trained with `jscale run` on {', '.join(devices)}, {' to '.join(dict.fromkeys([days[0], days[-1]]))}.")
-        if analysis == "efficiency":
-            sections.append((sec, e, analysis))
-            continue
-        if len(e.runs) == 0:
+        if analysis == "efficiency":  # reads the runs of every experiment
+            efficiency_section(exps, sec, out, latency)
+        elif len(e.runs) == 0:
             sec.notes.append("No finished runs yet.")
         else:
             try:
-                SECTIONS.get(analysis, (None, generic_section))[1](e, sec, ctx)
+                analyse(e, sec, n_bootstrap)
             except laws.LawFitError as err:
                 sec.notes.append(f"Not enough finished runs to fit: {err}")
-        sections.append((sec, e, analysis))
-    for sec, e, analysis in sections:
-        if analysis == "efficiency":
-            sec.title = "Efficiency: which smaller model matches a bigger one"
-            efficiency_section(exps, sec, ctx, out, latency)
-    return [s for s, _, _ in sections]
+        sections.append(sec)
+    return sections
 
 
 def _png(fig) -> bytes:
@@ -785,9 +752,10 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
         raise JscaleError(f"--bootstrap: must be >= 0, got {n_bootstrap}")
     if out.exists() and not out.is_dir():
         raise JscaleError(f"--out: {out} is a file, not a directory")
-    sections = build_sections(root, out, latency, n_bootstrap)
+    exps = find_experiments(root)
+    sections = _sections(exps, out, latency, n_bootstrap)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for e in find_experiments(root):
+    for e in exps:
         cols = ["run_id", "name", "kind", "n_layer", "d_model", "d_ff", "d_attn", "n_heads", "n_kv_heads", "reuse",
                 "mem_len", "n_ctx", "N", "N_total", "D", "tokens_trained", "C_6N", "C_exact", "final_test_loss",
                 "best_test_loss", "tokens_per_s"]
