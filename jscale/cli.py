@@ -7,10 +7,14 @@ with status 2; nothing is compiled or written before the input has been checked.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import sqlite3
 import sys
 from pathlib import Path
 
-from jscale.config import JscaleError
+from jscale import interrupts
+from jscale.config import JscaleError, ResourceError, resource_error
 
 
 def _train(args) -> None:
@@ -102,8 +106,48 @@ def _status(args) -> None:
 SCALE_HELP = "which [scale.NAME] of the sweep file to run: cpu, gpu, full (default cpu, if it has scales)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one `jscale: error:` line (exit 2) instead of usage text."""
+
+    def error(self, message: str):
+        raise JscaleError(message)
+
+
+# Environment faults that are the machine's, not a bug: reported as one line naming the path, exit status 1.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO, errno.EFBIG,
+                   errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `section.key=value` overrides stand after the options too (`--out X model.d_model=64`)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    unknown = [x for x in extra if x not in overrides]
+    if unknown:
+        raise JscaleError(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        if not hasattr(args, "overrides"):
+            raise JscaleError(f"jscale {args.command} takes no overrides: {' '.join(overrides)}")
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jscale", description=__doc__.splitlines()[0])
+    interrupts.install()  # first: a Ctrl-C from here on stops cleanly at a step boundary
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a signal that arrived before the handlers were installed
+        print("jscale: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        interrupts.uninstall()
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = _Parser(prog="jscale", description=__doc__.splitlines()[0])
+    from jscale import __version__
+
+    parser.add_argument("--version", action="version", version=f"jscale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model; re-running on the same --out resumes it")
@@ -155,16 +199,39 @@ def main(argv: list[str] | None = None) -> int:
 
     fit_cli.add_parser(sub)
 
-    args = parser.parse_args(argv)
     try:
+        args = _parse(parser, argv)
         args.func(args)
+        sys.stdout.flush()
+    except interrupts.Interrupted as e:
+        print(f"jscale: interrupted ({signal_name(e.signum)}) at a step boundary, everything written is whole; "
+              f"re-run the same command to resume", file=sys.stderr)
+        return e.exit_status
     except JscaleError as e:
-        print(f"jscale: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("jscale: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        print(f"jscale: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_status
+    except BrokenPipeError:  # `jscale plan ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        if e.errno not in RESOURCE_ERRNOS:
+            raise
+        print(f"jscale: error: {_one_line(resource_error(e))}", file=sys.stderr)
+        return ResourceError.exit_status
+    except sqlite3.Error as e:  # not caught by results.py: still one line, never a traceback
+        print(f"jscale: error: results database: {_one_line(e)}", file=sys.stderr)
+        return ResourceError.exit_status
     return 0
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

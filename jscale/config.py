@@ -17,9 +17,25 @@ from typing import Any
 class JscaleError(Exception):
     """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
 
+    exit_status = 2
+
 
 class ConfigError(JscaleError):
     pass
+
+
+class ResourceError(JscaleError):
+    """A fault of the machine rather than of the input (a full disk, a read-only directory, a locked database):
+    one line naming the path, exit status 1."""
+
+    exit_status = 1
+
+
+def resource_error(e: OSError, path: str | Path | None = None, doing: str = "") -> ResourceError:
+    """An OSError as one line: the path, what was being done, and the system's reason."""
+    where = path if path is not None else (e.filename or "?")
+    reason = e.strerror or str(e)
+    return ResourceError(f"{where}: {doing + ': ' if doing else ''}{reason.lower() if reason else reason}")
 
 
 MODEL_KINDS = ("transformer", "universal", "lstm", "transformer_xl")

@@ -11,7 +11,9 @@ directory and backend, and recorded in `DIR/ensemble.json` (so a resumed sweep g
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import zlib
@@ -21,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import accounting, data, results, sweep as sweeps, train
-from jscale.config import Config, ConfigError
+from jscale import accounting, data, interrupts, results, sweep as sweeps, train
+from jscale.config import Config, ConfigError, ResourceError
 
 MAX_MEMBERS = 64
 
@@ -32,6 +34,9 @@ class DBSink:
 
     def __init__(self, db: results.ResultsDB, run_ids: list[str]):
         self.db, self.run_ids = db, run_ids
+
+    def last_step(self) -> int:
+        return self.db.last_step(self.run_ids)
 
     def resume(self, step: int) -> None:
         self.db.truncate(self.run_ids, step)
@@ -77,17 +82,58 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
             "speedup": members * single / vmapped}
 
 
+@contextlib.contextmanager
+def directory_lock(out: Path):
+    """An exclusive lock on the sweep directory, for the read-modify-write of its JSON files by concurrent jobs."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a")
+    except OSError as e:
+        raise ResourceError(f"{out}: cannot write here: {(e.strerror or str(e)).lower()}") from None
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path}: not valid JSON; fix or delete it") from None
+
+
 def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) -> tuple[int, dict]:
-    """The ensemble size for this sweep directory and backend: as requested, else decided by measurement."""
-    if requested is not None:
-        if requested < 1:
-            raise ConfigError(f"--ensemble-size: must be >= 1, got {requested}")
-        return requested, {"reason": "set by --ensemble-size"}
+    """The ensemble size for this sweep directory and backend: as requested, else decided by measurement, once
+    per directory and backend (under the directory lock, so concurrent jobs group the runs the same way)."""
+    if requested is not None and requested < 1:
+        raise ConfigError(f"--ensemble-size: must be >= 1, got {requested}")
     path = out / "ensemble.json"
     key = f"{jax.default_backend()}:{jax.devices()[0].device_kind}:{jax.device_count()}"
-    decisions = json.loads(path.read_text()) if path.exists() else {}
-    if key in decisions:
-        return decisions[key]["members"], decisions[key]
+    if jax.process_index() != 0:  # process 0 decides (below); every process takes its number
+        return train._agree(_measure_ensemble_size(sweep, requested)["members"]), {}
+    with directory_lock(out):
+        decisions = _read_json(path)
+        held = decisions.get(key)
+        if held is not None:
+            if requested is not None and requested != held["members"]:
+                raise ConfigError(f"--ensemble-size: {out} groups its runs {held['members']} to an ensemble "
+                                  f"({path.name}); a different size would train runs again: give "
+                                  f"--ensemble-size {held['members']}, or another --out")
+            return train._agree(held["members"]), held
+        decision = _measure_ensemble_size(sweep, requested)
+        decisions[key] = decision
+        train.write_atomic(path, json.dumps(decisions, indent=2))
+    return train._agree(decision["members"]), decision
+
+
+def _measure_ensemble_size(sweep: sweeps.Sweep, requested: int | None) -> dict:
+    if requested is not None:
+        return {"members": requested, "reason": "set by --ensemble-size"}
     # Measure on the shape with the most runs, at the size memory allows (capped at 16 for the measurement).
     largest = max(sweep.groups(MAX_MEMBERS), key=lambda g: len(g.runs))
     cap = min(len(largest.runs), members_that_fit(largest.cfg))
@@ -98,34 +144,32 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
         use_vmap = m["speedup"] > 1.0
         decision = {"members": cap if use_vmap else 1, "measured": m,
                     "reason": f"vmap of {m['members']} measured {m['speedup']:.2f}x the sequential throughput"}
-    if jax.process_index() == 0:
-        decisions[key] = decision
-        out.mkdir(parents=True, exist_ok=True)
-        train.write_atomic(path, json.dumps(decisions, indent=2))
-    return decision["members"], decision
+    return decision
 
 
 def check_sweep_dir(sweep: sweeps.Sweep, out: Path) -> None:
     """One sweep, at one scale, per directory: its sweep.json names them, and the report reads it."""
     path = out / "sweep.json"
-    if path.exists():
-        try:
-            held = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ConfigError(f"{path}: not valid JSON; fix or delete it") from None
-        if (held.get("name"), held.get("scale")) != (sweep.name, sweep.scale):
-            raise ConfigError(f"{out}: holds sweep {held.get('name')!r} at scale {held.get('scale')!r}, not "
-                              f"{sweep.name!r} at scale {sweep.scale!r}; give another --out")
-    else:
-        held = sweep.describe()
-    if jax.process_index() == 0:  # which devices trained it, for the report
-        dev = jax.devices()[0]
-        session = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
-                   "processes": jax.process_count(), "jax": jax.__version__}
+    held = _read_json(path)
+    if held and (held.get("name"), held.get("scale")) != (sweep.name, sweep.scale):
+        raise ConfigError(f"{out}: holds sweep {held.get('name')!r} at scale {held.get('scale')!r}, not "
+                          f"{sweep.name!r} at scale {sweep.scale!r}; give another --out")
+    log_session(sweep, out)
+
+
+def log_session(sweep: sweeps.Sweep, out: Path) -> None:
+    """Append which devices trained the sweep to sweep.json (for the report), under the directory lock so that
+    concurrent jobs keep every entry."""
+    if jax.process_index() != 0:
+        return
+    dev = jax.devices()[0]
+    session = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
+               "processes": jax.process_count(), "jax": jax.__version__, "pid": os.getpid()}
+    with directory_lock(out):
+        held = _read_json(out / "sweep.json") or sweep.describe()
         held["sessions"] = held.get("sessions", []) + [session]
-        out.mkdir(parents=True, exist_ok=True)
-        train.write_atomic(path, json.dumps(held, indent=2))
+        train.write_atomic(out / "sweep.json", json.dumps(held, indent=2))
 
 
 def _group_gflops_per_step(g: sweeps.Group) -> float:
@@ -157,6 +201,10 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
         train.check_runnable(run.cfg)
+    if ensemble_size is not None and ensemble_size < 1:  # checked before anything is written
+        raise ConfigError(f"--ensemble-size: must be >= 1, got {ensemble_size}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a sweep directory")
     check_sweep_dir(sweep, out)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     groups = sweep.groups(members)
@@ -190,36 +238,54 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
         bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}: "
                   f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}")
     corpora: dict[str, data.TokenizedCorpus] = {}
-    trained = 0
-    for g in todo:
-        if stop_after is not None and trained >= stop_after:
-            break
-        key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
-        if key not in corpora:
-            corpora[key] = data.prepare(g.cfg.data)
-        corpus = corpora[key]
-        for r in g.runs:
-            corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows,
-                              train.eval_context(r.cfg.model))
-        ids = [r.run_id for r in g.runs]
+    trained = busy = 0
+    try:
+        for g in todo:
+            interrupts.check()
+            if stop_after is not None and trained >= stop_after:
+                break
+            # Another job on this directory may be training this group now: leave it to that job.
+            if leader and jax.process_count() == 1 and not db.claim(g.group_id):
+                busy += 1
+                if bar is not None:
+                    bar.write(f"group {g.group_id}: being trained by another job on {out}; skipped")
+                continue
+            try:
+                _train_group(g, out, db, corpora, bar)
+            finally:
+                if leader and jax.process_count() == 1:
+                    db.release(g.group_id)
+            trained += 1
+    finally:
         if bar is not None:
-            bar.write(f"group {g.group_id}: {len(ids)} x {g.runs[0].name if len(ids) == 1 else 'members'} "
-                      f"(n_layer {g.cfg.model.n_layer}, d_model {g.cfg.model.d_model}, {g.cfg.train.steps} steps)")
-        start = bar.n if bar is not None else 0
-        per_step = _group_gflops_per_step(g)
-        train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
-                         None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
-                         on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
-                         log=None if bar is None else bar.write)
-        if bar is not None:  # a resumed group skipped its first steps
-            bar.n = start + per_step * g.cfg.train.steps
-            bar.refresh()
-        trained += 1
+            bar.close()
+        if db is not None:
+            db.close()
+    return {"runs": len(sweep.runs), "groups": len(groups), "trained_groups": trained, "members": members,
+            "busy_groups": busy}
+
+
+def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar) -> None:
+    key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
+    if key not in corpora:
+        corpora[key] = data.prepare(g.cfg.data)
+    corpus = corpora[key]
+    for r in g.runs:
+        corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows,
+                          train.eval_context(r.cfg.model))
+    ids = [r.run_id for r in g.runs]
     if bar is not None:
-        bar.close()
-    if db is not None:
-        db.close()
-    return {"runs": len(sweep.runs), "groups": len(groups), "trained_groups": trained, "members": members}
+        bar.write(f"group {g.group_id}: {len(ids)} x {g.runs[0].name if len(ids) == 1 else 'members'} "
+                  f"(n_layer {g.cfg.model.n_layer}, d_model {g.cfg.model.d_model}, {g.cfg.train.steps} steps)")
+    start = bar.n if bar is not None else 0
+    per_step = _group_gflops_per_step(g)
+    train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
+                     None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
+                     on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
+                     log=None if bar is None else bar.write)
+    if bar is not None:  # a resumed group skipped its first steps
+        bar.n = start + per_step * g.cfg.train.steps
+        bar.refresh()
 
 
 def status_table(out: str | Path) -> str:
@@ -235,12 +301,12 @@ def status_table(out: str | Path) -> str:
         lines.append(f"  {s:<9} {counts.get(s, 0)}")
     lines.append(f"  compute spent {spent:.3e} FLOPs (6ND), left {total - spent:.3e} of {total:.3e} "
                  f"({100 * spent / total if total else 0:.1f}% done)")
-    best = runs.dropna(subset=["final_test_loss"]).sort_values("N")
-    if len(best):
+    started = runs[(runs["step"] > 0) | runs["status"].isin(["done", "diverged"])].sort_values("N")
+    if len(started):  # every run that has trained, diverged ones included (their loss shows as nan)
         lines.append(f"  {'run':<13}{'name':<40}{'N':>10}{'status':>10}{'step':>8}{'test loss':>11}")
-        for r in best.itertuples():
-            lines.append(f"  {r.run_id:<13}{r.name[:39]:<40}{r.N:>10.3g}{r.status:>10}{r.step:>8}"
-                         f"{r.final_test_loss:>11.4f}")
+        for r in started.itertuples():
+            loss = float("nan") if r.final_test_loss is None else float(r.final_test_loss)
+            lines.append(f"  {r.run_id:<13}{r.name[:39]:<40}{r.N:>10.3g}{r.status:>10}{r.step:>8}{loss:>11.4f}")
     return "\n".join(lines)
 
 

@@ -7,17 +7,27 @@ Tables:
 - curves: its learning curve, one row per evaluation (step, tokens, FLOPs both ways, train and test loss).
 - positions: the per-position test loss at each evaluation (a JSON array over the context).
 
-Every evaluation of a group is written in one transaction, so a crash leaves each committed point intact and never
-half of one. WAL mode and a busy timeout let several `--shard i/n` processes share one database.
+- claims: which process is training which group now (host, pid, heartbeat), so that concurrent jobs on one
+  directory never train the same group twice; a claim whose process is gone is taken over.
+
+The schema is created in one transaction, and every evaluation of a group is written in one transaction, so a crash
+or a full disk leaves each committed point intact and never half of one. WAL mode and a busy timeout let several
+`--shard i/n` processes share one database. A damaged, locked or unwritable database is one line naming it
+(`JscaleError` / `ResourceError`), never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from jscale.config import JscaleError, ResourceError
 
 DB_NAME = "results.sqlite"
 
@@ -35,27 +45,70 @@ CREATE TABLE IF NOT EXISTS curves (
     test_bits_per_byte REAL, PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS positions (run_id TEXT, step INTEGER, losses TEXT, PRIMARY KEY (run_id, step));
+CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL);
 """
+TABLES = ("runs", "curves", "positions", "claims")
+STALE_CLAIM_S = 1800  # a claim from another host with no heartbeat for this long is taken over
 
 RUN_COLUMNS = ("run_id", "name", "group_id", "config", "tags", "kind", "n_layer", "d_model", "d_ff", "d_attn",
                "n_heads", "n_ctx", "vocab_size", "N", "N_total", "flops_per_token_6N", "flops_per_token_exact", "D",
                "tokens", "steps", "batch_size", "seed", "lr")
 
 
+def _busy_timeout_s() -> float:
+    return float(os.environ.get("JSCALE_DB_TIMEOUT", "60"))
+
+
+@contextlib.contextmanager
+def db_errors(path: Path):
+    """SQLite's exceptions as one line naming the database and what to do."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        text = " ".join(str(e).split())
+        if "locked" in text or "busy" in text:
+            raise ResourceError(f"{path}: the results database is locked by another process (another jscale run "
+                                f"on this directory?); wait for it to finish or stop it") from None
+        if "full" in text or "disk I/O" in text:
+            raise ResourceError(f"{path}: cannot write ({text}); free disk space and re-run: what was committed "
+                                f"is kept") from None
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            raise ResourceError(f"{path}: cannot open for writing ({text}); the directory is read-only or "
+                                f"not ours") from None
+        raise JscaleError(f"{path}: not a usable results database ({text}); move it aside and re-run `jscale "
+                          f"run`, which rebuilds it by training again from the checkpoints") from None
+
+
 class ResultsDB:
     def __init__(self, sweep_dir: str | Path, readonly: bool = False):
         self.path = Path(sweep_dir) / DB_NAME
-        if readonly:
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=60)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.executescript(SCHEMA)
-        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn = None
+        with db_errors(self.path):
+            if readonly:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=_busy_timeout_s())
+            else:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise ResourceError(f"{self.path.parent}: cannot create: {(e.strerror or str(e)).lower()}"
+                                        ) from None
+                self.conn = sqlite3.connect(self.path, timeout=_busy_timeout_s(), isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")  # all tables or none
+                self.conn.isolation_level = ""  # back to Python's implicit transactions
+            self.conn.execute(f"PRAGMA busy_timeout={int(1000 * _busy_timeout_s())}")
+            check = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+            have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [t for t in TABLES[:3] if t not in have]
+            if missing:
+                raise JscaleError(f"{self.path}: not a complete results database (no table {missing[0]}); re-run "
+                                  f"`jscale run` on this directory to rebuild it")
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
     def __enter__(self):
         return self
@@ -66,7 +119,7 @@ class ResultsDB:
     def add_runs(self, rows: Iterable[dict[str, Any]]) -> None:
         """Register planned runs; runs already present (by id) keep their status and results, and take the
         spec's current name and tags (labels only: the id is the config's hash)."""
-        with self.conn:
+        with db_errors(self.path), self.conn:
             self.conn.executemany(
                 f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, updated) "
                 f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?) "
@@ -75,14 +128,56 @@ class ResultsDB:
 
     def status(self, run_ids: Iterable[str]) -> dict[str, str]:
         ids = list(run_ids)
-        rows = self.conn.execute(f"SELECT run_id, status FROM runs WHERE run_id IN ({', '.join('?' for _ in ids)})",
-                                 ids).fetchall()
+        with db_errors(self.path):
+            rows = self.conn.execute(f"SELECT run_id, status FROM runs WHERE run_id IN "
+                                     f"({', '.join('?' for _ in ids)})", ids).fetchall()
         return dict(rows)
+
+    def last_step(self, run_ids: list[str]) -> int:
+        """The newest step evaluated and recorded for every one of these runs (0 if any has none)."""
+        marks = ", ".join("?" for _ in run_ids)
+        with db_errors(self.path):
+            rows = dict(self.conn.execute(f"SELECT run_id, MAX(step) FROM curves WHERE run_id IN ({marks}) "
+                                          f"GROUP BY run_id", run_ids).fetchall())
+        return min(rows.get(r) or 0 for r in run_ids)
+
+    def claim(self, group_id: str) -> bool:
+        """Take the group for this process unless a live process holds it (atomic across processes)."""
+        me = (socket.gethostname(), os.getpid())
+        with db_errors(self.path):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.conn.execute("SELECT host, pid, heartbeat FROM claims WHERE group_id = ?",
+                                        (group_id,)).fetchone()
+                if row is not None and (row[0], row[1]) != me and _alive(*row):
+                    self.conn.execute("ROLLBACK")
+                    return False
+                self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (group_id, *me, time.time()))
+                self.conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    def release(self, group_id: str) -> None:
+        with db_errors(self.path), self.conn:
+            self.conn.execute("DELETE FROM claims WHERE group_id = ? AND host = ? AND pid = ?",
+                              (group_id, socket.gethostname(), os.getpid()))
+
+    def claimed(self) -> set[str]:
+        """Groups that a live process is training now."""
+        with db_errors(self.path):
+            try:
+                rows = self.conn.execute("SELECT group_id, host, pid, heartbeat FROM claims").fetchall()
+            except sqlite3.OperationalError:  # a database from before claims existed
+                return set()
+        return {g for g, *owner in rows if _alive(*owner)}
 
     def truncate(self, run_ids: list[str], after_step: int) -> None:
         """Forget evaluations past a checkpoint: they are redone from it."""
         marks = ", ".join("?" for _ in run_ids)
-        with self.conn:
+        with db_errors(self.path), self.conn:
             for table in ("curves", "positions"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks}) AND step > ?", [*run_ids, after_step])
             self.conn.execute(f"UPDATE runs SET status = 'running', step = ? WHERE run_id IN ({marks}) "
@@ -90,7 +185,7 @@ class ResultsDB:
 
     def record_eval(self, records: list[dict[str, Any]]) -> None:
         """One evaluation of a group: curve points, per-position losses and run summaries, in one transaction."""
-        with self.conn:
+        with db_errors(self.path), self.conn:
             for r in records:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -105,11 +200,25 @@ class ResultsDB:
                     "wall_time = wall_time + ?, tokens_per_s = ?, updated = ? WHERE run_id = ?",
                     (r["status"], r["step"], r["test_loss"], best, r["wall_time"], r["tokens_per_s"], time.time(),
                      r["run_id"]))
+                self.conn.execute("UPDATE claims SET heartbeat = ? WHERE group_id = (SELECT group_id FROM runs "
+                                  "WHERE run_id = ?)", (time.time(), r["run_id"]))
 
     def mark(self, run_ids: list[str], status: str) -> None:
-        with self.conn:
+        with db_errors(self.path), self.conn:
             self.conn.executemany("UPDATE runs SET status = ?, updated = ? WHERE run_id = ?",
                                   [(status, time.time(), r) for r in run_ids])
+
+
+def _alive(host: str, pid: int, heartbeat: float) -> bool:
+    if host != socket.gethostname():
+        return time.time() - heartbeat < STALE_CLAIM_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def load(sweep_dir: str | Path) -> dict[str, Any]:
@@ -122,15 +231,19 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
 
     path = Path(sweep_dir) / DB_NAME
     if not path.exists():
-        from jscale.config import JscaleError
-
+        if (Path(sweep_dir) / "sweep.json").exists():
+            raise JscaleError(f"{path}: missing; re-run `jscale run` on {sweep_dir} to rebuild it (finished runs "
+                              f"are trained again from their checkpoints' start, bitwise the same)")
         raise JscaleError(f"{sweep_dir}: no {DB_NAME} here (not a jscale sweep directory)")
-    with ResultsDB(sweep_dir, readonly=True) as db:
-        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", db.conn)
-        curves = pd.read_sql_query(
-            "SELECT c.*, r.N, r.N_total, r.name, r.status, r.D AS D_limit, r.batch_size FROM curves c "
-            "JOIN runs r USING (run_id) ORDER BY c.run_id, c.step", db.conn)
-        raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
+    with ResultsDB(sweep_dir, readonly=True) as db, db_errors(path):
+        try:
+            runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", db.conn)
+            curves = pd.read_sql_query(
+                "SELECT c.*, r.N, r.N_total, r.name, r.status, r.D AS D_limit, r.batch_size FROM curves c "
+                "JOIN runs r USING (run_id) ORDER BY c.run_id, c.step", db.conn)
+            raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
+        except pd.errors.DatabaseError as e:  # pandas wraps SQLite's errors
+            raise sqlite3.DatabaseError(str(e)) from None
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
     return {"runs": runs, "curves": curves, "positions": positions}

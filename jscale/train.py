@@ -8,9 +8,11 @@ may differ between members of an ensemble (learning rate, schedule lengths, weig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,11 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jscale import accounting, data, sharding
-from jscale.config import Config, ConfigError, TrainConfig
+from jscale import accounting, data, interrupts, sharding
+from jscale.config import Config, ConfigError, ResourceError, TrainConfig
 from jscale.models import build, has_memory
 
 Hparams = dict[str, jax.Array]
+
+# A member whose evaluation loss exceeds this many times ln(vocabulary), the loss of a uniform guess, has diverged
+# even if every value is finite (a loss of 139 nats at V = 256 once ended "done").
+DIVERGED_LOSS_FACTOR = 10.0
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -172,14 +178,108 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
 def _checkpoint_manager(directory: Path, keep: int):
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False))
+    try:
+        return ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True))
+    except OSError as e:
+        raise ResourceError(f"{directory}: cannot create the checkpoint directory: {e.strerror or e}") from None
 
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ResourceError(f"{path}: cannot write: {(e.strerror or str(e)).lower()}") from None
+
+
+# Messages by which orbax/TensorStore report what is the disk's fault rather than a bug.
+_DISK_FAULTS = ("RESOURCE_EXHAUSTED", "No space left", "Read-only file system", "Permission denied",
+                "Disk quota exceeded", "database or disk is full")
+
+
+def state_checksum(state) -> str | None:
+    """SHA-256 of every leaf's bytes, to catch a checkpoint whose files were damaged after it was written (orbax
+    reads garbled array bytes without complaint). None where the state is not all on this host."""
+    if jax.process_count() > 1:
+        return None
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return h.hexdigest()
+
+
+class Checkpoints:
+    """A run's (or a group's) orbax checkpoints with a checksum per step in checksums.json beside them.
+
+    `restore` takes the newest step that is not ahead of what the results sink has recorded (a step whose
+    evaluations were lost would leave a hole in the learning curve) and that reads back whole; a damaged or
+    unusable step is deleted, with a line saying so, and the one before it tried, down to a fresh start."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory = directory
+        self.manager = _checkpoint_manager(directory, keep)
+        self.sums_path = directory / "checksums.json"
+
+    def _sums(self) -> dict[str, str]:
+        try:
+            return json.loads(self.sums_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def _delete(self, step: int) -> None:
+        try:
+            self.manager.delete(step)
+        except Exception:  # noqa: BLE001 (a step directory too damaged for orbax: remove it by hand)
+            shutil.rmtree(self.directory / str(step), ignore_errors=True)
+        self.manager.reload()
+
+    def restore(self, target, recorded: int, log: Callable[[str], None]) -> tuple[Any, int]:
+        import orbax.checkpoint as ocp
+
+        sums = self._sums()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if step > recorded:
+                log(f"checkpoint {self.directory / str(step)}: its evaluations after step {recorded} are missing "
+                    f"from the results; training again from an earlier step to redo them")
+                self._delete(step)
+                continue
+            try:
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                problem = None if sums.get(str(step)) in (None, state_checksum(state)) else "checksum mismatch"
+            except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: fall back to the one before)
+                problem = " ".join(str(e).split())[:200] or type(e).__name__
+            if problem is None:
+                return state, step
+            log(f"checkpoint {self.directory / str(step)} is damaged ({problem}); falling back to the one before")
+            self._delete(step)
+        return None, 0
+
+    def save(self, step: int, state) -> None:
+        import orbax.checkpoint as ocp
+
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            self.manager.wait_until_finished()
+            checksum = state_checksum(state)
+            if checksum is not None and jax.process_index() == 0:
+                sums = {k: v for k, v in self._sums().items() if int(k) in set(self.manager.all_steps())}
+                write_atomic(self.sums_path, json.dumps({**sums, str(step): checksum}, indent=1))
+        except (OSError, ValueError, RuntimeError) as e:
+            text = " ".join(str(e).split())
+            if isinstance(e, ResourceError) or not (isinstance(e, OSError) or any(f in text for f in _DISK_FAULTS)):
+                raise
+            for tmp in self.directory.glob("*tmp*"):  # orbax's half-written step, if any
+                shutil.rmtree(tmp, ignore_errors=True)
+            reason = next((f for f in _DISK_FAULTS if f in text), None) or (getattr(e, "strerror", None) or text)
+            reason = "no space left on the device" if reason in ("RESOURCE_EXHAUSTED", "No space left") else reason
+            raise ResourceError(f"{self.directory}: cannot write the checkpoint of step {step}: {reason.lower()}; "
+                                f"free space and re-run to resume from the last whole checkpoint") from None
+
+    def close(self) -> None:
+        self.manager.close()
 
 
 class JsonlSink:
@@ -199,15 +299,22 @@ class JsonlSink:
                 continue
         return out
 
+    def last_step(self) -> int:
+        """The newest step whose evaluation is recorded (0 if none): no checkpoint past it can be resumed."""
+        return max((r["step"] for r in self.records()), default=0)
+
     def resume(self, step: int) -> None:
         """Records past the checkpoint were logged by a run that died before its next checkpoint: redo them."""
         keep = [r for r in self.records() if r["step"] <= step]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def record(self, records: list[dict]) -> None:
-        with self.path.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        try:
+            with self.path.open("a") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+        except OSError as e:
+            raise ResourceError(f"{self.path}: cannot write: {(e.strerror or str(e)).lower()}") from None
 
 
 def _fetch(x) -> np.ndarray:
@@ -261,16 +368,14 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                          out_shardings=(state_sh, replicated), donate_argnums=0)
     eval_step = jax.jit(eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated)
 
-    manager = _checkpoint_manager(checkpoint_dir, t.keep_checkpoints)
-    start = manager.latest_step() or 0
-    if start:
-        import orbax.checkpoint as ocp
-
-        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
-        state = manager.restore(start, args=ocp.args.StandardRestore(target))
-    else:
-        state = jax.jit(init, out_shardings=state_sh)(hparams["seed"])
     writer = sink if jax.process_index() == 0 else None
+    recorded = _agree(writer.last_step() if writer is not None else 0)
+    say = log or (lambda line: print(f"jscale: {line}", flush=True))
+    checkpoints = Checkpoints(checkpoint_dir, t.keep_checkpoints)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
+    state, start = checkpoints.restore(target, recorded, say)
+    if state is None:
+        state = jax.jit(init, out_shardings=state_sh)(hparams["seed"])
     if writer is not None:
         writer.resume(start)
 
@@ -285,56 +390,75 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
 
     last: list[dict] = []
     losses: list[jax.Array] = []
+    diverged = np.zeros(M if stacked else 1, bool)  # members whose loss left any sensible range, for good
+    max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
-    for step in range(start, end):
-        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive) for s, d in zip(data_seeds, limits)]
-        batch = np.stack(batches) if stacked else batches[0]
-        state, metrics = train_step(state, sharding.put(batch, batch_sh), hparams)
-        losses.append(metrics["loss"])
-        done = step + 1
-        if done % t.eval_every == 0 or done == t.steps:
-            per_position = np.zeros((M if stacked else 1, n_ctx))
-            for i in range(0, len(windows), t.batch_size):
-                chunk = sharding.put(windows[i:i + t.batch_size], replicated)
-                per_position += _fetch(eval_step(state.params, chunk)).reshape(-1, n_ctx)
-            per_position /= len(windows)
-            train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
-            alive = _fetch(state.alive).reshape(-1)
-            lr = _fetch(metrics["lr"]).reshape(-1)
-            now = time.perf_counter()
-            tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)  # per member
-            last = []
-            for i, run_id in enumerate(run_ids):
-                test_loss = float(per_position[i].mean())
-                last.append({
-                    "run_id": run_id, "step": done, "tokens": done * tokens_per_step,
-                    "flops_6N": done * tokens_per_step * acc.train_flops_6N,
-                    "flops_exact": done * tokens_per_step * acc.train_flops_exact,
-                    "train_loss": float(train_loss[i]), "test_loss": test_loss,
-                    "test_bits_per_byte": test_loss / math.log(2) / corpus.test_bytes_per_token,
-                    "tokens_per_s": tokens_per_s,
-                    "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
-                    "lr": float(lr[i]), "status": "diverged" if not alive[i] else
-                    "done" if done == t.steps else "running",
-                    "wall_time": now - last_time, "test_loss_per_position": per_position[i].round(5).tolist(),
-                })
-            if writer is not None:
-                writer.record(last)
-            if log is not None:
-                log(_summary(last))
-            losses.clear()
-            last_time, last_step = time.perf_counter(), done
-            # Checkpoint only after the records it covers are committed (see resume above).
-            if done % t.checkpoint_every == 0 or done == t.steps:
-                import orbax.checkpoint as ocp
-
-                manager.save(done, args=ocp.args.StandardSave(state))
-                manager.wait_until_finished()
-        if on_step is not None:
-            on_step(1)
-    manager.close()
+    interrupts.point("compile")  # the first train_step call compiles it
+    try:
+        for step in range(start, end):
+            interrupts.check()  # a step boundary: everything written so far is whole
+            batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive)
+                       for s, d in zip(data_seeds, limits)]
+            batch = np.stack(batches) if stacked else batches[0]
+            state, metrics = train_step(state, sharding.put(batch, batch_sh), hparams)
+            losses.append(metrics["loss"])
+            done = step + 1
+            if done % t.eval_every == 0 or done == t.steps:
+                interrupts.point("eval")
+                per_position = np.zeros((M if stacked else 1, n_ctx))
+                for i in range(0, len(windows), t.batch_size):
+                    chunk = sharding.put(windows[i:i + t.batch_size], replicated)
+                    per_position += _fetch(eval_step(state.params, chunk)).reshape(-1, n_ctx)
+                per_position /= len(windows)
+                train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
+                test_loss = per_position.mean(axis=1)
+                # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
+                # divergence too, and stays so.
+                diverged |= ~_fetch(state.alive).reshape(-1) | ~(test_loss < max_loss)
+                lr = _fetch(metrics["lr"]).reshape(-1)
+                now = time.perf_counter()
+                tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)  # per member
+                last = []
+                for i, run_id in enumerate(run_ids):
+                    last.append({
+                        "run_id": run_id, "step": done, "tokens": done * tokens_per_step,
+                        "flops_6N": done * tokens_per_step * acc.train_flops_6N,
+                        "flops_exact": done * tokens_per_step * acc.train_flops_exact,
+                        "train_loss": float(train_loss[i]), "test_loss": float(test_loss[i]),
+                        "test_bits_per_byte": float(test_loss[i]) / math.log(2) / corpus.test_bytes_per_token,
+                        "tokens_per_s": tokens_per_s,
+                        "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
+                        "lr": float(lr[i]), "status": "diverged" if diverged[i] else
+                        "done" if done == t.steps else "running",
+                        "wall_time": now - last_time, "test_loss_per_position": per_position[i].round(5).tolist(),
+                    })
+                if writer is not None:
+                    writer.record(last)
+                if log is not None:
+                    log(_summary(last))
+                losses.clear()
+                last_time, last_step = time.perf_counter(), done
+                # Checkpoint only after the records it covers are committed (see resume above).
+                if done % t.checkpoint_every == 0 or done == t.steps:
+                    interrupts.point("checkpoint")
+                    checkpoints.save(done, state)
+            if on_step is not None:
+                on_step(1)
+            if step == start:
+                interrupts.point("train")
+    finally:
+        checkpoints.close()
     return last
+
+
+def _agree(value: int) -> int:
+    """Process 0's value on every process (multi-host runs must resume from the same step)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
 
 
 def _summary(records: list[dict]) -> str:
