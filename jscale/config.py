@@ -7,6 +7,7 @@ reported as one `ConfigError` line that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -39,6 +40,21 @@ def resource_error(e: OSError, path: str | Path | None = None, doing: str = "") 
 
 
 MODEL_KINDS = ("transformer", "universal", "lstm", "transformer_xl")
+
+# The model keys that only some kinds read. Any other kind refuses a non-default value (a setting that would be
+# silently ignored); tests/test_config.py walks every key and kind and checks each is used or refused.
+KIND_ONLY_KEYS = {
+    "n_heads": ("transformer", "universal", "transformer_xl"),
+    "n_kv_heads": ("transformer", "universal"),
+    "d_ff": ("transformer", "universal", "transformer_xl"),
+    "d_attn": ("transformer", "universal", "transformer_xl"),
+    "attention": ("transformer", "universal"),
+    "reuse": ("universal",),
+    "step_embedding": ("universal",),
+    "lstm_impl": ("lstm",),
+    "mem_len": ("transformer_xl",),
+    "eval_mem_len": ("transformer_xl",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +97,13 @@ class ModelConfig:
     @property
     def eval_mem_len_(self) -> int:
         return self.mem_len if self.eval_mem_len is None else self.eval_mem_len
+
+    def check_length(self, T: int) -> None:
+        """Refuse an input longer than the context the model was built for (a Transformer's position table would
+        be read out of range, giving NaN logits everywhere)."""
+        if T > self.n_ctx:
+            raise ConfigError(f"model.n_ctx: the input has {T} tokens, more than the model's context of "
+                              f"{self.n_ctx}; cut it into windows of at most {self.n_ctx}")
 
     @property
     def depth(self) -> int:
@@ -139,6 +162,10 @@ class Config:
     def resolve(self) -> "Config":
         """Fill derived fields (vocabulary size from the tokenizer) and validate."""
         vocab = 256 if self.data.tokenizer == "bytes" else self.data.vocab_size
+        if self.model.vocab_size not in (vocab, ModelConfig.vocab_size):  # set by hand to something else
+            raise ConfigError(f"model.vocab_size: follows the tokenizer ({self.data.tokenizer}: {vocab}); "
+                              f"{self.model.vocab_size} would be overwritten: leave it out"
+                              + ("" if self.data.tokenizer == "bytes" else " or set data.vocab_size"))
         cfg = dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab))
         validate(cfg)
         return cfg
@@ -161,6 +188,8 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
         if t is str and isinstance(value, str):
             return value
@@ -263,10 +292,11 @@ def validate(cfg: Config) -> None:
     for key in ("mem_len", "eval_mem_len"):
         if getattr(m, key) is not None and getattr(m, key) < 0:
             raise ConfigError(f"model.{key}: must be >= 0, got {getattr(m, key)}")
-    if (m.mem_len or m.eval_mem_len) and m.kind != "transformer_xl":
-        raise ConfigError(f"model.mem_len: only a transformer_xl model has a memory (model.kind = {m.kind!r})")
-    if m.reuse != 1 and m.kind != "universal":
-        raise ConfigError(f"model.reuse: only a universal model reuses its blocks (model.kind = {m.kind!r})")
+    defaults = ModelConfig()
+    for key, kinds in KIND_ONLY_KEYS.items():
+        if m.kind not in kinds and getattr(m, key) != getattr(defaults, key):
+            raise ConfigError(f"model.{key}: a {m.kind} model does not use it (only {', '.join(kinds)}); "
+                              f"leave it out")
     if m.kind != "lstm":
         if m.d_attn_ % m.n_heads:
             raise ConfigError(f"model.n_heads: d_attn = {m.d_attn_} is not divisible by n_heads = {m.n_heads}")
@@ -275,6 +305,11 @@ def validate(cfg: Config) -> None:
                               f"{m.n_kv_heads_}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if d.tokenizer == "bytes" and d.vocab_size != DataConfig.vocab_size:
+        raise ConfigError(f"data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
+                          f"\"bpe\" to choose a vocabulary size, or leave it out")
+    if d.tfds_data_dir and not d.corpus.startswith("tfds:"):
+        raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:
         raise ConfigError(f"data.vocab_size: a BPE vocabulary needs 257 to 1048576 entries, got {d.vocab_size}")
     if not 0 < d.test_fraction < 1:
@@ -291,6 +326,12 @@ def validate(cfg: Config) -> None:
     for key in ("weight_decay", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.eps <= 0:
+        raise ConfigError(f"train.eps: must be positive (Adam divides by sqrt(v) + eps), got {t.eps}")
+    for key in ("seed", "data_seed"):
+        v = getattr(t, key)
+        if v is not None and not 0 <= v < 2**32:
+            raise ConfigError(f"train.{key}: must be in [0, 2^32), got {v}")
     p = cfg.parallel
     if p.data < 1 and p.data != -1:
         raise ConfigError(f"parallel.data: must be positive or -1 (the devices left over), got {p.data}")

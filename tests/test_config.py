@@ -73,3 +73,51 @@ def test_cli_info_prints_the_counts(repo):
     assert "N (non-embedding)             393,216" in r.stdout
     assert "N_total (all parameters)      445,952" in r.stdout
     assert "train FLOPs per token, 6N     2,359,296" in r.stdout
+
+
+# A non-default value for every model key, valid on its own (a universal model's base reuses its blocks twice, so
+# its step embedding has something to embed).
+ALTERNATIVES = {"n_layer": 3, "d_model": 48, "n_heads": 8, "n_kv_heads": 1, "reuse": 3, "step_embedding": False,
+                "lstm_impl": "cudnn", "mem_len": 8, "eval_mem_len": 32, "d_ff": 64, "d_attn": 64, "n_ctx": 24,
+                "vocab_size": 1000, "dropout": 0.1, "tie_embeddings": False, "dtype": "bfloat16",
+                "attention": "cudnn"}
+KIND_BASE = {"transformer": {"n_heads": 2}, "universal": {"n_heads": 2, "reuse": 2}, "lstm": {},
+             "transformer_xl": {"n_heads": 2, "mem_len": 16}}
+
+
+def _fingerprint(cfg):
+    """What a model setting can change: parameter shapes, the traced forward pass (training mode, so dropout
+    shows), and the context a Transformer-XL evaluation reads. A trace that fails counts as a change (cuDNN
+    paths cannot be traced on a CPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jscale import train
+    from jscale.models import build
+
+    model = build(cfg.model)
+    tokens = jnp.zeros((1, cfg.model.n_ctx), jnp.int32)
+    try:
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
+        rngs = {"dropout": jax.random.key(1)}
+        jaxpr = jax.make_jaxpr(lambda p: model.apply(p, tokens, deterministic=False, rngs=rngs))(params)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        return ("trace failed", type(e).__name__)
+    shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), params)
+    return (str(shapes), str(jaxpr), train.eval_context(cfg.model))
+
+
+@pytest.mark.parametrize("kind", config.MODEL_KINDS)
+@pytest.mark.parametrize("key", sorted(ALTERNATIVES))
+def test_every_model_key_is_used_or_refused_by_every_kind(kind, key):
+    base = {"model": {"kind": kind, "n_layer": 2, "d_model": 32, "n_ctx": 16, **KIND_BASE[kind]}}
+    reference = config.from_dict(base).resolve()
+    changed = {"model": {**base["model"], key: ALTERNATIVES[key]}}
+    try:
+        cfg = config.from_dict(changed).resolve()
+    except ConfigError as e:
+        assert str(e).startswith(f"model.{key}:"), e
+        return
+    assert _fingerprint(cfg) != _fingerprint(reference), f"model.{key} is accepted but ignored by a {kind} model"

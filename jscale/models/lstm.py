@@ -87,6 +87,7 @@ class LSTM(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        cfg.check_length(tokens_BxT.shape[1])
         wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
                        embedding_init=nn.initializers.normal(EMBED_STD))
         x_BxTxD = nn.Dropout(cfg.dropout)(wte(tokens_BxT), deterministic=deterministic)

@@ -117,6 +117,7 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BxT: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg, dtype = self.cfg, compute_dtype(self.cfg)
         T = tokens_BxT.shape[1]
+        cfg.check_length(T)
         wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
                        embedding_init=nn.initializers.normal(0.02))
         wpe = nn.Embed(cfg.n_ctx, cfg.d_model, name="wpe", dtype=dtype, param_dtype=jnp.float32,

@@ -94,6 +94,7 @@ class TransformerXL(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxT: jax.Array, memory=None, deterministic: bool = True, mem_len: int | None = None):
         cfg, dtype = self.cfg, compute_dtype(self.cfg)
+        cfg.check_length(tokens_BxT.shape[1])  # a segment; the memory holds the context before it
         mem_len = cfg.mem_len if mem_len is None else mem_len
         wte = nn.Embed(cfg.vocab_size, cfg.d_model, name="wte", dtype=dtype, param_dtype=jnp.float32,
                        embedding_init=nn.initializers.normal(0.02))
