@@ -144,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    import logging
+
+    # orbax's writer runs on asyncio; a write that failed (a full disk) is reported by jscale in one line, and
+    # asyncio's "Future exception was never retrieved" tracebacks at exit would only repeat it.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     parser = _Parser(prog="jscale", description=__doc__.splitlines()[0])
     from jscale import __version__
 
@@ -208,6 +213,11 @@ def _main(argv: list[str] | None) -> int:
               f"re-run the same command to resume", file=sys.stderr)
         return e.exit_status
     except JscaleError as e:
+        real_stderr = getattr(sys.modules.get("jscale.train"), "REAL_STDERR_FD", None)
+        if real_stderr is not None:  # a checkpoint write failed: orbax's threads are still failing; leave now
+            sys.stdout.flush()
+            os.write(real_stderr, f"jscale: error: {_one_line(e)}\n".encode())
+            os._exit(e.exit_status)
         print(f"jscale: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_status
     except BrokenPipeError:  # `jscale plan ... | head`: the reader left; say nothing more

@@ -32,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
+from jscale import interrupts
 from jscale.config import ConfigError, DataConfig
 
 CHUNK_BYTES = 1 << 16  # a corpus of few files is split into documents of about this size (at line ends)
@@ -84,6 +85,18 @@ class FileCorpus(Corpus):
 
     def in_split(self, name: str, split: str) -> bool:
         return (_hash_fraction(name) < self.test_fraction) == (split == "test")
+
+    def split_bytes(self) -> dict[str, int]:
+        """Bytes each split will hold (documents and separators), from the files alone: no tokenizing."""
+        sizes = {"train": 0, "test": 0}
+        if len(self.files) < 20:  # chunked documents: split exactly as _named_documents will
+            for name, text in self._named_documents():
+                sizes["test" if self.in_split(name, "test") else "train"] += len(text.encode()) + 1
+            return sizes
+        for path in self.files:
+            name = path.relative_to(self.root).as_posix()
+            sizes["test" if self.in_split(name, "test") else "train"] += path.stat().st_size + 1
+        return sizes
 
     def names(self, split: str) -> list[str]:
         return [name for name, _ in self._named_documents() if self.in_split(name, split)]
@@ -152,6 +165,58 @@ class TfdsCorpus(Corpus):
                 yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
 
 
+def _check_tfds_prepared(name: str, data_dir: str | None) -> None:
+    """A one-line error, before any work, when a TFDS dataset is unknown or not prepared on this machine."""
+    import logging
+
+    import tensorflow_datasets as tfds
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # TFDS warns about missing folders on stderr; the error below says it
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except Exception as e:  # noqa: BLE001 (unknown names, missing optional modules of a dataset's builder, ...)
+        raise ConfigError(f"data.corpus: tfds:{name} cannot be loaded ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:160]})") from None
+    finally:
+        absl_logger.setLevel(level)
+    if not prepared:
+        where = data_dir or "TFDS's default data_dir"
+        raise ConfigError(f"data.corpus: tfds:{name} is not prepared in {where}; prepare it where there is network "
+                          f"(tfds build {name.split('/')[0]}) and set data.tfds_data_dir to its folder")
+
+
+@functools.lru_cache(maxsize=16)
+def _split_bytes(cfg: DataConfig) -> tuple[Corpus, dict[str, int]] | None:
+    corpus = corpus_from_config(cfg)
+    return (corpus, corpus.split_bytes()) if isinstance(corpus, FileCorpus) else None
+
+
+def check_sizes(cfg: DataConfig, n_ctx: int, context: int = 0) -> None:
+    """Before tokenizing or training a tokenizer: do the splits hold one training window and the held-out context?
+    Counted in bytes from the files; a token is at least one byte, so this never refuses a corpus that would fit.
+    (TFDS corpora are checked after tokenizing, by TokenizedCorpus.check_fits.)"""
+    found = _split_bytes(cfg)
+    if found is None:
+        return
+    corpus, sizes = found
+    need_test = context + n_ctx + 1
+    total = sizes["train"] + sizes["test"]
+    if total < n_ctx + 1:
+        raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {total} bytes of {corpus.description}; use a "
+                          f"shorter context or more data")
+    if sizes["train"] < n_ctx + 1:
+        raise ConfigError(f"data.test_fraction: {cfg.test_fraction:g} leaves {sizes['train']} bytes of "
+                          f"{corpus.description} to train on, fewer than one window of model.n_ctx + 1 = {n_ctx + 1}; "
+                          f"lower data.test_fraction or add files")
+    if sizes["test"] < need_test:
+        raise ConfigError(f"data.test_fraction: {cfg.test_fraction:g} holds out {sizes['test']} bytes of "
+                          f"{corpus.description}, fewer than the {need_test} one evaluation window needs; raise "
+                          f"data.test_fraction or add files")
+
+
 def corpus_from_config(cfg: DataConfig) -> Corpus:
     spec = cfg.corpus
     if spec == "builtin:stdlib":
@@ -168,6 +233,7 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
         except ImportError:
             raise ConfigError(f"data.corpus: {spec} needs tensorflow-datasets (pip install tensorflow-datasets)")
         data_dir = cfg.tfds_data_dir or None
+        _check_tfds_prepared(name, data_dir)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"tfds_{name}_{data_dir or 'default'}")[-60:]
         return TfdsCorpus(id=f"{slug}-test{cfg.test_fraction:g}", description=spec, name=name, data_dir=data_dir,
                           test_fraction=cfg.test_fraction)
@@ -306,15 +372,51 @@ def prepare(cfg: DataConfig) -> TokenizedCorpus:
     root = cache_root(cfg)
     tokenizer_id = "bytes" if cfg.tokenizer == "bytes" else f"bpe{cfg.vocab_size}"
     target = root / f"{corpus.id}-{tokenizer_id}"
-    if not (target / "meta.json").exists():
-        tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else BPETokenizer.train_or_load(
-            corpus, cfg.vocab_size, root)
-        _write_token_files(corpus, tokenizer, target)
+    if (target / "meta.json").exists():
+        problem = _cache_problem(target)
+        if problem is None:
+            return _open_cache(target)
+        print(f"jscale: token cache {target} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
+        shutil.rmtree(target, ignore_errors=True)
+    tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else BPETokenizer.train_or_load(
+        corpus, cfg.vocab_size, root)
+    _write_token_files(corpus, tokenizer, target)
+    return _open_cache(target)
+
+
+def _open_cache(target: Path) -> TokenizedCorpus:
     meta = json.loads((target / "meta.json").read_text())
     dtype = np.dtype(meta["dtype"])
     open_split = lambda s: (np.memmap(target / f"{s}.bin", dtype=dtype, mode="r") if meta[f"{s}_tokens"]
                             else np.zeros(0, dtype))
     return TokenizedCorpus(train=open_split("train"), test=open_split("test"), meta=meta)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_problem(target: Path) -> str | None:
+    """Why a token cache cannot be trusted (a file missing, cut short or changed since it was written), or None.
+    Caches from before checksums were recorded are checked by size only."""
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "test"):
+            path = target / f"{split}.bin"
+            if not path.exists():
+                return f"{path.name} is missing"
+            if path.stat().st_size != meta[f"{split}_tokens"] * itemsize:
+                return f"{path.name} has {path.stat().st_size} bytes, not {meta[f'{split}_tokens'] * itemsize}"
+            if f"{split}_sha256" in meta and _file_digest(path) != meta[f"{split}_sha256"]:
+                return f"{path.name} does not match its checksum"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"meta.json unreadable: {e}"
+    return None
 
 
 def _write_token_files(corpus: Corpus, tokenizer, target: Path) -> None:
@@ -328,11 +430,13 @@ def _write_token_files(corpus: Corpus, tokenizer, target: Path) -> None:
             n_tokens = n_bytes = n_docs = 0
             with open(tmp / f"{split}.bin", "wb") as f:
                 for text in corpus.documents(split):
+                    interrupts.check()  # between documents: the temporary directory is removed below
                     text += DOC_SEPARATOR
                     ids = tokenizer.encode(text).astype(dtype)
                     f.write(ids.tobytes())
                     n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode()), n_docs + 1
-            meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs})
+            meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs,
+                         f"{split}_sha256": _file_digest(tmp / f"{split}.bin")})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, target)

@@ -153,6 +153,9 @@ def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str
         raise LawFitError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
     cols = dict(columns or {})
     curves = runs if curves is None else curves
+    if drop_highest and law in ("frontier", "envelope"):
+        raise LawFitError(f"--drop-highest: the {law} law reads every point of every learning curve; dropping runs "
+                          f"is not defined for it")
     if drop_highest:
         loss_name = _find(runs, "loss", cols.get("loss"))
         if drop_highest >= len(runs):
@@ -230,6 +233,12 @@ def _run(args) -> None:
                                convention=convention)
     print(fitted.table())
     out = Path(args.out) if args.out else Path(f"fit-{args.law}.json")
+    if out.is_dir():
+        raise LawFitError(f"--out: {out} is a directory; give a file name such as {out / f'fit-{args.law}.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LawFitError(f"--out: cannot create {out.parent}: {(e.strerror or str(e)).lower()}") from None
     fitted.save(out)
     print(f"wrote {out}")
     if args.plot:

@@ -147,14 +147,15 @@ def _measure_ensemble_size(sweep: sweeps.Sweep, requested: int | None) -> dict:
     return decision
 
 
-def check_sweep_dir(sweep: sweeps.Sweep, out: Path) -> None:
+def check_sweep_dir(sweep: sweeps.Sweep, out: Path, log: bool = True) -> None:
     """One sweep, at one scale, per directory: its sweep.json names them, and the report reads it."""
     path = out / "sweep.json"
     held = _read_json(path)
     if held and (held.get("name"), held.get("scale")) != (sweep.name, sweep.scale):
         raise ConfigError(f"{out}: holds sweep {held.get('name')!r} at scale {held.get('scale')!r}, not "
                           f"{sweep.name!r} at scale {sweep.scale!r}; give another --out")
-    log_session(sweep, out)
+    if log:
+        log_session(sweep, out)
 
 
 def log_session(sweep: sweeps.Sweep, out: Path) -> None:
@@ -201,17 +202,19 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
         train.check_runnable(run.cfg)
+        data.check_sizes(run.cfg.data, run.cfg.model.n_ctx, train.eval_context(run.cfg.model))
     if ensemble_size is not None and ensemble_size < 1:  # checked before anything is written
         raise ConfigError(f"--ensemble-size: must be >= 1, got {ensemble_size}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a sweep directory")
-    check_sweep_dir(sweep, out)
+    check_sweep_dir(sweep, out, log=False)
+    leader = jax.process_index() == 0
+    # A damaged or locked database is refused here, before anything else in the directory is written.
+    db = results.ResultsDB(out) if leader else None
+    log_session(sweep, out)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     groups = sweep.groups(members)
-    leader = jax.process_index() == 0
-    db = results.ResultsDB(out) if leader else None
     if leader:
-        out.mkdir(parents=True, exist_ok=True)
         db.add_runs(sweeps.run_row(r, g.group_id) for g in groups for r in g.runs)
     mine = [g for g in groups if shard_of(g.group_id, shard[1]) == shard[0]]
     finished = set()

@@ -9,9 +9,10 @@ bitwise. A second signal exits at once with the same status: that too is safe, b
 Why not Python's default KeyboardInterrupt: it is raised wherever the interpreter happens to be, including inside
 XLA's compiler callbacks and orbax's writer threads, and the process then crashed (exit 139) while tearing down.
 
-For tests, `JSCALE_SIGNAL_AT=POINT[:SIGNAL[:DELAY]]` makes the process send itself SIGNAL (default SIGINT) when it
-reaches the named point (see `point`), DELAY seconds later from another thread, so that the signal arrives while
-the main thread is inside the work that follows (compiling, evaluating, writing a checkpoint).
+For tests, `JSCALE_SIGNAL_AT=POINT[:SIGNAL[:DELAY[:COUNT]]]` makes the process send itself SIGNAL (default SIGINT)
+COUNT times (default once) when it reaches the named point (see `point`), DELAY seconds later from another thread,
+so that the signal arrives while the main thread is inside the work that follows (compiling, evaluating, writing a
+checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from jscale.config import JscaleError
 
@@ -84,9 +86,15 @@ def point(name: str) -> None:
     where, _, rest = spec.partition(":")
     if where != name:
         return
-    signame, _, delay = rest.partition(":")
+    signame, delay, count = (rest.split(":") + ["", "", ""])[:3]
     signum = getattr(signal, signame or "SIGINT")
     os.environ.pop("JSCALE_SIGNAL_AT")  # once per process
-    timer = threading.Timer(float(delay or 0), os.kill, (os.getpid(), signum))
+
+    def send():
+        for _ in range(int(count or 1)):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.2)
+
+    timer = threading.Timer(float(delay or 0), send)
     timer.daemon = True
     timer.start()

@@ -40,8 +40,18 @@ class LawFitError(JscaleError):
 # Input checks.
 
 
+# Beyond these a value is not a measurement of a training run (a loss in nats of 1e300, N = 1e300): refused.
+PLAUSIBLE_MAX = {"loss": 100.0, "loss_target": 100.0}
+PLAUSIBLE_MAX_DEFAULT = 1e40
+
+
 def _column(name: str, values: Any, positive: bool = True) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    raw = np.asarray(values, dtype=object).reshape(-1)
+    try:
+        x = raw.astype(np.float64)
+    except (TypeError, ValueError):
+        i = next(i for i, v in enumerate(raw) if not _is_number(v))
+        raise LawFitError(f"{name}: row {i} is {raw[i]!r}, not a number") from None
     bad = ~np.isfinite(x)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -49,7 +59,19 @@ def _column(name: str, values: Any, positive: bool = True) -> np.ndarray:
     if positive and (x <= 0).any():
         i = int(np.flatnonzero(x <= 0)[0])
         raise LawFitError(f"{name}: row {i} is {x[i]:g}; every value must be positive")
+    limit = PLAUSIBLE_MAX.get(name, PLAUSIBLE_MAX_DEFAULT)
+    if (np.abs(x) > limit).any():
+        i = int(np.flatnonzero(np.abs(x) > limit)[0])
+        raise LawFitError(f"{name}: row {i} is {x[i]:g}, beyond any training run (at most {limit:g})")
     return x
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _columns(n_params: int, **cols) -> dict[str, np.ndarray]:
@@ -60,6 +82,11 @@ def _columns(n_params: int, **cols) -> dict[str, np.ndarray]:
     n = next(iter(lengths.values()))
     if n <= n_params:
         raise LawFitError(f"{n} points cannot determine {n_params} parameters; need at least {n_params + 1}")
+    if n_params:  # a law of a variable that never varies cannot be fitted, however many rows repeat it
+        for k, v in out.items():
+            if not k.startswith("loss") and len(np.unique(v)) < 2:
+                raise LawFitError(f"{k}: every row has the same value ({v[0]:g}); the law's parameters cannot be "
+                                  f"identified")
     return out
 
 
@@ -450,6 +477,9 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
     start, the published procedure; the tests and benchmark check both reach the same optimum."""
     cols = _columns(5, N=N, D=D, loss=loss)
     logN, logD, logL = np.log(cols["N"]), np.log(cols["D"]), np.log(cols["loss"])
+    if np.ptp(logN + logD) < 0.05:  # along one IsoFLOP curve A/N^alpha and B/D^beta trade off freely
+        raise LawFitError("N, D: every run has the same N x D (one compute budget); Chinchilla's five parameters "
+                          "need runs at several budgets")
     starts = chinchilla_grid()
     if not all_starts:
         grid_values = chinchilla_objective(starts, logN, logD, logL, delta)

@@ -85,7 +85,13 @@ class ResultsDB:
         self.conn = None
         with db_errors(self.path):
             if readonly:
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=_busy_timeout_s())
+                if not self.path.is_file():
+                    raise sqlite3.OperationalError("unable to open database file")
+                # A directory we cannot write (a read-only mount) cannot hold SQLite's shared-memory file: read
+                # the file as immutable then, since nothing can be writing it either.
+                immutable = "&immutable=1" if not os.access(self.path.parent, os.W_OK) else ""
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro{immutable}", uri=True,
+                                            timeout=_busy_timeout_s())
             else:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -334,8 +334,10 @@ def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
         vals = axis.get("values")
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"{where}.values: expected a non-empty list for key {axis['key']!r}")
+        _no_other_fields(axis, ("key", "values"), where)
         return [{axis["key"]: v} for v in vals]
     if "zip" in axis:
+        _no_other_fields(axis, ("zip",), where)
         table = axis["zip"]
         if not isinstance(table, dict) or not table:
             raise ConfigError(f"{where}.zip: expected a table of key = [values]")
@@ -351,6 +353,12 @@ def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
 
 
 SWEEP_KEYS = ("name", "claim", "analysis", "base", "axis", "scale")
+
+
+def _no_other_fields(axis: dict, allowed: tuple[str, ...], where: str) -> None:
+    extra = sorted(set(axis) - set(allowed))
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: unknown field of this axis (it takes {', '.join(allowed)})")
 
 
 def scales(spec: dict) -> list[str]:

@@ -8,6 +8,7 @@ may differ between members of an ensemble (learning rate, schedule lengths, weig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -211,6 +212,52 @@ def state_checksum(state) -> str | None:
     return h.hexdigest()
 
 
+# After a failed checkpoint write, orbax's and TensorStore's threads go on printing tracebacks ("Event loop is
+# closed") until the process ends. From then on fd 2 goes to /dev/null and the real stderr is kept here, so the CLI
+# can print its one line there and leave at once (cli.main).
+REAL_STDERR_FD: int | None = None
+
+
+@contextlib.contextmanager
+def _quiet_writer(*names: str):
+    """Keep orbax's and TensorStore's own reports of a failed write (log records, and tracebacks that their
+    threads print) off stderr while a checkpoint is written: a failure is reported in one line by
+    Checkpoints.save. On success whatever they printed is passed through."""
+    import logging
+    import sys
+    import tempfile
+
+    global REAL_STDERR_FD
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    try:
+        yield
+    except BaseException:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        REAL_STDERR_FD = saved_fd
+        raise
+    else:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        captured.seek(0)
+        text = captured.read()
+        if text:
+            os.write(2, text)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        captured.close()
+
+
 class Checkpoints:
     """A run's (or a group's) orbax checkpoints with a checksum per step in checksums.json beside them.
 
@@ -261,8 +308,9 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         try:
-            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-            self.manager.wait_until_finished()
+            with _quiet_writer("absl", "asyncio", "orbax"):  # a failed write is reported below, in one line
+                self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+                self.manager.wait_until_finished()
             checksum = state_checksum(state)
             if checksum is not None and jax.process_index() == 0:
                 sums = {k: v for k, v in self._sums().items() if int(k) in set(self.manager.all_steps())}
@@ -479,14 +527,23 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
     config_path = run_dir / "config.json"
     wanted = cfg.to_dict()
     if config_path.exists():
-        held = json.loads(config_path.read_text())
+        try:
+            held = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config_path}: not valid JSON ({e}); it records which run this directory holds: "
+                              f"restore it, or use another --out") from None
+        if not isinstance(held, dict):
+            raise ConfigError(f"{config_path}: not a jscale run config; restore it, or use another --out")
         for section, fields in wanted.items():
             for key, value in fields.items():
                 if held.get(section, {}).get(key) != value:
                     raise ConfigError(f"{section}.{key}: {run_dir} holds a run with {section}.{key} = "
                                       f"{held.get(section, {}).get(key)!r}, not {value!r}; use another --out")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ResourceError(f"{run_dir}: cannot create: {(e.strerror or str(e)).lower()}") from None
         write_atomic(config_path, json.dumps(wanted, indent=2))
 
 
@@ -509,10 +566,13 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     stop_after: leave the loop after this many steps in total (for tests that simulate a crash).
     """
     run_dir = Path(run_dir)
-    corpus = data.prepare(cfg.data)
-    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows, eval_context(cfg.model))
     check_intervals(cfg.train)
     check_runnable(cfg)
+    data.check_sizes(cfg.data, cfg.model.n_ctx, eval_context(cfg.model))  # before tokenizing anything
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out: {run_dir} is a file, not a run directory")
+    corpus = data.prepare(cfg.data)
+    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows, eval_context(cfg.model))
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)

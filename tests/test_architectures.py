@@ -164,12 +164,12 @@ def test_each_kind_learns_and_resumes_exactly(tmp_path, name):
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.kind=universal", "model.reuse=0"], "model.reuse: must be >= 1, got 0"),
-    (["model.reuse=2"], "model.reuse: only a universal model reuses its blocks"),
+    (["model.reuse=2"], "model.reuse: a transformer model does not use it \\(only universal\\)"),
     (["model.n_heads=4", "model.n_kv_heads=3"], "model.n_kv_heads: n_heads = 4 is not divisible by n_kv_heads = 3"),
     (["model.n_kv_heads=0"], "model.n_kv_heads: must be positive, got 0"),
     (["model.kind=transformer_xl", "model.mem_len=-1"], "model.mem_len: must be >= 0, got -1"),
     (["model.kind=transformer_xl", "model.eval_mem_len=-4"], "model.eval_mem_len: must be >= 0, got -4"),
-    (["model.mem_len=8"], "model.mem_len: only a transformer_xl model has a memory"),
+    (["model.mem_len=8"], "model.mem_len: a transformer model does not use it \\(only transformer_xl\\)"),
     (["model.kind=xl"], "model.kind: 'xl' is not one of transformer, universal, lstm, transformer_xl"),
 ])
 def test_architecture_config_errors(overrides, message):
@@ -177,9 +177,11 @@ def test_architecture_config_errors(overrides, message):
         config.load(None, overrides)
 
 
-def test_lstm_ignores_attention_shape_checks():
-    cfg = config.load(None, ["model.kind=lstm", "model.d_model=100", "model.n_heads=3"])
+def test_lstm_skips_attention_shape_checks_and_refuses_attention_keys():
+    cfg = config.load(None, ["model.kind=lstm", "model.d_model=100"])  # 100 is not divisible by the default heads
     assert accounting.account(cfg.model).N == 8 * 2 * 100 ** 2
+    with pytest.raises(ConfigError, match="model.n_heads: a lstm model does not use it"):
+        config.load(None, ["model.kind=lstm", "model.d_model=100", "model.n_heads=3"])
 
 
 XL = ModelConfig(kind="transformer_xl", n_layer=2, d_model=32, n_heads=4, n_ctx=8, vocab_size=64, mem_len=8)

@@ -19,9 +19,12 @@ import jax
 from jscale import config, data, train
 
 class Memory:
-    def __init__(self): self.records = []
+    def __init__(self): self.records, self.steps = [], []
+    def last_step(self): return max((r[0]["step"] for r in self.steps), default=0)
     def resume(self, step): pass
-    def record(self, records): self.records.append([(r["train_loss"], r["test_loss"]) for r in records])
+    def record(self, records):
+        self.records.append([(r["train_loss"], r["test_loss"]) for r in records])
+        self.steps.append(records)
 
 def cfg(**parallel):
     return config.from_dict({

@@ -1,0 +1,310 @@
+"""Failing cleanly, with real processes and real files: signals at every phase, full and read-only disks, damaged
+checkpoints, results databases and token caches, concurrent jobs. After each, a re-run must end bitwise where an
+uninterrupted run ends."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import jscale_cmd
+from jscale import grid, results, sweep
+
+TRAIN = """
+[model]
+n_layer = 1
+d_model = 16
+n_heads = 2
+n_ctx = 16
+[data]
+eval_windows = 8
+[train]
+batch_size = 8
+steps = 12
+eval_every = 2
+checkpoint_every = 4
+keep_checkpoints = 5
+warmup_steps = 2
+lr = 3e-3
+"""
+
+SWEEP = """
+name = "tiny"
+[base.model]
+n_layer = 1
+d_model = 16
+n_heads = 2
+n_ctx = 16
+[base.data]
+eval_windows = 8
+[base.train]
+batch_size = 8
+steps = 8
+eval_every = 2
+checkpoint_every = 4
+warmup_steps = 2
+lr = 3e-3
+[[axis]]
+key = "train.seed"
+values = [0, 1]
+[[axis]]
+key = "model.d_model"
+values = [16, 32, 48]
+"""
+
+
+def jscale(*args, env=None, check=None, **kw):
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run(jscale_cmd(*args), capture_output=True, text=True, env=full_env, timeout=300, **kw)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+    return p
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """A run's learning curve without its wall-clock fields."""
+    drop = {"tokens_per_s", "mfu", "wall_time"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def curves(out: Path) -> list[tuple]:
+    with sqlite3.connect(out / "results.sqlite") as c:
+        return c.execute("SELECT run_id, step, train_loss, test_loss FROM curves ORDER BY run_id, step").fetchall()
+
+
+@pytest.fixture(scope="module")
+def train_toml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text(TRAIN)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(train_toml, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    return metrics(out)
+
+
+@pytest.fixture(scope="module")
+def sweep_toml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweepcfg") / "tiny_sweep.toml"
+    path.write_text(SWEEP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_sweep(sweep_toml, tmp_path_factory) -> list[tuple]:
+    out = tmp_path_factory.mktemp("refsweep") / "sweep"
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    return curves(out)
+
+
+@pytest.mark.parametrize("point, signame", [("compile:SIGINT:0.3", "SIGINT"), ("train:SIGTERM", "SIGTERM"),
+                                            ("eval:SIGINT:0.01", "SIGINT"), ("checkpoint:SIGTERM:0.01", "SIGTERM"),
+                                            ("train:SIGINT:0:2", "SIGINT")])
+def test_a_signal_during_training_stops_cleanly_and_resumes_bitwise(train_toml, reference_run, tmp_path, point,
+                                                                    signame):
+    out = tmp_path / "run"
+    p = jscale("train", str(train_toml), "--out", str(out), "--quiet", env={"JSCALE_SIGNAL_AT": point})
+    signum = getattr(signal, signame)
+    assert p.returncode == 128 + signum, (p.returncode, p.stderr[-3000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and signame in lines[0] and "re-run the same command" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not list((out / "checkpoints").glob("*tmp*"))  # no half-written checkpoint left behind
+    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    assert metrics(out) == reference_run
+
+
+def test_ctrl_c_from_outside_during_a_sweep_stops_at_a_step_and_resumes_bitwise(sweep_toml, reference_sweep,
+                                                                               tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # wait until training has recorded something
+        try:
+            with sqlite3.connect(out / "results.sqlite") as c:
+                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "re-run the same command" in err
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    assert curves(out) == reference_sweep
+
+
+def test_a_sigterm_during_a_sweeps_checkpoint_stops_cleanly_and_resumes_bitwise(sweep_toml, reference_sweep,
+                                                                                tmp_path):
+    out = tmp_path / "sweep"
+    p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2",
+               env={"JSCALE_SIGNAL_AT": "checkpoint:SIGTERM:0.01"})
+    assert p.returncode == 143 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-3000:]
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    assert curves(out) == reference_sweep
+
+
+def _garble(path: Path, n: int = 256) -> None:
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - n // 2)
+    for i in range(start, min(len(data), start + n)):
+        data[i] ^= 0xA5
+    path.write_bytes(bytes(data))
+
+
+def _largest_file(directory: Path) -> Path:
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["garbled bytes", "metadata deleted", "step emptied"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(train_toml, reference_run, tmp_path, damage):
+    out = tmp_path / "run"
+    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    latest = out / "checkpoints" / "12"
+    if damage == "garbled bytes":
+        _garble(_largest_file(latest))
+    elif damage == "metadata deleted":
+        for p in latest.rglob("*metadata*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        shutil.rmtree(latest)
+        latest.mkdir()
+    # The run is finished, but its newest checkpoint is what a re-run restores: it must notice the damage.
+    with open(out / "metrics.jsonl") as f:
+        kept = [line for line in f if json.loads(line)["step"] <= 8]
+    (out / "metrics.jsonl").write_text("".join(kept))  # as if killed before step 12 was logged
+    p = jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    assert "damaged" in p.stdout + p.stderr or "missing from the results" in p.stdout + p.stderr
+    assert metrics(out) == reference_run
+
+
+def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run, tmp_path):
+    out = tmp_path / "run"
+    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    (out / "metrics.jsonl").unlink()
+    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    assert metrics(out) == reference_run
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_lost_results_database_is_rebuilt_from_the_sweep(sweep_toml, reference_sweep, tmp_path, damage):
+    out = tmp_path / "sweep"
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    db = out / "results.sqlite"
+    for side in out.glob("results.sqlite-*"):
+        side.unlink()
+    db.unlink() if damage == "deleted" else db.write_bytes(b"")
+    if damage == "deleted":  # status says what is missing and how to get it back, in one line
+        p = jscale("status", str(out), check=2)
+        assert len(p.stderr.strip().splitlines()) == 1 and "results.sqlite" in p.stderr
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    assert curves(out) == reference_sweep
+    text = jscale("status", str(out), check=0).stdout
+    assert "done      6" in text and "100.0% done" in text
+
+
+def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path):
+    cache = tmp_path / "cache"
+    env = {"JSCALE_CACHE": str(cache)}
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(25):
+        (corpus / f"f{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j}\n" for j in range(400)))
+    args = ("train", str(train_toml), f"data.corpus={corpus}", "--quiet")
+    jscale(*args, "--out", str(tmp_path / "a"), env=env, check=0)
+    token_file = next(cache.rglob("train.bin"))
+    _garble(token_file)
+    p = jscale(*args, "--out", str(tmp_path / "b"), env=env, check=0)
+    assert "damaged" in p.stderr and "rebuilding" in p.stderr
+    assert metrics(tmp_path / "b") == metrics(tmp_path / "a")
+    token_file.write_bytes(token_file.read_bytes()[:100])  # cut short
+    jscale(*args, "--out", str(tmp_path / "c"), env=env, check=0)
+    assert metrics(tmp_path / "c") == metrics(tmp_path / "a")
+
+
+def test_a_finite_but_exploded_loss_is_diverged_and_listed(tmp_path):
+    base = {"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16}, "data": {"eval_windows": 8},
+            "train": {"batch_size": 8, "steps": 8, "eval_every": 4, "checkpoint_every": 4, "warmup_steps": 0,
+                      "grad_clip": 0.0}}
+    sw = sweep.expand({"name": "t", "base": base, "axis": [{"zip": {"train.seed": [0, 1],
+                                                                     "train.lr": [3e-3, 300.0]}}]})
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=2, progress=False)
+    runs = results.load(tmp_path / "s")["runs"].set_index("lr")
+    assert runs.loc[3e-3, "status"] == "done" and runs.loc[300.0, "status"] == "diverged"
+    table = grid.status_table(tmp_path / "s")
+    assert "diverged  1" in table and sum(" diverged " in line for line in table.splitlines()[6:]) == 1
+
+
+def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_toml, reference_sweep, tmp_path):
+    out = tmp_path / "sweep"
+    jobs = [subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", *extra),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for extra in (["--shard", "0/2"], ["--shard", "1/2"], [])]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    trained = sum(int(stdout.split(" trained now")[0].rsplit(",", 1)[1]) for stdout, _ in outputs)
+    decision = json.loads((out / "ensemble.json").read_text())
+    groups = len(sweep.load(sweep_toml).groups(next(iter(decision.values()))["members"]))
+    assert trained == groups  # no group trained twice
+    assert len(json.loads((out / "sweep.json").read_text())["sessions"]) == 3
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)  # finishes whatever a job skipped
+    assert sorted(curves(out)) == sorted(reference_sweep) or len(curves(out)) == len(reference_sweep)
+
+
+# Full and read-only disks: a small tmpfs, mounted for the test (needs root, as on CI's machines).
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root; this machine does not allow it")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    stat = os.statvfs(disk)
+    free = stat.f_bavail * stat.f_frsize
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+@pytest.mark.parametrize("leave_kb", [32, 600])
+def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes_bitwise(sweep_toml, reference_sweep,
+                                                                                 small_disk, leave_kb):
+    out = small_disk / "sweep"
+    filler = _fill(small_disk, leave_kb * 1024)
+    p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2")
+    assert p.returncode == 1, (p.returncode, p.stderr[-3000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jscale: error: "), p.stderr[-3000:]
+    assert "space" in lines[0] or "full" in lines[0], lines[0]
+    filler.unlink()
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    assert curves(out) == reference_sweep
+
+
+def test_a_read_only_directory_is_one_line_and_status_still_reads_it(sweep_toml, reference_sweep, small_disk):
+    out = small_disk / "sweep"
+    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", "train.steps=4", check=0)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2")
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-3000:]
+    assert "read-only" in p.stderr.lower() or "readonly" in p.stderr.lower()
+    assert jscale("status", str(out), check=0).stdout.count("done") >= 1
