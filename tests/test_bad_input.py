@@ -130,6 +130,7 @@ CASES = [
     (["train", "good.toml", "data.corpus=nowhere/*.txt"], 2, "data.corpus"),
     (["train", "good.toml", "data.corpus=builtin:nope"], 2, "data.corpus"),
     (["train", "good.toml", "data.corpus=tfds:no_such_dataset_xyz"], 2, "data.corpus"),
+    (["train", "good.toml", "data.corpus=tfds:tiny_shakespeare", "data.tfds_data_dir=small"], 2, "not prepared"),
     # sweep files and sweep CLI arguments
     (["plan", "missing_sweep.toml"], 2, "missing_sweep.toml"),
     (["plan", "sweep_unknown_key.toml"], 2, "bogus"),
@@ -203,3 +204,21 @@ def test_a_locked_database_is_one_line_with_status_1(work, capfd, monkeypatch):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_overrides_may_follow_the_options(work):
+    from jscale import cli
+
+    parser_args = cli._parse  # the README's order and the other one give the same overrides
+    import argparse
+
+    p = cli._Parser(prog="jscale")
+    sub = p.add_subparsers(dest="command")
+    t = sub.add_parser("train")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*")
+    t.add_argument("--out")
+    a = parser_args(p, ["train", "good.toml", "--out", "X", "model.d_model=64", "train.lr=1e-3"])
+    b = parser_args(p, ["train", "good.toml", "model.d_model=64", "train.lr=1e-3", "--out", "X"])
+    assert a.overrides == b.overrides == ["model.d_model=64", "train.lr=1e-3"] and a.out == b.out == "X"
+    assert isinstance(a, argparse.Namespace)

@@ -308,3 +308,11 @@ def test_a_read_only_directory_is_one_line_and_status_still_reads_it(sweep_toml,
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-3000:]
     assert "read-only" in p.stderr.lower() or "readonly" in p.stderr.lower()
     assert jscale("status", str(out), check=0).stdout.count("done") >= 1
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    big = tmp_path / "big.toml"  # a plan of 3,000 runs: far more than a pipe buffers, so the pipe does break
+    big.write_text(SWEEP.replace("values = [0, 1]", f"values = {list(range(1000))}"))
+    p = subprocess.run(" ".join(jscale_cmd("plan", str(big))) + " | head -c 10", shell=True,
+                       capture_output=True, text=True, timeout=120)
+    assert p.stderr == "" and len(p.stdout) == 10
