@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # a signal that arrived before the handlers were installed
-        print("jscale: interrupted; re-run the same command to resume", file=sys.stderr)
+        print("jscale: interrupted (SIGINT); re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
         interrupts.uninstall()
