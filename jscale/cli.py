@@ -22,6 +22,7 @@ def _train(args) -> None:
 
     cfg = config.load(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    interrupts.check()  # a Ctrl-C while JAX was importing: stop before any work
     record = train.train(cfg, out, progress=not args.quiet)
     print(f"done: {out} | step {record['step']} | test loss {record['test_loss']:.4f} nats/token "
           f"({record['test_bits_per_byte']:.4f} bits/byte)")
@@ -80,6 +81,7 @@ def _run(args) -> None:
 
     shard = grid.parse_shard(args.shard)
     sw = sweep.load(args.sweep, args.overrides, args.scale)  # validated before any device work
+    interrupts.check()
     grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.sweep).stem + (f"-{sw.scale}" if sw.scale else ""))
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard, progress=not args.quiet)

@@ -83,6 +83,14 @@ def work(tmp_path, monkeypatch):
     _write(w, "corrupt_db/results.sqlite", os.urandom(8192))
     _write(w, "corrupt_db/sweep.json", '{"name": "tiny", "scale": null}')
     _write(w, "empty_db/results.sqlite", b"")
+    _write(w, "nan_lr.toml", TINY.replace("warmup_steps = 1", "warmup_steps = 1\nlr = nan"))
+    with sqlite3.connect(w / "truncated_db.sqlite") as c:  # a real database, cut short
+        c.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT)")
+        c.executemany("INSERT INTO runs VALUES (?, ?)", [(f"run{i:05d}" * 8, "done") for i in range(3000)])
+    data = (w / "truncated_db.sqlite").read_bytes()
+    (w / "truncated_db.sqlite").unlink()
+    _write(w, "truncated_db/results.sqlite", data[:len(data) // 2])
+    _write(w, "truncated_db/sweep.json", '{"name": "tiny", "scale": null}')
     _write(w, "no_db/sweep.json", '{"name": "tiny", "scale": null}')
     _write(w, "runs.csv", RUNS_CSV)
     _write(w, "string.csv", RUNS_CSV.replace("1000000.0,", "abc,", 1))
@@ -111,6 +119,7 @@ CASES = [
     (["train", "bad_syntax.toml"], 2, "bad_syntax.toml"),
     (["train", "good.toml", "train.lr=nan"], 2, "train.lr"),
     (["train", "good.toml", "train.lr=inf"], 2, "train.lr"),
+    (["train", "nan_lr.toml"], 2, "train.lr"),
     (["train", "good.toml", "train.eps=-1"], 2, "train.eps"),
     (["train", "good.toml", "train.seed=-1"], 2, "train.seed"),
     (["train", "good.toml", "model.vocab_size=1000"], 2, "model.vocab_size"),
@@ -148,6 +157,8 @@ CASES = [
     # results directories
     (["status", "corrupt_db"], 2, "results.sqlite"),
     (["status", "empty_db"], 2, "results.sqlite"),
+    (["status", "truncated_db"], 2, "results.sqlite"),
+    (["run", "sweep.toml", "--out", "truncated_db"], 2, "results.sqlite"),
     (["status", "no_db"], 2, "results.sqlite"),
     (["status", "nowhere"], 2, "nowhere"),
     (["report", "corrupt_db", "--no-latency"], 2, "results.sqlite"),

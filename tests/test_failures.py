@@ -124,6 +124,17 @@ def test_a_signal_during_training_stops_cleanly_and_resumes_bitwise(train_toml, 
     assert metrics(out) == reference_run
 
 
+def test_ctrl_c_at_start_up_is_one_line(train_toml, tmp_path):
+    """A Ctrl-C while the command is still importing JAX and reading its config: no traceback either."""
+    proc = subprocess.Popen(jscale_cmd("train", str(train_toml), "--out", str(tmp_path / "run"), "--quiet"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode in (130, 0), err  # 0 only if it had already finished
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+
+
 def test_ctrl_c_from_outside_during_a_sweep_stops_at_a_step_and_resumes_bitwise(sweep_toml, reference_sweep,
                                                                                tmp_path):
     out = tmp_path / "sweep"
