@@ -134,8 +134,30 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+def enable_compilation_cache() -> str | None:
+    """JAX's persistent compilation cache, on by default for the command line: a re-run, a resumed sweep or a
+    repeated shape loads its compiled steps instead of compiling them again. JSCALE_XLA_CACHE=off turns it off;
+    JAX_COMPILATION_CACHE_DIR (or JSCALE_CACHE/xla, default ~/.cache/jscale/xla) says where it lives."""
+    if os.environ.get("JSCALE_XLA_CACHE", "on").lower() in ("0", "off", "false", "no"):
+        return None
+    root = os.environ.get("JSCALE_CACHE", "~/.cache/jscale")
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(os.path.join(root, "xla"))
+    settings = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    if "jax" not in sys.modules:  # read by JAX when it is imported, which most commands do later
+        for key, value in settings.items():
+            os.environ.setdefault(key.upper(), str(value))
+    else:
+        import jax
+
+        for key, value in settings.items():
+            jax.config.update(key, value)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     interrupts.install()  # first: a Ctrl-C from here on stops cleanly at a step boundary
+    enable_compilation_cache()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # a signal that arrived before the handlers were installed

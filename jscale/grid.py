@@ -11,11 +11,13 @@ directory and backend, and recorded in `DIR/ensemble.json` (so a resumed sweep g
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import fcntl
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -62,7 +64,8 @@ def members_that_fit(cfg: Config) -> int:
 
 
 def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
-    """Aggregate throughput of `members` models as one vmapped step against one model's step, same shapes."""
+    """Aggregate throughput of `members` models as one ensemble step, vmapped and mapped (train.ensemble),
+    against one model's step, same shapes. speedup is the better mode's, named by "mode"."""
     from jscale.models import build
 
     model, opt = build(cfg.model), train.make_optimizer(cfg.train)
@@ -76,10 +79,16 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
                    jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
-    vmapped = timed(jax.jit(jax.vmap(step), donate_argnums=0), jax.jit(jax.vmap(init))(seeds),
-                    jnp.zeros((members, B, T + 1), jnp.int32), stacked_hp)
-    return {"members": members, "single_step_s": single, "vmapped_step_s": vmapped,
-            "speedup": members * single / vmapped}
+    result = {"members": members, "single_step_s": single}
+    for mode in train.ENSEMBLE_MODES:
+        result[f"{mode}_step_s"] = timed(jax.jit(train.ensemble(step, mode), donate_argnums=0),
+                                         jax.jit(jax.vmap(init))(seeds),
+                                         jnp.zeros((members, B, T + 1), jnp.int32), stacked_hp)
+        result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
+    result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
+    result["speedup"] = result[f"{result['mode']}_speedup"]
+    result["vmapped_step_s"] = result["vmap_step_s"]
+    return result
 
 
 @contextlib.contextmanager
@@ -131,19 +140,27 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
     return train._agree(decision["members"]), decision
 
 
+def default_mode() -> str:
+    """How ensembles run when not measured: one after another inside one program on a CPU (measured faster
+    there, benchmarks/RESULTS.md), vmapped on accelerators."""
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+
+
 def _measure_ensemble_size(sweep: sweeps.Sweep, requested: int | None) -> dict:
     if requested is not None:
-        return {"members": requested, "reason": "set by --ensemble-size"}
+        return {"members": requested, "mode": default_mode(), "reason": "set by --ensemble-size"}
     # Measure on the shape with the most runs, at the size memory allows (capped at 16 for the measurement).
     largest = max(sweep.groups(MAX_MEMBERS), key=lambda g: len(g.runs))
     cap = min(len(largest.runs), members_that_fit(largest.cfg))
     if cap < 2:
-        decision = {"members": max(1, cap), "reason": "groups of one run or memory for one member"}
+        decision = {"members": max(1, cap), "mode": default_mode(),
+                    "reason": "groups of one run or memory for one member"}
     else:
         m = measure_vmap_speedup(largest.cfg, min(cap, 16))
-        use_vmap = m["speedup"] > 1.0
-        decision = {"members": cap if use_vmap else 1, "measured": m,
-                    "reason": f"vmap of {m['members']} measured {m['speedup']:.2f}x the sequential throughput"}
+        use_ensemble = m["speedup"] > 1.0
+        decision = {"members": cap if use_ensemble else 1, "mode": m["mode"], "measured": m,
+                    "reason": f"an ensemble of {m['members']} ({m['mode']}) measured {m['speedup']:.2f}x the "
+                              f"sequential throughput"}
     return decision
 
 
@@ -196,8 +213,15 @@ def shard_of(group_id: str, n: int) -> int:
 
 
 def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = None,
-              shard: tuple[int, int] = (0, 1), progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train every unfinished group of the sweep that belongs to this shard. Returns a summary."""
+              shard: tuple[int, int] = (0, 1), progress: bool = True, stop_after: int | None = None,
+              background_compile: bool = True, timings: dict[str, float] | None = None,
+              ensemble_mode: str | None = None) -> dict:
+    """Train every unfinished group of the sweep that belongs to this shard. Returns a summary.
+
+    ensemble_mode: vmap or map (train.ensemble); default: as measured for this directory and backend.
+    background_compile: compile the next group's steps while one trains. timings: a dict that collects seconds
+    spent on data, compile (all of it, overlapped or not), compile_wait (what the sweep waited for), init, train,
+    eval and checkpoint."""
     out = Path(out)
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
@@ -213,6 +237,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     db = results.ResultsDB(out) if leader else None
     log_session(sweep, out)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
+    mode = ensemble_mode or decision.get("mode", "vmap" if decision else default_mode())  # older dirs: vmap
     groups = sweep.groups(members)
     if leader:
         db.add_runs(sweeps.run_row(r, g.group_id) for g in groups for r in g.runs)
@@ -238,12 +263,23 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
         total = sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in todo)
         bar = tqdm(total=round(total, 3), unit="GFLOP", unit_scale=False, dynamic_ncols=True, desc=sweep.name,
                    bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}]")
-        bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}: "
+        bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}, {mode}: "
                   f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}")
     corpora: dict[str, data.TokenizedCorpus] = {}
     trained = busy = 0
+    # While one group trains, the next group's steps compile in a background thread (ahead of time), so a sweep of
+    # many shapes waits for a compile only at its start.
+    compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscale-compile")
+    ahead: dict[str, concurrent.futures.Future] = {}
+
+    def compile_ahead(i: int) -> None:
+        if i < len(todo) and todo[i].group_id not in ahead and background_compile:
+            g = todo[i]
+            ahead[g.group_id] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs], len(g.runs) > 1,
+                                                None, mode)
+
     try:
-        for g in todo:
+        for i, g in enumerate(todo):
             interrupts.check()
             if stop_after is not None and trained >= stop_after:
                 break
@@ -254,12 +290,20 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                     bar.write(f"group {g.group_id}: being trained by another job on {out}; skipped")
                 continue
             try:
-                _train_group(g, out, db, corpora, bar)
+                future = ahead.pop(g.group_id, None)
+                compile_ahead(i + 1)
+                t0 = time.perf_counter()
+                steps = future.result() if future is not None else train.compile_steps(
+                    [r.cfg for r in g.runs], len(g.runs) > 1, None, mode)
+                if timings is not None:  # compile time the sweep waited for; background compile overlaps training
+                    timings["compile_wait"] = timings.get("compile_wait", 0.0) + time.perf_counter() - t0
+                _train_group(g, out, db, corpora, bar, steps, timings)
             finally:
                 if leader and jax.process_count() == 1:
                     db.release(g.group_id)
             trained += 1
     finally:
+        compiler.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
             bar.close()
         if db is not None:
@@ -268,10 +312,14 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             "busy_groups": busy}
 
 
-def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar) -> None:
+def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: train.GroupSteps | None,
+                 timings: dict | None) -> None:
     key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
     if key not in corpora:
+        t0 = time.perf_counter()
         corpora[key] = data.prepare(g.cfg.data)
+        if timings is not None:
+            timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t0
     corpus = corpora[key]
     for r in g.runs:
         corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, r.cfg.data.eval_windows,
@@ -285,7 +333,7 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar) -> None:
     train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
                      None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
                      on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
-                     log=None if bar is None else bar.write)
+                     log=None if bar is None else bar.write, compiled=steps, timings=timings)
     if bar is not None:  # a resumed group skipped its first steps
         bar.n = start + per_step * g.cfg.train.steps
         bar.refresh()

@@ -9,6 +9,7 @@ may differ between members of an ensemble (learning rate, schedule lengths, weig
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -129,22 +130,23 @@ def eval_context(cfg) -> int:
     return -(-cfg.eval_mem_len_ // cfg.n_ctx) * cfg.n_ctx
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-    """eval_step(params, windows (W, C + T + 1)) -> summed per-position loss (T,) of the last T + 1 tokens.
+def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """eval_step(params, windows (W, C + T + 1), weights (W,)) -> per-position loss (T,) of the last T + 1 tokens,
+    summed over windows with these weights (0 for the padding that fills a last, short chunk to the compiled shape).
 
     For Transformer-XL the C = eval_context(cfg) tokens before them are fed first, segment by segment, to fill a
     memory of eval_mem_len positions; the other kinds have C = 0."""
     cfg = model.cfg
     T, C = cfg.n_ctx, eval_context(cfg)
 
-    def eval_step(params, windows_WxS: jax.Array) -> jax.Array:
+    def eval_step(params, windows_WxS: jax.Array, weights_W: jax.Array) -> jax.Array:
         memory = None
         for start in range(0, C, T):
             _, memory = per_position_loss(model, params, windows_WxS[:, start:start + T + 1], memory=memory,
                                           mem_len=cfg.eval_mem_len_)
         losses_WxT, _ = per_position_loss(model, params, windows_WxS[:, C:], memory=memory,
                                           mem_len=cfg.eval_mem_len_)
-        return losses_WxT.sum(axis=0)
+        return (losses_WxT * weights_W[:, None]).sum(axis=0)
 
     return eval_step
 
@@ -378,17 +380,87 @@ def _stack(trees: list) -> Any:
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
-def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCorpus, checkpoint_dir: Path,
-               sink, stacked: bool, on_step: Callable[[int], None] | None = None,
-               log: Callable[[str], None] | None = None, stop_after: int | None = None,
-               devices=None) -> list[dict]:
-    """Train runs that share every array shape and step count, from their newest checkpoint in checkpoint_dir.
+@dataclasses.dataclass
+class GroupSteps:
+    """A group's compiled functions and shardings: all that depends on its shapes and not on its data, so that it
+    can be compiled ahead of time (jscale.grid compiles the next group's while one trains)."""
 
-    stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
-    leading member axis, members spread over the mesh's ensemble axis); stacked=False trains cfgs[0] alone,
-    sharded over the mesh of cfgs[0].parallel. Each evaluation goes to sink.record (on process 0 only) before the
-    checkpoint that covers it is written. Returns the last record of each run.
-    """
+    mesh: Any
+    abstract: Any  # the train state's shapes
+    state_sh: Any
+    batch_sh: Any
+    hp_sharding: Any
+    replicated: Any
+    init: Callable  # host seeds (M,) or () -> state
+    train_step: Callable  # (state, batch, hparams) -> (state, metrics)
+    eval_step: Callable  # (params, windows (W, S), weights (W,)) -> per-position loss sums
+    eval_chunk: int  # windows per eval_step call
+    seconds: dict[str, float]  # {"compile": time spent lowering and compiling}
+
+
+_STEPS_CACHE: dict[str, GroupSteps] = {}  # compiled steps by everything they depend on, shared by same-shape groups
+_INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisation per model shape
+
+
+def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
+    """What a group's compiled steps depend on: the config less the per-member hyperparameters, the member count,
+    and the devices."""
+    d = cfgs[0].to_dict()
+    for section, key in (("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"),
+                         ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"),
+                         ("train", "data_seed"), ("data", "max_train_tokens")):
+        d[section].pop(key)
+    return json.dumps([d, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+
+
+def _single_init(model, optimizer, cfg: Config) -> Callable:
+    """One member's state from its seed, compiled once per model shape and shared by every ensemble size and
+    group: the random initialisers (one RNG kernel per parameter) are most of its compile time, and vmapping
+    them over members only makes that compile longer."""
+    key = json.dumps([cfg.model.__dict__, cfg.train.batch_size], sort_keys=True)
+    if key not in _INIT_CACHE:
+        init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)
+        _INIT_CACHE[key] = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.uint32)).compile()
+    return _INIT_CACHE[key]
+
+
+ENSEMBLE_MODES = ("vmap", "map")
+
+
+def ensemble(fn: Callable, mode: str, in_axes=0) -> Callable:
+    """fn over a leading member axis: "vmap" batches the members' operations together (one wide program; what an
+    accelerator wants), "map" runs the members one after another inside one compiled program (lax.map: each
+    member's matmuls keep their single-model shapes, which a CPU runs faster than the batched ones, and the
+    per-member dispatch of a Python loop is gone). Both give the same results."""
+    if mode == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+    if mode != "map":
+        raise ValueError(f"ensemble mode {mode!r} is not one of {ENSEMBLE_MODES}")
+    axes = in_axes if isinstance(in_axes, tuple) else None
+
+    def mapped(*args):
+        if axes is None:
+            return jax.lax.map(lambda xs: fn(*xs), args)
+        shared = [a for a, ax in zip(args, axes) if ax is None]
+        per_member = tuple(a for a, ax in zip(args, axes) if ax is not None)
+
+        def one(xs):
+            it, sh = iter(xs), iter(shared)
+            return fn(*(next(sh) if ax is None else next(it) for ax in axes))
+
+        return jax.lax.map(one, per_member)
+
+    return mapped
+
+
+def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap") -> GroupSteps:
+    """Lower and compile init, train_step and eval_step for runs of these shapes (ahead of time, no arrays);
+    groups of the same shapes share one compilation. mode: how an ensemble runs its members (see `ensemble`);
+    members spread over several devices always vmap."""
+    cache_key = _shape_key(cfgs, stacked, devices) + mode
+    if cache_key in _STEPS_CACHE:
+        return dataclasses.replace(_STEPS_CACHE[cache_key], seconds={"compile": 0.0})
+    t0 = time.perf_counter()
     cfg, M = cfgs[0], len(cfgs)
     if not stacked and M != 1:
         raise ValueError("train_loop: stacked=False trains exactly one run")
@@ -396,34 +468,96 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     model, optimizer = build(cfg.model), make_optimizer(t)
     mesh = sharding.ensemble_mesh(cfg.parallel, M, devices) if stacked else sharding.make_mesh(cfg.parallel,
                                                                                                 devices=devices)
-    host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
-    host_hp = _stack(host_hp) if stacked else host_hp[0]
     hp_sharding = sharding.member_sharding(mesh, M if stacked else None)
-    hparams = {k: sharding.put(v, hp_sharding) for k, v in host_hp.items()}
+    host_hp = {k: np.asarray(v) for k, v in hparams_from_config(t).items()}
+    hp_abstract = {k: jax.ShapeDtypeStruct((M,) * stacked + v.shape, v.dtype, sharding=hp_sharding)
+                   for k, v in host_hp.items()}
 
     init = lambda seed: init_state(model, optimizer, n_ctx, seed, t.batch_size)
     init = jax.vmap(init) if stacked else init
-    abstract = jax.eval_shape(init, hparams["seed"])
+    abstract = jax.eval_shape(init, hp_abstract["seed"])
     state_sh = sharding.state_shardings(abstract, mesh, stacked)
     step_fn = make_train_step(model, optimizer, dropout=cfg.model.dropout > 0)
     eval_fn = make_eval_step(model)
     if stacked:
-        step_fn, eval_fn = jax.vmap(step_fn), jax.vmap(eval_fn, in_axes=(0, None))
+        mode = mode if mesh.size == 1 else "vmap"
+        step_fn, eval_fn = ensemble(step_fn, mode), ensemble(eval_fn, mode, in_axes=(0, None, None))
     batch_shape = (M, t.batch_size, n_ctx + 1) if stacked else (t.batch_size, n_ctx + 1)
     batch_sh = sharding.batch_sharding(mesh, batch_shape, stacked)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in hparams}),
-                         out_shardings=(state_sh, replicated), donate_argnums=0)
-    eval_step = jax.jit(eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated)
+    with_sh = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    state_abstract = with_sh(abstract, state_sh)
+    chunk = min(t.batch_size, cfg.data.eval_windows)
+    window = eval_context(cfg.model) + n_ctx + 1
+    if stacked:  # members initialised one by one by the shared single-member init, then stacked in place
+        single = _single_init(model, optimizer, cfg)
+
+        def compiled_init(seeds_M: np.ndarray):
+            members = _stack([jax.device_get(single(seed)) for seed in seeds_M])
+            return jax.tree.map(sharding.put, members, state_sh)
+    else:  # a single run is initialised sharded, where it lives (FSDP, tensor parallelism)
+        sharded_init = jax.jit(init, out_shardings=state_sh).lower(hp_abstract["seed"]).compile()
+        compiled_init = lambda seed: sharded_init(sharding.put(np.asarray(seed), hp_sharding))
+    compiled_step = jax.jit(
+        step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in host_hp}),
+        out_shardings=(state_sh, replicated), donate_argnums=0,
+    ).lower(state_abstract, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sh), hp_abstract).compile()
+    compiled_eval = jax.jit(
+        eval_fn, in_shardings=(state_sh.params, replicated, replicated), out_shardings=replicated,
+    ).lower(state_abstract.params, jax.ShapeDtypeStruct((chunk, window), jnp.int32, sharding=replicated),
+            jax.ShapeDtypeStruct((chunk,), jnp.float32, sharding=replicated)).compile()
+    steps = GroupSteps(mesh, abstract, state_sh, batch_sh, hp_sharding, replicated, compiled_init, compiled_step,
+                       compiled_eval, chunk, {"compile": time.perf_counter() - t0})
+    _STEPS_CACHE[cache_key] = steps
+    return steps
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+
+def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCorpus, checkpoint_dir: Path,
+               sink, stacked: bool, on_step: Callable[[int], None] | None = None,
+               log: Callable[[str], None] | None = None, stop_after: int | None = None,
+               devices=None, compiled: GroupSteps | None = None,
+               timings: dict[str, float] | None = None, mode: str = "vmap") -> list[dict]:
+    """Train runs that share every array shape and step count, from their newest checkpoint in checkpoint_dir.
+
+    stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
+    leading member axis, members spread over the mesh's ensemble axis); stacked=False trains cfgs[0] alone,
+    sharded over the mesh of cfgs[0].parallel. Each evaluation goes to sink.record (on process 0 only) before the
+    checkpoint that covers it is written. Returns the last record of each run.
+
+    compiled: the group's steps from compile_steps, if compiled ahead of time. timings: a dict that collects the
+    seconds spent compiling, initialising, training, evaluating and checkpointing.
+    """
+    cfg, M = cfgs[0], len(cfgs)
+    t, n_ctx = cfg.train, cfg.model.n_ctx
+    steps = compiled if compiled is not None else compile_steps(cfgs, stacked, devices, mode)
+    times = steps.seconds if timings is None else timings
+    if timings is not None:
+        for key, value in steps.seconds.items():
+            timings[key] = timings.get(key, 0.0) + value
+    mesh, state_sh, batch_sh, replicated = steps.mesh, steps.state_sh, steps.batch_sh, steps.replicated
+    host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
+    host_hp = _stack(host_hp) if stacked else host_hp[0]
+    hparams = {k: sharding.put(v, steps.hp_sharding) for k, v in host_hp.items()}
 
     writer = sink if jax.process_index() == 0 else None
     recorded = _agree(writer.last_step() if writer is not None else 0)
     say = log or (lambda line: print(f"jscale: {line}", flush=True))
     checkpoints = Checkpoints(checkpoint_dir, t.keep_checkpoints)
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
-    state, start = checkpoints.restore(target, recorded, say)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), steps.abstract, state_sh)
+    with _timed(times, "checkpoint"):
+        state, start = checkpoints.restore(target, recorded, say)
     if state is None:
-        state = jax.jit(init, out_shardings=state_sh)(hparams["seed"])
+        with _timed(times, "init"):
+            state = jax.block_until_ready(steps.init(host_hp["seed"]))
     if writer is not None:
         writer.resume(start)
 
@@ -442,22 +576,29 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
-    interrupts.point("compile")  # the first train_step call compiles it
+    interrupts.point("compile")
+    loop_start, eval_before, checkpoint_before = time.perf_counter(), times.get("eval", 0.0), times.get("checkpoint", 0.0)
     try:
         for step in range(start, end):
             interrupts.check()  # a step boundary: everything written so far is whole
             batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive)
                        for s, d in zip(data_seeds, limits)]
             batch = np.stack(batches) if stacked else batches[0]
-            state, metrics = train_step(state, sharding.put(batch, batch_sh), hparams)
+            state, metrics = steps.train_step(state, sharding.put(batch, batch_sh), hparams)
             losses.append(metrics["loss"])
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
                 interrupts.point("eval")
+                eval_start = time.perf_counter()
                 per_position = np.zeros((M if stacked else 1, n_ctx))
-                for i in range(0, len(windows), t.batch_size):
-                    chunk = sharding.put(windows[i:i + t.batch_size], replicated)
-                    per_position += _fetch(eval_step(state.params, chunk)).reshape(-1, n_ctx)
+                C = steps.eval_chunk
+                for i in range(0, len(windows), C):
+                    chunk, weights = windows[i:i + C], np.ones(C, np.float32)
+                    if len(chunk) < C:  # pad the last chunk to the compiled shape; the padding weighs nothing
+                        weights[len(chunk):] = 0
+                        chunk = np.concatenate([chunk, np.repeat(chunk[:1], C - len(chunk), axis=0)])
+                    per_position += _fetch(steps.eval_step(state.params, sharding.put(chunk, replicated),
+                                                           sharding.put(weights, replicated))).reshape(-1, n_ctx)
                 per_position /= len(windows)
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
                 test_loss = per_position.mean(axis=1)
@@ -487,16 +628,21 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                     log(_summary(last))
                 losses.clear()
                 last_time, last_step = time.perf_counter(), done
+                times["eval"] = times.get("eval", 0.0) + last_time - eval_start
                 # Checkpoint only after the records it covers are committed (see resume above).
                 if done % t.checkpoint_every == 0 or done == t.steps:
                     interrupts.point("checkpoint")
-                    checkpoints.save(done, state)
+                    with _timed(times, "checkpoint"):
+                        checkpoints.save(done, state)
             if on_step is not None:
                 on_step(1)
             if step == start:
                 interrupts.point("train")
+        jax.block_until_ready(state)
     finally:
         checkpoints.close()
+        times["train"] = times.get("train", 0.0) + (time.perf_counter() - loop_start) - (
+            times.get("eval", 0.0) - eval_before) - (times.get("checkpoint", 0.0) - checkpoint_before)
     return last
 
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from conftest import jscale_cmd
 from jscale import grid, results, sweep
@@ -50,10 +51,11 @@ def curves(out):
         return c.execute("SELECT run_id, step, train_loss, test_loss FROM curves ORDER BY run_id, step").fetchall()
 
 
-def test_vmapped_ensemble_matches_members_trained_one_by_one(tmp_path):
+@pytest.mark.parametrize("mode", ["vmap", "map"])
+def test_ensemble_matches_members_trained_one_by_one(tmp_path, mode):
     sw = make({"zip": {"train.seed": [0, 1, 2, 3], "train.lr": [1e-3, 3e-3, 3e-3, 2e-3],
                        "data.max_train_tokens": [3000, 0, 3000, 0]}})
-    summary = grid.run_sweep(sw, tmp_path / "vmap", ensemble_size=8, progress=False)
+    summary = grid.run_sweep(sw, tmp_path / "vmap", ensemble_size=8, progress=False, ensemble_mode=mode)
     assert summary["groups"] == 1  # seeds, learning rates and D all vary inside one ensemble
     grid.run_sweep(sw, tmp_path / "loop", ensemble_size=1, progress=False)
     a, b = curves(tmp_path / "vmap"), curves(tmp_path / "loop")

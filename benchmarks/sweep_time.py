@@ -1,0 +1,94 @@
+"""Where a small sweep's wall time goes, with and without the compile-time savings, measured side by side.
+
+    python benchmarks/sweep_time.py            # 4 sizes x 300 steps, three configurations, each in a fresh process
+
+Configurations (each trains the same sweep into a new directory, in its own process, one after another):
+- "no cache, compile in line": the persistent XLA cache off and each group compiled when it is reached (what every
+  sweep paid before jscale 0.1's compile work; the shared single-member initialisation is not switchable);
+- "cache, background compile, first run": the CLI's defaults on an empty cache;
+- "same sweep again": the defaults on the warm cache left by the previous run (a re-run, a resume, or a repeat
+  of the same shapes).
+Breakdown columns come from `grid.run_sweep(timings=...)`: data (tokenizing or opening the corpus), compile (all
+compile time, overlapped with training or not), compile waited (what the sweep waited for), init, train, eval,
+checkpoint; wall is the whole run_sweep call, imports excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+SWEEP = {
+    "name": "timing",
+    "base": {"model": {"n_layer": 2, "n_ctx": 64}, "data": {"eval_windows": 64},
+             "train": {"batch_size": 16, "steps": 300, "lr": 3e-3, "warmup_steps": 20, "eval_every": 100,
+                       "checkpoint_every": 100}},
+    "axis": [{"zip": {"model.d_model": [32, 48, 64, 96], "model.n_heads": [2, 3, 4, 6]}}],
+}
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from jscale import cli
+cli.enable_compilation_cache()
+from jscale import grid, sweep
+spec, out, background = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+timings = {}
+t1 = time.perf_counter()
+grid.run_sweep(sweep.expand(spec), out, ensemble_size=1, progress=False, background_compile=background,
+               timings=timings)
+timings["wall"] = time.perf_counter() - t1
+timings["imports"] = t1 - t0
+print(json.dumps(timings))
+"""
+
+COLUMNS = ("wall", "data", "compile", "compile_wait", "init", "train", "eval", "checkpoint")
+
+
+def run(spec: dict, out: str, background: bool, cache_dir: str | None) -> dict:
+    env = {**os.environ}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if cache_dir is None:
+        env["JSCALE_XLA_CACHE"] = "off"
+    else:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+        env.pop("JSCALE_XLA_CACHE", None)
+    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec), out, "1" if background else "0"],
+                       capture_output=True, text=True, env=env, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and 4 steps (for the tests)")
+    args = ap.parse_args()
+    spec = json.loads(json.dumps(SWEEP))
+    spec["base"]["train"]["steps"] = 4 if args.smoke else args.steps
+    if args.smoke:
+        spec["base"]["train"].update(eval_every=2, checkpoint_every=2, warmup_steps=1)
+        spec["base"]["data"]["eval_windows"] = 4
+        spec["axis"] = [{"zip": {"model.d_model": [16, 32], "model.n_heads": [2, 2]}}]
+    import jax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.path.join(tmp, "xla")
+        rows = [("no cache, compile in line", run(spec, os.path.join(tmp, "a"), False, None)),
+                ("cache, background compile, first run", run(spec, os.path.join(tmp, "b"), True, cache)),
+                ("same sweep again (warm cache)", run(spec, os.path.join(tmp, "c"), True, cache))]
+    n = len(spec["axis"][0]["zip"]["model.d_model"])
+    print(f"{datetime.date.today().isoformat()}, {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+          f"jax {jax.__version__}, {os.cpu_count()} CPUs; {n} sizes x {spec['base']['train']['steps']} steps")
+    print("| configuration | " + " | ".join(f"{c} (s)" for c in COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for name, t in rows:
+        print(f"| {name} | " + " | ".join(f"{t.get(c, 0.0):.1f}" for c in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
