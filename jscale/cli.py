@@ -70,10 +70,16 @@ def _plan(args) -> None:
 
     sw = sweep.load(args.sweep, args.overrides, args.scale)
     members = args.ensemble_size or grid.MAX_MEMBERS
-    print(sweep.plan_table(sw, sw.groups(members)))
+    groups = sw.groups(members)
+    print(sweep.plan_table(sw, groups))
     if args.ensemble_size is None:
         print(f"(groups shown at up to {members} members; `jscale run` measures whether this backend trains them "
-              f"faster vmapped or one by one, and how many fit in memory)")
+              f"faster as ensembles or one by one, and how many fit in memory)")
+    if not args.no_estimate:
+        from jscale import throughput
+
+        measured = throughput.table(log=lambda line: print(line, flush=True))
+        print(throughput.describe(groups, measured))
 
 
 def _run(args) -> None:
@@ -196,6 +202,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("overrides", nargs="*", help="base config overrides, e.g. train.steps=100")
     p.add_argument("--ensemble-size", type=int, help="at most this many runs per vmapped group")
     p.add_argument("--scale", help=SCALE_HELP)
+    p.add_argument("--no-estimate", action="store_true", help="skip the wall-time estimate (the first one on a "
+                                                                 "device measures its throughput, seconds on a CPU)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run a sweep; re-running on the same --out skips finished runs and resumes")

@@ -79,11 +79,12 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
                    jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
+    stacked_init = jax.jit(jax.vmap(init))
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:
         result[f"{mode}_step_s"] = timed(jax.jit(train.ensemble(step, mode), donate_argnums=0),
-                                         jax.jit(jax.vmap(init))(seeds),
-                                         jnp.zeros((members, B, T + 1), jnp.int32), stacked_hp)
+                                         stacked_init(seeds), jnp.zeros((members, B, T + 1), jnp.int32),
+                                         stacked_hp)
         result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
     result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
     result["speedup"] = result[f"{result['mode']}_speedup"]

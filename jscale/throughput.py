@@ -1,0 +1,130 @@
+"""Wall-time estimates for a sweep from this device's measured training throughput.
+
+The first estimate on a device trains a few probe models for some steps (seconds on a CPU) and caches what it
+measured in `CACHE/throughput.json` under the device's name; later estimates read the cache. A step of a group is
+modelled as `overhead + FLOPs / rate`, fitted per model family (Transformers, LSTMs) to the probes; evaluation
+costs a third of a training step's FLOPs per token; each distinct shape pays the probes' mean compile time
+(persistent-cache hits make re-runs cheaper than this says).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jscale import accounting
+from jscale.config import Config, DataConfig, ModelConfig, TrainConfig
+
+# (kind, n_layer, d_model, n_ctx, batch) per backend: small and large enough to separate overhead from rate.
+PROBES = {
+    "cpu": [("transformer", 2, 32, 64, 16), ("transformer", 2, 128, 64, 16), ("lstm", 2, 64, 64, 16)],
+    "gpu": [("transformer", 2, 128, 256, 32), ("transformer", 8, 512, 512, 32), ("lstm", 2, 512, 256, 32)],
+}
+PROBES["tpu"] = PROBES["gpu"]
+FAMILY = {"transformer": "transformer", "universal": "transformer", "transformer_xl": "transformer",
+          "lstm": "lstm"}
+
+
+def device_key() -> str:
+    import jax
+
+    return f"{jax.default_backend()}:{jax.devices()[0].device_kind}"
+
+
+def _cache_path() -> Path:
+    from jscale.data import cache_root
+
+    return cache_root(DataConfig()) / "throughput.json"
+
+
+def measure(steps: int = 8) -> dict:
+    """Train each probe of this backend for some steps; seconds per step, FLOPs per step and compile seconds."""
+    import jax
+
+    from jscale import train
+
+    rows = []
+    for kind, n_layer, d_model, n_ctx, batch in PROBES.get(jax.default_backend(), PROBES["cpu"]):
+        cfg = Config(model=ModelConfig(kind=kind, n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 32)
+                                       if kind != "lstm" else ModelConfig.n_heads, n_ctx=n_ctx),
+                     train=TrainConfig(batch_size=batch, steps=steps + 2, warmup_steps=1))
+        t0 = time.perf_counter()
+        compiled = train.compile_steps([cfg], stacked=False)
+        compile_s = time.perf_counter() - t0
+        state = compiled.init(np.uint32(0))
+        hp = {k: train.sharding.put(np.asarray(v), compiled.hp_sharding)
+              for k, v in train.hparams_from_config(cfg.train).items()}
+        batch_arr = train.sharding.put(np.zeros((batch, n_ctx + 1), np.int32), compiled.batch_sh)
+        seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
+        flops = batch * n_ctx * accounting.account(cfg.model).train_flops_exact
+        rows.append({"kind": kind, "n_layer": n_layer, "d_model": d_model, "n_ctx": n_ctx, "batch": batch,
+                     "flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compile_s})
+    return {"date": datetime.date.today().isoformat(), "probes": rows}
+
+
+def table(measure_if_missing: bool = True, log=print) -> dict | None:
+    """This device's probe measurements: from the cache, else measured now (and cached)."""
+    path = _cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cached = {}
+    key = device_key()
+    if key in cached or not measure_if_missing:
+        return cached.get(key)
+    log(f"(measuring this device's training throughput once, for wall-time estimates; cached in {path})")
+    cached[key] = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(cached, indent=2))
+        tmp.replace(path)
+    except OSError:
+        pass  # an estimate without a cache is still an estimate
+    return cached[key]
+
+
+def _fit(rows: list[dict]) -> tuple[float, float]:
+    """(overhead seconds, FLOP/s) of step time = overhead + flops / rate, from one or more probes."""
+    x = np.array([r["flops_per_step"] for r in rows], float)
+    y = np.array([r["seconds_per_step"] for r in rows], float)
+    if len(rows) == 1 or np.ptp(x) == 0:
+        return 0.0, float(x.mean() / y.mean())
+    slope, intercept = np.polyfit(x, y, 1)
+    if slope <= 0:  # noise larger than the size effect: no overhead term
+        return 0.0, float(x.sum() / y.sum())
+    return max(0.0, float(intercept)), float(1 / slope)
+
+
+def estimate(groups, measured: dict) -> dict[str, float]:
+    """Seconds to train, evaluate and compile these groups (sweep.Group), from the probe measurements."""
+    fits = {}
+    for family in ("transformer", "lstm"):
+        rows = [r for r in measured["probes"] if FAMILY[r["kind"]] == family]
+        fits[family] = _fit(rows or measured["probes"])
+    compile_per_shape = float(np.mean([r["compile_s"] for r in measured["probes"]]))
+    train_s = eval_s = 0.0
+    shapes = set()
+    for g in groups:
+        c, members = g.cfg, len(g.runs)
+        overhead, rate = fits[FAMILY[c.model.kind]]
+        per_token = accounting.account(c.model).train_flops_exact
+        step_flops = members * c.train.batch_size * c.model.n_ctx * per_token
+        train_s += c.train.steps * (overhead + step_flops / rate)
+        evals = -(-c.train.steps // c.train.eval_every)
+        eval_flops = members * c.data.eval_windows * c.model.n_ctx * per_token / 3
+        eval_s += evals * (overhead + eval_flops / rate)
+        shapes.add((json.dumps(c.model.__dict__, sort_keys=True), members, c.train.batch_size))
+    compile_s = compile_per_shape * len(shapes)
+    return {"train": train_s, "eval": eval_s, "compile": compile_s, "total": train_s + eval_s + compile_s}
+
+
+def describe(groups, measured: dict) -> str:
+    e = estimate(groups, measured)
+    fmt = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+    return (f"estimated wall time on {device_key()}: {fmt(e['total'])} (train {fmt(e['train'])}, eval "
+            f"{fmt(e['eval'])}, compile {fmt(e['compile'])}), from throughput measured {measured['date']}")

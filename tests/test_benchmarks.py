@@ -1,0 +1,69 @@
+"""The benchmark scripts run end to end (tiny sizes, on the CPU) so that they cannot rot before a GPU runs them,
+and `jscale plan`'s wall-time estimate follows the work it is given."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, jscale_cmd
+from jscale import sweep, throughput
+
+
+def test_gpu_benchmark_smoke_runs_every_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# existing results\n")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke", "--results", str(results)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# existing results\n")  # appended, nothing lost
+    assert "failed:" not in text and "skipped: the" not in text, text
+    sections = text.split("\n### ")[1:]
+    assert len(sections) == 6
+    for section in sections:  # every section produced a table with at least one measured row
+        rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+        assert len(rows) >= 2, section
+    probes = sections[-1]
+    experiments = {p.stem for p in (REPO / "experiments").glob("*.toml")} - {"train_small"}
+    assert all(f"| {name} |" in probes for name in experiments), probes
+
+
+MEASURED = {"date": "2026-11-28", "probes": [
+    {"kind": "transformer", "flops_per_step": 1e8, "seconds_per_step": 0.01, "compile_s": 5.0},
+    {"kind": "transformer", "flops_per_step": 1e9, "seconds_per_step": 0.04, "compile_s": 5.0},
+    {"kind": "lstm", "flops_per_step": 1e8, "seconds_per_step": 0.02, "compile_s": 3.0}]}
+
+
+def test_the_estimate_follows_the_work(repo):
+    sw = sweep.load(repo / "experiments" / "quickstart.toml")
+    twice = sweep.load(repo / "experiments" / "quickstart.toml", ["train.steps=1000"])
+    a = throughput.estimate(sw.groups(1), MEASURED)
+    b = throughput.estimate(twice.groups(1), MEASURED)
+    assert b["train"] == pytest.approx(2 * a["train"]) and b["eval"] == pytest.approx(2 * a["eval"])
+    assert b["compile"] == a["compile"] == pytest.approx(len(sw.groups(1)) * 13 / 3)
+    # overhead 6.67 ms and 30 GFLOP/s from the two Transformer probes, by hand:
+    g = sw.groups(1)[0]
+    from jscale import accounting
+
+    flops = g.cfg.train.batch_size * g.cfg.model.n_ctx * accounting.account(g.cfg.model).train_flops_exact
+    one = throughput.estimate([g], MEASURED)["train"]
+    assert one == pytest.approx(g.cfg.train.steps * (0.01 - 1e8 / 3e10 + flops / 3e10), rel=1e-6)
+
+
+def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setitem(throughput.PROBES, "cpu", [("transformer", 1, 16, 16, 2), ("lstm", 1, 16, 16, 2)])
+    monkeypatch.setenv("JSCALE_CACHE", str(tmp_path))
+    measured = throughput.table(log=lambda line: None)
+    assert [r["kind"] for r in measured["probes"]] == ["transformer", "lstm"]
+    assert all(r["seconds_per_step"] > 0 and r["flops_per_step"] > 0 for r in measured["probes"])
+    cached = json.loads((tmp_path / "throughput.json").read_text())
+    assert cached[throughput.device_key()] == measured
+    monkeypatch.setattr(throughput, "measure", lambda: pytest.fail("measured again"))
+    assert throughput.table() == measured
+    env = {**os.environ, "JSCALE_CACHE": str(tmp_path)}
+    p = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "quickstart.toml")), capture_output=True,
+                       text=True, env=env, check=True)
+    assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
