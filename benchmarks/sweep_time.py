@@ -63,6 +63,32 @@ def run(spec: dict, out: str, background: bool, cache_dir: str | None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+INIT_CHILD = r"""
+import json, sys, time
+import jax, jax.numpy as jnp
+from jscale import config, train
+from jscale.models import build
+d = 32 if sys.argv[1] == "1" else 128
+cfg = config.load(None, [f"model.d_model={d}", "model.n_layer=4", "model.n_heads=4", "model.n_ctx=128"])
+model, opt = build(cfg.model), train.make_optimizer(cfg.train)
+init = lambda s: train.init_state(model, opt, 128, s, cfg.train.batch_size)
+out = {}
+for name, fn, shape in (("vmapped", jax.vmap(init), (4,)), ("single", init, ())):
+    t0 = time.perf_counter()
+    jax.jit(fn).lower(jax.ShapeDtypeStruct(shape, jnp.uint32)).compile()
+    out[name] = time.perf_counter() - t0
+print(json.dumps(out))
+"""
+
+
+def init_compile(smoke: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    p = subprocess.run([sys.executable, "-c", INIT_CHILD, "1" if smoke else "0"], capture_output=True, text=True,
+                       env=env, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -81,6 +107,11 @@ def main() -> None:
         rows = [("no cache, compile in line", run(spec, os.path.join(tmp, "a"), False, None)),
                 ("cache, background compile, first run", run(spec, os.path.join(tmp, "b"), True, cache)),
                 ("same sweep again (warm cache)", run(spec, os.path.join(tmp, "c"), True, cache))]
+        init = init_compile(smoke=args.smoke)
+    from jscale import sweep, throughput
+
+    groups = sweep.expand(spec).groups(1)
+    measured = throughput.table(log=lambda line: None)
     n = len(spec["axis"][0]["zip"]["model.d_model"])
     print(f"{datetime.date.today().isoformat()}, {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"jax {jax.__version__}, {os.cpu_count()} CPUs; {n} sizes x {spec['base']['train']['steps']} steps")
@@ -88,6 +119,10 @@ def main() -> None:
     print("|---|" + "---|" * len(COLUMNS))
     for name, t in rows:
         print(f"| {name} | " + " | ".join(f"{t.get(c, 0.0):.1f}" for c in COLUMNS) + " |")
+    print(f"\n`jscale plan`'s estimate for this sweep: {throughput.describe(groups, measured)}")
+    print("\nInitialisation compile of a 4-member ensemble (d_model 128, 4 layers, n_ctx 128), cold cache:")
+    print(f"vmapped init over the members {init['vmapped']:.2f} s; the shared single-member init "
+          f"{init['single']:.2f} s (compiled once per model shape, whatever the ensemble size)")
 
 
 if __name__ == "__main__":

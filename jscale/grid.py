@@ -285,11 +285,16 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             if stop_after is not None and trained >= stop_after:
                 break
             # Another job on this directory may be training this group now: leave it to that job.
-            if leader and jax.process_count() == 1 and not db.claim(g.group_id):
-                busy += 1
-                if bar is not None:
-                    bar.write(f"group {g.group_id}: being trained by another job on {out}; skipped")
-                continue
+            if leader and jax.process_count() == 1:
+                if not db.claim(g.group_id):
+                    busy += 1
+                    if bar is not None:
+                        bar.write(f"group {g.group_id}: being trained by another job on {out}; skipped")
+                    continue
+                statuses = db.status(r.run_id for r in g.runs)
+                if all(statuses.get(r.run_id) in ("done", "diverged") for r in g.runs):
+                    db.release(g.group_id)  # another job finished it after this one made its list
+                    continue
             try:
                 future = ahead.pop(g.group_id, None)
                 compile_ahead(i + 1)

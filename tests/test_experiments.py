@@ -26,7 +26,8 @@ def test_every_scale_plans_and_every_run_can_start(name):
 
 
 def test_plan_prints_the_scale_and_rejects_an_unknown_one():
-    ok = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full"),
+    ok = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full",
+                                   "--no-estimate"),
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "sweep shape at scale full" in ok.stdout
     bad = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "huge"),
