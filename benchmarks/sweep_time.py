@@ -1,6 +1,7 @@
 """Where a small sweep's wall time goes, with and without the compile-time savings, measured side by side.
 
     python benchmarks/sweep_time.py            # 4 sizes x 300 steps, three configurations, each in a fresh process
+    python benchmarks/sweep_time.py --before d16bad8   # and the same sweep with the code of an earlier commit
 
 Configurations (each trains the same sweep into a new directory, in its own process, one after another):
 - "no cache, compile in line": the persistent XLA cache off and each group compiled when it is reached (what every
@@ -8,6 +9,8 @@ Configurations (each trains the same sweep into a new directory, in its own proc
 - "cache, background compile, first run": the CLI's defaults on an empty cache;
 - "same sweep again": the defaults on the warm cache left by the previous run (a re-run, a resume, or a repeat
   of the same shapes).
+--before REV adds a row for the same sweep trained by the code at git revision REV (checked out into a temporary
+worktree), wall time only: that code has no timings.
 Breakdown columns come from `grid.run_sweep(timings=...)`: data (tokenizing or opening the corpus), compile (all
 compile time, overlapped with training or not), compile waited (what the sweep waited for), init, train, eval,
 checkpoint; wall is the whole run_sweep call, imports excluded.
@@ -89,8 +92,33 @@ def init_compile(smoke: bool) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+BEFORE_CHILD = r"""
+import json, sys, time
+from jscale import grid, sweep
+spec, out = json.loads(sys.argv[1]), sys.argv[2]
+t0 = time.perf_counter()
+grid.run_sweep(sweep.expand(spec), out, ensemble_size=1, progress=False)
+print(json.dumps({"wall": time.perf_counter() - t0}))
+"""
+
+
+def run_before(rev: str, spec: dict, tmp: str) -> dict:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = os.path.join(tmp, "before")
+    subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", tree, rev], check=True, capture_output=True)
+    try:
+        env = {**os.environ, "PYTHONPATH": tree}
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        p = subprocess.run([sys.executable, "-c", BEFORE_CHILD, json.dumps(spec), os.path.join(tmp, "z")],
+                           capture_output=True, text=True, env=env, check=True, cwd=tree)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", help="also time the same sweep with the code at this git revision (wall only)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and 4 steps (for the tests)")
     args = ap.parse_args()
@@ -108,6 +136,8 @@ def main() -> None:
                 ("cache, background compile, first run", run(spec, os.path.join(tmp, "b"), True, cache)),
                 ("same sweep again (warm cache)", run(spec, os.path.join(tmp, "c"), True, cache))]
         init = init_compile(smoke=args.smoke)
+        if args.before:
+            rows.insert(0, (f"code at {args.before} (wall only)", run_before(args.before, spec, tmp)))
     from jscale import sweep, throughput
 
     groups = sweep.expand(spec).groups(1)
@@ -118,7 +148,7 @@ def main() -> None:
     print("| configuration | " + " | ".join(f"{c} (s)" for c in COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for name, t in rows:
-        print(f"| {name} | " + " | ".join(f"{t.get(c, 0.0):.1f}" for c in COLUMNS) + " |")
+        print(f"| {name} | " + " | ".join("-" if c not in t else f"{t[c]:.1f}" for c in COLUMNS) + " |")
     print(f"\n`jscale plan`'s estimate for this sweep: {throughput.describe(groups, measured)}")
     print("\nInitialisation compile of a 4-member ensemble (d_model 128, 4 layers, n_ctx 128), cold cache:")
     print(f"vmapped init over the members {init['vmapped']:.2f} s; the shared single-member init "
