@@ -589,6 +589,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
                 interrupts.point("eval")
+                jax.block_until_ready(state)  # the steps dispatched so far count as training, not evaluation
                 eval_start = time.perf_counter()
                 per_position = np.zeros((M if stacked else 1, n_ctx))
                 C = steps.eval_chunk
