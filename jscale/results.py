@@ -171,15 +171,6 @@ class ResultsDB:
             self.conn.execute("DELETE FROM claims WHERE group_id = ? AND host = ? AND pid = ?",
                               (group_id, socket.gethostname(), os.getpid()))
 
-    def claimed(self) -> set[str]:
-        """Groups that a live process is training now."""
-        with db_errors(self.path):
-            try:
-                rows = self.conn.execute("SELECT group_id, host, pid, heartbeat FROM claims").fetchall()
-            except sqlite3.OperationalError:  # a database from before claims existed
-                return set()
-        return {g for g, *owner in rows if _alive(*owner)}
-
     def truncate(self, run_ids: list[str], after_step: int) -> None:
         """Forget evaluations past a checkpoint: they are redone from it."""
         marks = ", ".join("?" for _ in run_ids)

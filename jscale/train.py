@@ -539,10 +539,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     cfg, M = cfgs[0], len(cfgs)
     t, n_ctx = cfg.train, cfg.model.n_ctx
     steps = compiled if compiled is not None else compile_steps(cfgs, stacked, devices, mode)
-    times = steps.seconds if timings is None else timings
-    if timings is not None:
-        for key, value in steps.seconds.items():
-            timings[key] = timings.get(key, 0.0) + value
+    times = {} if timings is None else timings
+    for key, value in steps.seconds.items():
+        times[key] = times.get(key, 0.0) + value
     mesh, state_sh, batch_sh, replicated = steps.mesh, steps.state_sh, steps.batch_sh, steps.replicated
     host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
     host_hp = _stack(host_hp) if stacked else host_hp[0]
