@@ -276,5 +276,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def entry() -> None:
+    """The `jscale` console script: main(), and after a stop by a signal, leave without the interpreter's teardown.
+    Everything jscale wrote is whole and closed by then, but orbax's and TensorStore's threads may still be winding
+    down, and at teardown they print tracebacks ("cannot schedule new futures after shutdown")."""
+    status = main()
+    if status >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -460,6 +460,7 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     cache_key = _shape_key(cfgs, stacked, devices) + mode
     if cache_key in _STEPS_CACHE:
         return dataclasses.replace(_STEPS_CACHE[cache_key], seconds={"compile": 0.0})
+    interrupts.point("compile")
     t0 = time.perf_counter()
     cfg, M = cfgs[0], len(cfgs)
     if not stacked and M != 1:
@@ -575,7 +576,6 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
-    interrupts.point("compile")
     loop_start, eval_before, checkpoint_before = time.perf_counter(), times.get("eval", 0.0), times.get("checkpoint", 0.0)
     try:
         for step in range(start, end):
