@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import accounting, data, interrupts, results, sweep as sweeps, train
-from jscale.config import Config, ConfigError, ResourceError
+from jscale.config import Config, ConfigError, resource_error
 
 MAX_MEMBERS = 64
 
@@ -88,7 +88,6 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
         result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
     result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
     result["speedup"] = result[f"{result['mode']}_speedup"]
-    result["vmapped_step_s"] = result["vmap_step_s"]
     return result
 
 
@@ -99,7 +98,7 @@ def directory_lock(out: Path):
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / ".lock", "a")
     except OSError as e:
-        raise ResourceError(f"{out}: cannot write here: {(e.strerror or str(e)).lower()}") from None
+        raise resource_error(e, out, "cannot write here") from None
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

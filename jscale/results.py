@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from jscale.config import JscaleError, ResourceError
+from jscale.config import JscaleError, ResourceError, resource_error
 
 DB_NAME = "results.sqlite"
 
@@ -96,8 +96,7 @@ class ResultsDB:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
-                    raise ResourceError(f"{self.path.parent}: cannot create: {(e.strerror or str(e)).lower()}"
-                                        ) from None
+                    raise resource_error(e, self.path.parent, "cannot create") from None
                 self.conn = sqlite3.connect(self.path, timeout=_busy_timeout_s(), isolation_level=None)
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")  # all tables or none

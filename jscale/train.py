@@ -27,8 +27,9 @@ import numpy as np
 import optax
 
 from jscale import accounting, data, interrupts, sharding
-from jscale.config import Config, ConfigError, ResourceError, TrainConfig
+from jscale.config import Config, ConfigError, ResourceError, TrainConfig, resource_error
 from jscale.models import build, has_memory
+from jscale.sweep import MEMBER_KEYS
 
 Hparams = dict[str, jax.Array]
 
@@ -185,7 +186,7 @@ def _checkpoint_manager(directory: Path, keep: int):
         return ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True))
     except OSError as e:
-        raise ResourceError(f"{directory}: cannot create the checkpoint directory: {e.strerror or e}") from None
+        raise resource_error(e, directory, "cannot create the checkpoint directory") from None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -195,7 +196,7 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise ResourceError(f"{path}: cannot write: {(e.strerror or str(e)).lower()}") from None
+        raise resource_error(e, path, "cannot write") from None
 
 
 # Messages by which orbax/TensorStore report what is the disk's fault rather than a bug.
@@ -364,7 +365,7 @@ class JsonlSink:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
         except OSError as e:
-            raise ResourceError(f"{self.path}: cannot write: {(e.strerror or str(e)).lower()}") from None
+            raise resource_error(e, self.path, "cannot write") from None
 
 
 def _fetch(x) -> np.ndarray:
@@ -406,9 +407,7 @@ def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
     """What a group's compiled steps depend on: the config less the per-member hyperparameters, the member count,
     and the devices."""
     d = cfgs[0].to_dict()
-    for section, key in (("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"),
-                         ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"),
-                         ("train", "data_seed"), ("data", "max_train_tokens")):
+    for section, key in MEMBER_KEYS:
         d[section].pop(key)
     return json.dumps([d, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
 
@@ -689,7 +688,7 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ResourceError(f"{run_dir}: cannot create: {(e.strerror or str(e)).lower()}") from None
+            raise resource_error(e, run_dir, "cannot create") from None
         write_atomic(config_path, json.dumps(wanted, indent=2))
 
 
