@@ -116,9 +116,15 @@ class DataConfig:
     corpus: str = "builtin:stdlib"  # builtin:stdlib | a file, directory or glob | tfds:NAME[/CONFIG]
     tokenizer: str = "bytes"  # bytes | bpe
     vocab_size: int = 4096  # BPE vocabulary size (bytes is always 256)
-    test_fraction: float = 0.05  # share of documents held out, chosen by a hash of their name
-    max_train_tokens: int = 0  # train only on the first D tokens of the training split; 0 = all
-    eval_windows: int = 64  # fixed held-out windows of n_ctx + 1 tokens used for every evaluation
+    validation_fraction: float = 0.05  # share of documents in the validation split (model selection reads it)
+    test_fraction: float = 0.05  # share of documents in the test split (read only for reporting)
+    validation: str = ""  # local corpora: files or a glob that are the validation split instead of a share
+    test: str = ""  # local corpora: files or a glob that are the test split instead of a share
+    extra_eval: str = ""  # local corpora: more evaluation sets no model trains on, "NAME=GLOB,NAME=GLOB"
+    max_train_tokens: int = 0  # D: train on D tokens drawn as random chunks over the whole train split; 0 = all
+    subset_seed: int = 0  # which chunks make up the D tokens (subsets of one seed are nested)
+    subset_chunk: int = 4096  # tokens per chunk of a D-token subset
+    eval_windows: int = 64  # fixed windows of n_ctx + 1 tokens per evaluation set, used for every evaluation
     cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
     tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
 
@@ -129,7 +135,11 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     warmup_steps: int = 100
-    final_lr_fraction: float = 0.0  # cosine decays to lr * this (0 as Kaplan, 0.1 as Chinchilla)
+    warmup_tokens: int = 0  # > 0: warmup over this many tokens instead (sets warmup_steps)
+    warmup_per_param: float = 0.0  # > 0: warmup over this many tokens per parameter, N_total (Porian et al.: ~1)
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay: constant, then linear cooldown) | constant
+    decay_fraction: float = 0.2  # wsd: the share of the steps the linear cooldown takes
+    final_lr_fraction: float = 0.0  # the schedule ends at lr * this (0 as Kaplan, 0.1 as Chinchilla)
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -167,11 +177,34 @@ class Config:
                               f"{self.model.vocab_size} would be overwritten: leave it out"
                               + ("" if self.data.tokenizer == "bytes" else " or set data.vocab_size"))
         cfg = dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab))
+        cfg = dataclasses.replace(cfg, train=_resolve_warmup(cfg))
         validate(cfg)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _resolve_warmup(cfg: "Config") -> "TrainConfig":
+    """warmup_tokens or warmup_per_param (tokens per parameter of the whole model) turned into warmup_steps, at
+    least one step and at most half the run. Given with a non-default warmup_steps, they are refused."""
+    t = cfg.train
+    if not (t.warmup_tokens or t.warmup_per_param):
+        return t
+    if t.warmup_tokens and t.warmup_per_param:
+        raise ConfigError("train.warmup_per_param: give warmup_tokens or warmup_per_param, not both")
+    key = "warmup_tokens" if t.warmup_tokens else "warmup_per_param"
+    if t.warmup_steps not in (TrainConfig.warmup_steps, 0):
+        raise ConfigError(f"train.{key}: sets train.warmup_steps; leave warmup_steps out")
+    if t.warmup_tokens:
+        tokens = t.warmup_tokens
+    else:
+        from jscale import accounting  # (accounting imports this module)
+
+        tokens = t.warmup_per_param * accounting.account(cfg.model).N_total
+    steps = round(tokens / (t.batch_size * cfg.model.n_ctx))
+    return dataclasses.replace(t, warmup_steps=int(min(max(steps, 1), t.steps // 2)), warmup_tokens=0,
+                               warmup_per_param=0.0)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig}
@@ -312,13 +345,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:
         raise ConfigError(f"data.vocab_size: a BPE vocabulary needs 257 to 1048576 entries, got {d.vocab_size}")
-    if not 0 < d.test_fraction < 1:
-        raise ConfigError(f"data.test_fraction: must be in (0, 1), got {d.test_fraction}")
+    for key in ("validation_fraction", "test_fraction"):
+        if not 0 < getattr(d, key) < 1:
+            raise ConfigError(f"data.{key}: must be in (0, 1), got {getattr(d, key)}")
+    if d.validation_fraction + d.test_fraction >= 0.5:
+        raise ConfigError(f"data.validation_fraction: with data.test_fraction it holds out "
+                          f"{d.validation_fraction + d.test_fraction:g} of the corpus; keep the two under 0.5")
+    if d.subset_chunk < 1:
+        raise ConfigError(f"data.subset_chunk: must be positive, got {d.subset_chunk}")
+    if not 0 <= d.subset_seed < 2**32:
+        raise ConfigError(f"data.subset_seed: must be in [0, 2^32), got {d.subset_seed}")
     if d.max_train_tokens < 0:
         raise ConfigError(f"data.max_train_tokens: must be >= 0 (0 = all), got {d.max_train_tokens}")
     if 0 < d.max_train_tokens <= m.n_ctx:
         raise ConfigError(f"data.max_train_tokens: {d.max_train_tokens} tokens cannot hold one window of "
                           f"model.n_ctx + 1 = {m.n_ctx + 1}")
+    _choice("train.schedule", t.schedule, ("cosine", "wsd", "constant"))
+    if not 0 < t.decay_fraction <= 1:
+        raise ConfigError(f"train.decay_fraction: must be in (0, 1], got {t.decay_fraction}")
+    if t.warmup_tokens < 0 or t.warmup_per_param < 0:
+        key = "warmup_tokens" if t.warmup_tokens < 0 else "warmup_per_param"
+        raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
     if not 0 <= t.warmup_steps <= t.steps:
         raise ConfigError(f"train.warmup_steps: must be in [0, train.steps = {t.steps}], got {t.warmup_steps}")
     if not 0 <= t.final_lr_fraction <= 1:

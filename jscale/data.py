@@ -1,17 +1,26 @@
-"""Corpora, tokenization into cached memory-mapped token files, and batches as pure functions of (seed, step).
+"""Corpora, their splits, tokenization into cached memory-mapped token files, and batches as pure functions of
+(seed, step).
+
+Every corpus has three disjoint splits, `train`, `validation` and `test`, plus any number of named extra evaluation
+sets that no model trains on. Model selection (learning-rate pilots, early stopping, best checkpoints) reads
+`validation` only; `test` is read for reporting.
 
 Corpora (`data.corpus`):
-- `builtin:stdlib`: every `.py` file of the running interpreter's standard library (site-packages excluded),
-  in sorted path order. On CPython 3.11.7 that is 1,790 files, 31.5 MB, so 31.5M byte tokens; the exact size is
-  recorded in the token file's meta.json. Needs no download on any machine with Python.
-- a file, directory or glob of local text files;
+- `builtin:stdlib`: every `.py` file of the running interpreter's standard library (site-packages excluded).
+  Files are cut into pieces of about 16 kB (at line ends) and each piece is dealt to a split by a hash of its
+  name, so every split is a representative mix of the library (no file is more than 5% of any split; tested).
+  The English prose of the library (`pydoc_data/`, Sphinx-generated documentation in string literals, and files
+  whose bytes are mostly runs of English words) is in no split: it is the extra evaluation set `prose`, a second
+  distribution no model trains on (Kaplan et al. Fig. 8). Needs no download on any machine with Python.
+- a file, directory or glob of local text files. `data.validation` / `data.test` may name files or globs that form
+  those splits (wikitext's `wiki.valid.raw`); otherwise documents (files, or ~4 kB pieces of a corpus of fewer
+  than 400 files) are held out by a stable hash of their name. `data.extra_eval = "NAME=GLOB,..."` adds named sets.
 - `tfds:NAME[/CONFIG]`: a text dataset of the TensorFlow Datasets catalogue, read through `tfds.data_source`
-  (ArrayRecord, no TensorFlow); its test (or validation) split is the held-out split.
-Documents are held out by a stable hash (SHA-256) of their name, so the split never depends on file order.
+  (ArrayRecord, no TensorFlow); its own validation and test splits where it has them.
 
-Tokenized corpora are cached under `cache_dir/<corpus>-<tokenizer>/` as train.bin / test.bin (raw uint8, uint16 or
-uint32) with meta.json, written to a temporary directory and renamed into place, so a killed process never leaves a
-half-written cache.
+Tokenized corpora are cached under `cache_dir/<corpus>-<tokenizer>/` as one `<split>.bin` per split (raw uint8,
+uint16 or uint32) with meta.json, written to a temporary directory and renamed into place, so a killed process
+never leaves a half-written cache.
 """
 
 from __future__ import annotations
@@ -35,16 +44,29 @@ import numpy as np
 from jscale import interrupts
 from jscale.config import ConfigError, DataConfig
 
-CHUNK_BYTES = 1 << 16  # a corpus of few files is split into documents of about this size (at line ends)
+SPLITS = ("train", "validation", "test")
+HELD_OUT = ("validation", "test")
+CHUNK_BYTES = 1 << 12  # a corpus of fewer than CHUNK_BELOW_FILES files is dealt to splits in pieces of this size
+CHUNK_BELOW_FILES = 400
+BUILTIN_CHUNK_BYTES = 1 << 14  # the built-in corpus is always dealt in pieces (each split a mix of the library)
+PROSE_SHARE = 0.4  # a built-in file whose bytes are at least this share English-word runs is prose, not code
 DOC_SEPARATOR = "\n"
+CORPUS_VERSION = 2  # bump when the split rules change: cached token files of another version are not reused
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Corpora: a stable id and two streams of documents.
+# Corpora: a stable id and a stream of documents per split.
 
 
 def _hash_fraction(name: str) -> float:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def split_by_hash(name: str, validation_fraction: float, test_fraction: float) -> str:
+    """The held-out split a document belongs to, by a stable hash of its name: test below test_fraction, then
+    validation, else train (so changing validation_fraction never moves a document into or out of test)."""
+    h = _hash_fraction(name)
+    return "test" if h < test_fraction else "validation" if h < test_fraction + validation_fraction else "train"
 
 
 @dataclass(frozen=True)
@@ -52,11 +74,14 @@ class Corpus:
     id: str  # names the corpus and its version in the cache
     description: str
 
+    def split_names(self) -> tuple[str, ...]:
+        return SPLITS
+
     def documents(self, split: str) -> Iterator[str]:
         raise NotImplementedError
 
 
-def _chunks(text: str, size: int = CHUNK_BYTES) -> list[str]:
+def _chunks(text: str, size: int) -> list[str]:
     """Split text at line ends into pieces of about `size` characters."""
     pieces, start = [], 0
     while start < len(text):
@@ -67,56 +92,97 @@ def _chunks(text: str, size: int = CHUNK_BYTES) -> list[str]:
     return pieces
 
 
+_ENGLISH_RUN = re.compile(r"[A-Za-z][a-z]+(?:,?(?: |\\n)[A-Za-z(][a-z)]+[.,;:]?){4,}")
+
+
+def prose_share(text: str) -> float:
+    """The share of a text's characters in runs of five or more English words (docstrings, comments, prose)."""
+    return sum(len(m.group(0)) for m in _ENGLISH_RUN.finditer(text)) / max(len(text), 1)
+
+
 @dataclass(frozen=True)
 class FileCorpus(Corpus):
     root: Path
     files: tuple[Path, ...]
+    validation_fraction: float
     test_fraction: float
+    chunk_bytes: int  # 0: each file is one document
+    assigned: tuple[tuple[str, str], ...] = ()  # (file name, split) for files whose split is given, not hashed
+    extra: tuple[str, ...] = ()  # names of the extra evaluation sets among the assigned splits
 
-    def _named_documents(self) -> Iterator[tuple[str, str]]:
-        chunked = len(self.files) < 20  # too few files to hold some out by name: hold out chunks instead
+    def split_names(self) -> tuple[str, ...]:
+        return SPLITS + self.extra
+
+    def _named_documents(self) -> Iterator[tuple[str, str, str]]:
+        """(document name, split, text) in path order."""
+        given = dict(self.assigned)
         for path in self.files:
-            text = path.read_text(encoding="utf-8", errors="replace")
             name = path.relative_to(self.root).as_posix()
-            if chunked:
-                yield from ((f"{name}#{i}", piece) for i, piece in enumerate(_chunks(text)))
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if name in given:
+                yield name, given[name], text
+            elif self.chunk_bytes:
+                for i, piece in enumerate(_chunks(text, self.chunk_bytes)):
+                    piece_name = f"{name}#{i}"
+                    yield piece_name, self.split_of(piece_name), piece
             else:
-                yield name, text
+                yield name, self.split_of(name), text
 
-    def in_split(self, name: str, split: str) -> bool:
-        return (_hash_fraction(name) < self.test_fraction) == (split == "test")
+    def split_of(self, name: str) -> str:
+        return split_by_hash(name, self.validation_fraction, self.test_fraction)
 
     def split_bytes(self) -> dict[str, int]:
         """Bytes each split will hold (documents and separators), from the files alone: no tokenizing."""
-        sizes = {"train": 0, "test": 0}
-        if len(self.files) < 20:  # chunked documents: split exactly as _named_documents will
-            for name, text in self._named_documents():
-                sizes["test" if self.in_split(name, "test") else "train"] += len(text.encode()) + 1
-            return sizes
-        for path in self.files:
-            name = path.relative_to(self.root).as_posix()
-            sizes["test" if self.in_split(name, "test") else "train"] += path.stat().st_size + 1
+        sizes = dict.fromkeys(self.split_names(), 0)
+        for _, split, text in self._named_documents():
+            sizes[split] += len(text.encode()) + 1
         return sizes
 
     def names(self, split: str) -> list[str]:
-        return [name for name, _ in self._named_documents() if self.in_split(name, split)]
+        return [name for name, s, _ in self._named_documents() if s == split]
 
     def documents(self, split: str) -> Iterator[str]:
-        for name, text in self._named_documents():
-            if self.in_split(name, split):
+        for _, s, text in self._named_documents():
+            if s == split:
                 yield text
 
 
-def _file_corpus(files: list[Path], root: Path, label: str, cfg: DataConfig) -> FileCorpus:
-    files = sorted(files, key=lambda p: p.relative_to(root).as_posix())
+def _glob_files(spec: str, key: str) -> tuple[list[Path], Path]:
+    """The files a path, directory or glob names, and the folder their names are relative to."""
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        files, root = [p for p in path.rglob("*") if p.is_file()], path
+    elif path.is_file():
+        files, root = [path], path.parent
+    else:
+        files = [Path(p) for p in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file()]
+        root = Path(os.path.commonpath([p.parent for p in files])) if files else Path(".")
+    if not files:
+        raise ConfigError(f"{key}: no files match {spec!r}")
+    return files, root
+
+
+def _stamp(files: list[Path], root: Path) -> str:
     stamp = hashlib.sha256()
     for p in files:
         st = p.stat()
         stamp.update(f"{p.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return stamp.hexdigest()[:12]
+
+
+def _file_corpus(files: list[Path], root: Path, label: str, cfg: DataConfig, chunk_bytes: int,
+                 assigned: dict[str, str], extra: tuple[str, ...]) -> FileCorpus:
+    """A corpus of files under root. assigned: files (by name under root) whose split is given."""
+    files = sorted(set(files), key=lambda p: p.relative_to(root).as_posix())
+    val_fraction = 0.0 if "validation" in assigned.values() else cfg.validation_fraction
+    test_fraction = 0.0 if "test" in assigned.values() else cfg.test_fraction
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")[-40:]
-    return FileCorpus(id=f"{slug}-{stamp.hexdigest()[:12]}-test{cfg.test_fraction:g}",
+    rules = hashlib.sha256(json.dumps([CORPUS_VERSION, val_fraction, test_fraction, chunk_bytes,
+                                       sorted(assigned.items())]).encode()).hexdigest()[:8]
+    return FileCorpus(id=f"{slug}-{_stamp(files, root)}-{rules}",
                       description=f"{label}: {len(files)} files", root=root, files=tuple(files),
-                      test_fraction=cfg.test_fraction)
+                      validation_fraction=val_fraction, test_fraction=test_fraction, chunk_bytes=chunk_bytes,
+                      assigned=tuple(sorted(assigned.items())), extra=extra)
 
 
 def stdlib_files() -> tuple[Path, list[Path]]:
@@ -125,10 +191,42 @@ def stdlib_files() -> tuple[Path, list[Path]]:
     return root, files
 
 
+def stdlib_prose(cache: Path | None = None) -> tuple[str, ...]:
+    """The built-in corpus's English prose, by name: pydoc_data (Sphinx documentation in string literals) and any
+    file of at least 4 kB whose bytes are mostly runs of English words (on CPython 3.11.7: sched.py,
+    xml/sax/handler.py, xml/sax/_exceptions.py; the next file, a heavily documented module, has 0.39).
+    The list is kept in the cache folder, keyed by the library's file names, sizes and times."""
+    root, files = stdlib_files()
+    files = sorted(files)
+    path = None if cache is None else cache / f"stdlib-prose-{_stamp(files, root)}.json"
+    if path is not None and path.exists():
+        try:
+            return tuple(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            pass
+    prose = []
+    for p in files:
+        name = p.relative_to(root).as_posix()
+        if name.startswith("pydoc_data/"):
+            prose.append(name)
+        elif p.stat().st_size >= 4096 and prose_share(p.read_text(encoding="utf-8", errors="replace")) >= PROSE_SHARE:
+            prose.append(name)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(prose))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache: classified again next time
+    return tuple(sorted(prose))
+
+
 @dataclass(frozen=True)
 class TfdsCorpus(Corpus):
     name: str
     data_dir: str | None
+    validation_fraction: float
     test_fraction: float
 
     def _source(self, split: str):
@@ -151,14 +249,16 @@ class TfdsCorpus(Corpus):
         return "text" if "text" in keys else keys[0]
 
     def documents(self, split: str) -> Iterator[str]:
-        key, splits = self._text_key(), self._splits()
-        held_out = next((s for s in ("test", "validation") if s in splits), None)
-        if held_out is not None:
-            source = self._source("train" if split == "train" else held_out)
-            keep = lambda i: True
-        else:  # no held-out split: hold out examples by a hash of their index
+        """The dataset's own validation and test splits where it has them; a split it lacks is held out of its
+        train split by a hash of the example's index."""
+        key, have = self._text_key(), self._splits()
+        if split != "train" and split in have:
+            source, keep = self._source(split), lambda i: True
+        else:
             source = self._source("train")
-            keep = lambda i: (_hash_fraction(f"{self.name}:{i}") < self.test_fraction) == (split == "test")
+            val = 0.0 if "validation" in have else self.validation_fraction
+            test = 0.0 if "test" in have else self.test_fraction
+            keep = lambda i: split_by_hash(f"{self.name}:{i}", val, test) == split
         for i in range(len(source)):
             if keep(i):
                 text = source[i][key]
@@ -194,27 +294,53 @@ def _split_bytes(cfg: DataConfig) -> tuple[Corpus, dict[str, int]] | None:
     return (corpus, corpus.split_bytes()) if isinstance(corpus, FileCorpus) else None
 
 
+def _split_key(split: str, cfg: DataConfig) -> str:
+    """The config key that sizes a split (named in errors)."""
+    if split == "train":
+        return "data.validation_fraction" if cfg.validation_fraction else "data.test_fraction"
+    if split == "validation":
+        return "data.validation" if cfg.validation else "data.validation_fraction"
+    if split == "test":
+        return "data.test" if cfg.test else "data.test_fraction"
+    return "data.extra_eval"
+
+
 def check_sizes(cfg: DataConfig, n_ctx: int, context: int = 0) -> None:
-    """Before tokenizing or training a tokenizer: do the splits hold one training window and the held-out context?
-    Counted in bytes from the files; a token is at least one byte, so this never refuses a corpus that would fit.
-    (TFDS corpora are checked after tokenizing, by TokenizedCorpus.check_fits.)"""
+    """Before tokenizing or training a tokenizer: does every split hold one window (a training window, or the
+    held-out context and window an evaluation reads)? Counted in bytes from the files; a token is at least one
+    byte, so this never refuses a corpus that would fit. (TFDS corpora are checked after tokenizing, by
+    TokenizedCorpus.check_fits.)"""
     found = _split_bytes(cfg)
     if found is None:
         return
     corpus, sizes = found
-    need_test = context + n_ctx + 1
-    total = sizes["train"] + sizes["test"]
-    if total < n_ctx + 1:
-        raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {total} bytes of {corpus.description}; use a "
-                          f"shorter context or more data")
-    if sizes["train"] < n_ctx + 1:
-        raise ConfigError(f"data.test_fraction: {cfg.test_fraction:g} leaves {sizes['train']} bytes of "
-                          f"{corpus.description} to train on, fewer than one window of model.n_ctx + 1 = {n_ctx + 1}; "
-                          f"lower data.test_fraction or add files")
-    if sizes["test"] < need_test:
-        raise ConfigError(f"data.test_fraction: {cfg.test_fraction:g} holds out {sizes['test']} bytes of "
-                          f"{corpus.description}, fewer than the {need_test} one evaluation window needs; raise "
-                          f"data.test_fraction or add files")
+    for split, n_bytes in sizes.items():
+        need = n_ctx + 1 if split == "train" else context + n_ctx + 1
+        if n_bytes == 0:
+            raise ConfigError(f"{_split_key(split, cfg)}: the {split} split of {corpus.description} is empty; "
+                              f"raise the fraction, add files, or name its files")
+        if n_bytes < need:
+            raise ConfigError(f"{_split_key(split, cfg)}: the {split} split of {corpus.description} has {n_bytes} "
+                              f"bytes, fewer than the {need} one {'training' if split == 'train' else 'evaluation'} "
+                              f"window needs (model.n_ctx = {n_ctx}); use a shorter context or more data")
+    if cfg.max_train_tokens > sizes["train"]:  # every token here holds at least one byte
+        raise ConfigError(f"data.max_train_tokens: {cfg.max_train_tokens} is more than the train split of "
+                          f"{corpus.description} can hold ({sizes['train']} bytes)")
+
+
+def _extra_sets(spec: str) -> list[tuple[str, str]]:
+    """data.extra_eval = "NAME=GLOB,NAME=GLOB" as (name, glob) pairs."""
+    pairs = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, pattern = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()) or not pattern.strip():
+            raise ConfigError(f"data.extra_eval: {item!r} is not NAME=FILES (NAME a word, FILES a file or glob)")
+        if name.strip() in SPLITS:
+            raise ConfigError(f"data.extra_eval: {name.strip()!r} is a split's name; choose another")
+        pairs.append((name.strip(), pattern.strip()))
+    if len({n for n, _ in pairs}) != len(pairs):
+        raise ConfigError(f"data.extra_eval: a name is given twice in {spec!r}")
+    return pairs
 
 
 def corpus_from_config(cfg: DataConfig) -> Corpus:
@@ -222,12 +348,16 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
     if spec == "builtin:stdlib":
         root, files = stdlib_files()
         v = sys.version_info
-        corpus = _file_corpus(files, root, f"stdlib-py{v.major}.{v.minor}.{v.micro}", cfg)
-        return corpus
+        prose = dict.fromkeys(stdlib_prose(cache_root(cfg)), "prose")
+        return _file_corpus(files, root, f"stdlib-py{v.major}.{v.minor}.{v.micro}", cfg, BUILTIN_CHUNK_BYTES,
+                            prose, ("prose",))
     if spec.startswith("builtin:"):
         raise ConfigError(f"data.corpus: unknown built-in corpus {spec!r} (the built-in one is builtin:stdlib)")
     if spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
+        if cfg.validation or cfg.test or cfg.extra_eval:
+            key = "data.validation" if cfg.validation else "data.test" if cfg.test else "data.extra_eval"
+            raise ConfigError(f"{key}: names files of a local corpus; a tfds: corpus has its own splits")
         try:
             import tensorflow_datasets  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
@@ -235,19 +365,31 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
         data_dir = cfg.tfds_data_dir or None
         _check_tfds_prepared(name, data_dir)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"tfds_{name}_{data_dir or 'default'}")[-60:]
-        return TfdsCorpus(id=f"{slug}-test{cfg.test_fraction:g}", description=spec, name=name, data_dir=data_dir,
-                          test_fraction=cfg.test_fraction)
-    path = Path(os.path.expanduser(spec))
-    if path.is_dir():
-        files, root = [p for p in path.rglob("*") if p.is_file()], path
-    elif path.is_file():
-        files, root = [path], path.parent
-    else:
-        files = [Path(p) for p in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file()]
-        root = Path(os.path.commonpath([p.parent for p in files])) if files else Path(".")
-    if not files:
-        raise ConfigError(f"data.corpus: no files match {spec!r}")
-    return _file_corpus(files, root, spec, cfg)
+        return TfdsCorpus(id=f"{slug}-v{CORPUS_VERSION}-val{cfg.validation_fraction:g}-test{cfg.test_fraction:g}",
+                          description=spec, name=name, data_dir=data_dir,
+                          validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
+    files, root = _glob_files(spec, "data.corpus")
+    given: list[tuple[list[Path], str]] = []
+    for key, split in (("validation", "validation"), ("test", "test")):
+        if getattr(cfg, key):
+            given.append((_glob_files(getattr(cfg, key), f"data.{key}")[0], split))
+    extras = _extra_sets(cfg.extra_eval)
+    given += [(_glob_files(pattern, f"data.extra_eval")[0], name) for name, pattern in extras]
+    if given:  # names are taken relative to a folder that holds every file
+        every = files + [p for paths, _ in given for p in paths]
+        root = Path(os.path.commonpath([p.resolve().parent for p in every]))
+        files = [p.resolve() for p in files]
+    assigned: dict[str, str] = {}
+    for paths, split in given:
+        for p in paths:
+            name = p.resolve().relative_to(root).as_posix()
+            if assigned.get(name, split) != split:
+                raise ConfigError(f"data.{split if split in SPLITS else 'extra_eval'}: {p} is also named for the "
+                                  f"{assigned[name]} split; the splits must be disjoint")
+            assigned[name] = split
+    files = files + [root / name for name in assigned if root / name not in set(files)]
+    chunk = CHUNK_BYTES if len(files) - len(assigned) < CHUNK_BELOW_FILES else 0
+    return _file_corpus(files, root, spec, cfg, chunk, assigned, tuple(n for n, _ in extras))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,49 +443,150 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenized corpora on disk, and the windows drawn from them.
 
+DEDUP_MIN_TOKENS = 64  # evaluation windows at least this long are dropped when found verbatim in the train split
+
 
 @dataclass
 class TokenizedCorpus:
-    train: np.ndarray  # memory-mapped token ids, (n_train,)
-    test: np.ndarray  # (n_test,)
+    splits: dict[str, np.ndarray]  # split name -> memory-mapped token ids, (n_tokens,)
     meta: dict
+    path: Path | None = None  # the cache folder (for the evaluation windows' duplicate check)
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.splits["train"]
+
+    @property
+    def validation(self) -> np.ndarray:
+        return self.splits["validation"]
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.splits["test"]
+
+    @property
+    def eval_sets(self) -> tuple[str, ...]:
+        """Every split but train: validation, test, then the extra evaluation sets."""
+        return tuple(s for s in self.splits if s != "train")
+
+    def bytes_per_token(self, split: str) -> float:
+        return self.meta[f"{split}_bytes"] / max(len(self.splits[split]), 1)
 
     @property
     def test_bytes_per_token(self) -> float:
-        return self.meta["test_bytes"] / max(len(self.test), 1)
+        return self.bytes_per_token("test")
 
     def check_fits(self, n_ctx: int, max_train_tokens: int, eval_windows: int, context: int = 0) -> None:
-        limit = len(self.train) if max_train_tokens == 0 else min(max_train_tokens, len(self.train))
-        if limit < n_ctx + 1:
-            raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {limit} training tokens of "
+        if max_train_tokens > len(self.train):
+            raise ConfigError(f"data.max_train_tokens: {max_train_tokens} tokens is more than the "
+                              f"{len(self.train)} tokens of {self.meta['corpus']}'s train split")
+        if len(self.train) < n_ctx + 1:
+            raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {len(self.train)} training tokens of "
                               f"{self.meta['corpus']}")
-        if len(self.test) < context + n_ctx + 1:
-            key = "model.eval_mem_len" if context else "model.n_ctx"
-            raise ConfigError(f"{key}: {context + n_ctx} tokens of context are longer than the {len(self.test)} "
-                              f"held-out tokens of {self.meta['corpus']} (raise data.test_fraction or use more data)")
+        for split in self.eval_sets:
+            if len(self.splits[split]) < context + n_ctx + 1:
+                key = "model.eval_mem_len" if context else "model.n_ctx"
+                raise ConfigError(f"{key}: {context + n_ctx} tokens of context are longer than the "
+                                  f"{len(self.splits[split])} tokens of {self.meta['corpus']}'s {split} split "
+                                  f"(raise data.{split}_fraction or use more data)")
 
     def train_batch(self, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0,
-                    consecutive: bool = False) -> np.ndarray:
-        return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens, consecutive)
+                    consecutive: bool = False, subset_seed: int = 0, subset_chunk: int = 4096) -> np.ndarray:
+        return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens, consecutive, subset_seed,
+                           subset_chunk)
 
-    def eval_windows(self, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:
-        return eval_windows(self.test, n_windows, n_ctx, context)
+    def eval_windows(self, n_windows: int, n_ctx: int, context: int = 0, split: str = "test") -> np.ndarray:
+        """Evaluation windows of a held-out split, with those found verbatim in the train split left out."""
+        starts = self._window_starts(split, n_windows, n_ctx, context)
+        return np.asarray(self.splits[split][starts[:, None] + np.arange(context + n_ctx + 1)], np.int32)
+
+    def _window_starts(self, split: str, n_windows: int, n_ctx: int, context: int) -> np.ndarray:
+        key = (split, n_windows, n_ctx, context)
+        cached = _WINDOWS.get((self.meta.get("sha256_train"), *key))
+        if cached is not None:
+            return cached
+        path = None if self.path is None else self.path / f"windows-{split}-{n_windows}-{n_ctx}-{context}.npy"
+        if path is not None and path.exists():
+            try:
+                starts = np.load(path)
+            except (OSError, ValueError):
+                starts = None
+        else:
+            starts = None
+        if starts is None:
+            starts = window_starts(self.splits[split], n_windows, n_ctx, context,
+                                   self.train if n_ctx + 1 >= DEDUP_MIN_TOKENS else None)
+            if len(starts) < n_windows:
+                raise ConfigError(f"data.eval_windows: the {split} split of {self.meta['corpus']} holds only "
+                                  f"{len(starts)} distinct windows of {n_ctx + 1} tokens not found verbatim in the "
+                                  f"train split, fewer than {n_windows}; lower data.eval_windows or use more data")
+            if path is not None:
+                try:
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+                    with open(tmp, "wb") as f:
+                        np.save(f, starts)
+                    os.replace(tmp, path)
+                except OSError:
+                    pass  # a read-only cache: the windows are recomputed next time
+        _WINDOWS[(self.meta.get("sha256_train"), *key)] = starts
+        return starts
+
+
+_WINDOWS: dict[tuple, np.ndarray] = {}
+
+
+def subset_pieces(n_tokens: int, D: int, chunk: int, subset_seed: int) -> np.ndarray:
+    """The pieces of the train split that make up a subset of D tokens, (n_pieces, 2) of (start, length).
+
+    The split is cut into chunks of `chunk` tokens, shuffled by subset_seed; the subset is the first D tokens of
+    the chunks in that order. So it is spread over the whole split, a pure function of (subset_seed, D), and
+    nested: the pieces of a smaller D are a prefix of a larger D's. D = 0 is the whole split."""
+    if D == 0 or D >= n_tokens:
+        return np.array([[0, n_tokens]], np.int64)
+    n_chunks = -(-n_tokens // chunk)
+    order = np.random.default_rng([subset_seed, 0x5EB5E7]).permutation(n_chunks)
+    starts = order.astype(np.int64) * chunk
+    lengths = np.minimum(chunk, n_tokens - starts)
+    used = np.searchsorted(np.cumsum(lengths), D) + 1  # chunks up to the one that reaches D
+    starts, lengths = starts[:used], lengths[:used].copy()
+    lengths[-1] -= lengths.sum() - D
+    return np.stack([starts, lengths], axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pieces(n_tokens: int, D: int, chunk: int, subset_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """subset_pieces as (start of each piece in the split, where each piece starts in the subset)."""
+    pieces = subset_pieces(n_tokens, D, chunk, subset_seed)
+    offsets = np.concatenate([[0], np.cumsum(pieces[:, 1])[:-1]])
+    return pieces[:, 0], offsets
+
+
+def subset_tokens(tokens: np.ndarray, D: int, chunk: int = 4096, subset_seed: int = 0) -> np.ndarray:
+    """The D tokens of a subset, in subset order (for tests and inspection; batches gather them lazily)."""
+    pieces = subset_pieces(len(tokens), D, chunk, subset_seed)
+    return np.concatenate([np.asarray(tokens[s:s + n]) for s, n in pieces])
 
 
 def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, n_ctx: int, max_train_tokens: int = 0,
-                consecutive: bool = False) -> np.ndarray:
+                consecutive: bool = False, subset_seed: int = 0, subset_chunk: int = 4096) -> np.ndarray:
     """Windows of n_ctx + 1 tokens, (batch_size, n_ctx + 1) int32: a pure function of (seed, step).
 
-    Random windows; or, with consecutive=True (Transformer-XL), row b reads its own token stream segment by
-    segment: the stream starts at a random offset drawn from (seed, b) and step k reads its k-th segment
-    (wrapping around at the end). Only the first max_train_tokens tokens (all when 0) are ever drawn from.
+    They are read from the training subset (subset_pieces: max_train_tokens tokens in random chunks, all of the
+    split when 0), taken as one sequence. Random windows; or, with consecutive=True (Transformer-XL), row b reads
+    its own stream segment by segment: the stream starts at a random offset drawn from (seed, b) and step k reads
+    its k-th segment (wrapping around at the end).
     """
     limit = len(tokens) if max_train_tokens == 0 else min(max_train_tokens, len(tokens))
     if consecutive:
         starts_B = (_stream_offsets(seed, batch_size, limit - n_ctx) + step * n_ctx) % (limit - n_ctx)
     else:
         starts_B = np.random.default_rng([seed, step]).integers(0, limit - n_ctx, size=batch_size)
-    return np.asarray(tokens[starts_B[:, None] + np.arange(n_ctx + 1)], np.int32)
+    index_BxT = starts_B[:, None] + np.arange(n_ctx + 1)  # positions in the subset
+    if limit < len(tokens):
+        piece_starts, offsets = _pieces(len(tokens), limit, subset_chunk, subset_seed)
+        piece_BxT = np.searchsorted(offsets, index_BxT, side="right") - 1
+        index_BxT = piece_starts[piece_BxT] + (index_BxT - offsets[piece_BxT])
+    return np.asarray(tokens[index_BxT], np.int32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -354,11 +597,63 @@ def _stream_offsets(seed: int, batch_size: int, span: int) -> np.ndarray:
     return offsets_B
 
 
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible modulo 2^64
+_HASH_BASE_INV = np.uint64(pow(int(_HASH_BASE), -1, 2**64))
+
+
+def window_hashes(tokens: np.ndarray, length: int, block: int = 1 << 22) -> np.ndarray:
+    """A polynomial hash (modulo 2^64) of tokens[s:s + length] for every start s.
+
+    With prefix sums S[i] = sum_{j<i} (t_j + 1) b^-j, the window at s hashes to b^(s+length-1) (S[s+length] - S[s])
+    = sum_j (t_{s+j} + 1) b^(length-1-j): the same value wherever the window sits. Computed block by block, so the
+    memory stays O(block) for a split of any size."""
+    n = len(tokens) - length + 1
+    out = np.empty(max(n, 0), np.uint64)
+    with np.errstate(over="ignore"):
+        base_pow_len = np.uint64(pow(int(_HASH_BASE), length - 1, 2**64))
+        for lo in range(0, n, block):
+            hi = min(n, lo + block)
+            t = np.asarray(tokens[lo:hi + length - 1]).astype(np.uint64) + np.uint64(1)
+            inv_pow = np.full(len(t), _HASH_BASE_INV, np.uint64)
+            inv_pow[0] = 1
+            inv_pow = np.cumprod(inv_pow)  # b^-j relative to lo
+            prefix = np.concatenate([[np.uint64(0)], np.cumsum(t * inv_pow)])
+            fwd_pow = np.full(hi - lo, _HASH_BASE, np.uint64)
+            fwd_pow[0] = 1
+            fwd_pow = np.cumprod(fwd_pow)  # b^(s - lo)
+            out[lo:hi] = fwd_pow * base_pow_len * (prefix[length:length + hi - lo] - prefix[:hi - lo])
+    return out
+
+
+def window_starts(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0,
+                  exclude: np.ndarray | None = None) -> np.ndarray:
+    """Starts of n_windows evaluation windows of context + n_ctx + 1 tokens, evenly spaced over the split.
+
+    With exclude (the train split): twice as many evenly spaced candidates are drawn, those whose evaluated
+    n_ctx + 1 tokens occur verbatim in exclude (licence headers, generated tables) are dropped, and n_windows are
+    taken evenly from the rest. Fewer come back when fewer are left."""
+    span = len(tokens) - context - n_ctx - 1
+    if exclude is None:
+        return np.linspace(0, span, n_windows).astype(np.int64)
+    candidates = np.unique(np.linspace(0, span, 2 * n_windows).astype(np.int64))
+    length = n_ctx + 1
+    own = window_hashes(tokens[context:], length)[candidates]
+    seen = np.zeros(len(own), bool)
+    block = 1 << 22
+    for lo in range(0, max(len(exclude) - length + 1, 0), block):
+        seen |= np.isin(own, window_hashes(exclude[lo:lo + block + length - 1], length))
+        interrupts.check()
+    kept = candidates[~seen]
+    if len(kept) <= n_windows:
+        return kept
+    return kept[np.linspace(0, len(kept) - 1, n_windows).round().astype(np.int64)]
+
+
 def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:
-    """A fixed set of held-out windows, evenly spaced over the test split: (n_windows, context + n_ctx + 1) int32.
+    """A fixed set of held-out windows, evenly spaced over a split: (n_windows, context + n_ctx + 1) int32.
 
     The last n_ctx + 1 tokens of each are evaluated; the `context` tokens before them fill a memory first."""
-    starts_W = np.linspace(0, len(tokens) - context - n_ctx - 1, n_windows).astype(np.int64)
+    starts_W = window_starts(tokens, n_windows, n_ctx, context)
     return np.asarray(tokens[starts_W[:, None] + np.arange(context + n_ctx + 1)], np.int32)
 
 
@@ -389,7 +684,7 @@ def _open_cache(target: Path) -> TokenizedCorpus:
     dtype = np.dtype(meta["dtype"])
     open_split = lambda s: (np.memmap(target / f"{s}.bin", dtype=dtype, mode="r") if meta[f"{s}_tokens"]
                             else np.zeros(0, dtype))
-    return TokenizedCorpus(train=open_split("train"), test=open_split("test"), meta=meta)
+    return TokenizedCorpus(splits={s: open_split(s) for s in meta["splits"]}, meta=meta, path=target)
 
 
 def _file_digest(path: Path) -> str:
@@ -401,18 +696,17 @@ def _file_digest(path: Path) -> str:
 
 
 def _cache_problem(target: Path) -> str | None:
-    """Why a token cache cannot be trusted (a file missing, cut short or changed since it was written), or None.
-    Caches from before checksums were recorded are checked by size only."""
+    """Why a token cache cannot be trusted (a file missing, cut short or changed since it was written), or None."""
     try:
         meta = json.loads((target / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
-        for split in ("train", "test"):
+        for split in meta["splits"]:
             path = target / f"{split}.bin"
             if not path.exists():
                 return f"{path.name} is missing"
             if path.stat().st_size != meta[f"{split}_tokens"] * itemsize:
                 return f"{path.name} has {path.stat().st_size} bytes, not {meta[f'{split}_tokens'] * itemsize}"
-            if f"{split}_sha256" in meta and _file_digest(path) != meta[f"{split}_sha256"]:
+            if _file_digest(path) != meta[f"sha256_{split}"]:
                 return f"{path.name} does not match its checksum"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"meta.json unreadable: {e}"
@@ -423,10 +717,11 @@ def _write_token_files(corpus: Corpus, tokenizer, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     dtype = _token_dtype(tokenizer.vocab_size)
+    splits = corpus.split_names()
     meta = {"corpus": corpus.description, "corpus_id": corpus.id, "tokenizer": tokenizer.id,
-            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
+            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "splits": list(splits)}
     try:
-        for split in ("train", "test"):
+        for split in splits:
             n_tokens = n_bytes = n_docs = 0
             with open(tmp / f"{split}.bin", "wb") as f:
                 for text in corpus.documents(split):
@@ -436,7 +731,7 @@ def _write_token_files(corpus: Corpus, tokenizer, target: Path) -> None:
                     f.write(ids.tobytes())
                     n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode()), n_docs + 1
             meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs,
-                         f"{split}_sha256": _file_digest(tmp / f"{split}.bin")})
+                         f"sha256_{split}": _file_digest(tmp / f"{split}.bin")})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, target)

@@ -69,7 +69,7 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     from jscale.models import build
 
     model, opt = build(cfg.model), train.make_optimizer(cfg.train)
-    step = train.make_train_step(model, opt)
+    step = train.make_train_step(model)
     hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     B, T = cfg.train.batch_size, cfg.model.n_ctx
 

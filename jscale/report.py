@@ -395,7 +395,7 @@ def xla_flops_per_token(cfg_dict: dict) -> float:
 
     cfg = config.from_dict(cfg_dict).resolve()
     model, opt = build(cfg.model), train.make_optimizer(cfg.train)
-    step = jax.jit(train.make_train_step(model, opt))
+    step = jax.jit(train.make_train_step(model))
     state = jax.eval_shape(lambda: train.init_state(model, opt, cfg.model.n_ctx, jnp.uint32(0)))
     hp = {k: jnp.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.model.n_ctx + 1), jnp.int32)

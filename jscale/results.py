@@ -4,8 +4,14 @@ Tables:
 - runs: one row per run: its config (JSON), kind and shape, N, N_total, FLOPs per token in both conventions,
   D (the training tokens it may draw from; 0 = all), seed, learning rate, status (pending, running, done, diverged),
   best and final test loss, wall time, tokens/s, and the sweep axes' values (tags, JSON).
-- curves: its learning curve, one row per evaluation (step, tokens, FLOPs both ways, train and test loss).
-- positions: the per-position test loss at each evaluation (a JSON array over the context).
+- curves: its learning curve, one row per evaluation (step, tokens, epochs, FLOPs both ways, the train loss as
+  the mean over the steps since the last evaluation, validation and test loss with their standard errors).
+- evals: every evaluation set's loss, standard error over windows, bits per byte and per-position losses (JSON)
+  at each evaluation: validation, test and the extra sets (the built-in corpus's `prose`).
+- windows: the per-window losses of each evaluation set at the final evaluation (float32 bytes), for
+  bootstraps over windows and paired differences between runs.
+- positions: the per-position test loss of databases written before `evals` (read only).
+- tuning: each tuned point's grid, pilot losses, the chosen value and whether the optimum is bracketed.
 
 - claims: which process is training which group now (host, pid, heartbeat), so that concurrent jobs on one
   directory never train the same group twice; a claim whose process is gone is taken over.
@@ -27,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from jscale.config import JscaleError, ResourceError, resource_error
 
 DB_NAME = "results.sqlite"
@@ -38,21 +46,39 @@ CREATE TABLE IF NOT EXISTS runs (
     vocab_size INTEGER, N INTEGER, N_total INTEGER, flops_per_token_6N REAL, flops_per_token_exact REAL,
     D INTEGER, tokens INTEGER, steps INTEGER, batch_size INTEGER, seed INTEGER, lr REAL,
     status TEXT NOT NULL DEFAULT 'pending', step INTEGER DEFAULT 0, best_test_loss REAL, final_test_loss REAL,
-    wall_time REAL DEFAULT 0, tokens_per_s REAL, updated REAL
+    wall_time REAL DEFAULT 0, tokens_per_s REAL, updated REAL,
+    role TEXT DEFAULT 'final', point TEXT, final_val_loss REAL, final_val_se REAL, final_test_se REAL,
+    best_val_loss REAL, best_val_step INTEGER, epochs REAL
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_id TEXT, step INTEGER, tokens INTEGER, flops_6N REAL, flops_exact REAL, train_loss REAL, test_loss REAL,
-    test_bits_per_byte REAL, PRIMARY KEY (run_id, step)
+    test_bits_per_byte REAL, val_loss REAL, val_se REAL, test_se REAL, epochs REAL, lr REAL,
+    PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS positions (run_id TEXT, step INTEGER, losses TEXT, PRIMARY KEY (run_id, step));
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT, step INTEGER, split TEXT, loss REAL, se REAL, bits_per_byte REAL, per_position TEXT,
+    PRIMARY KEY (run_id, step, split)
+);
+CREATE TABLE IF NOT EXISTS windows (run_id TEXT, split TEXT, step INTEGER, losses BLOB, PRIMARY KEY (run_id, split));
 CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL);
+CREATE TABLE IF NOT EXISTS tuning (
+    point TEXT PRIMARY KEY, keys TEXT, grid TEXT, losses TEXT, chosen TEXT, bracketed INTEGER, extended INTEGER,
+    note TEXT
+);
 """
-TABLES = ("runs", "curves", "positions", "claims")
+TABLES = ("runs", "curves", "positions", "evals", "windows", "claims", "tuning")
+# Columns added since the first schema: a database written before them gets them (empty) when opened for writing.
+ADDED_COLUMNS = {
+    "runs": ("role TEXT DEFAULT 'final'", "point TEXT", "final_val_loss REAL", "final_val_se REAL",
+             "final_test_se REAL", "best_val_loss REAL", "best_val_step INTEGER", "epochs REAL"),
+    "curves": ("val_loss REAL", "val_se REAL", "test_se REAL", "epochs REAL", "lr REAL"),
+}
 STALE_CLAIM_S = 1800  # a claim from another host with no heartbeat for this long is taken over
 
 RUN_COLUMNS = ("run_id", "name", "group_id", "config", "tags", "kind", "n_layer", "d_model", "d_ff", "d_attn",
                "n_heads", "n_ctx", "vocab_size", "N", "N_total", "flops_per_token_6N", "flops_per_token_exact", "D",
-               "tokens", "steps", "batch_size", "seed", "lr")
+               "tokens", "steps", "batch_size", "seed", "lr", "role", "point")
 
 
 def _busy_timeout_s() -> float:
@@ -99,14 +125,14 @@ class ResultsDB:
                     raise resource_error(e, self.path.parent, "cannot create") from None
                 self.conn = sqlite3.connect(self.path, timeout=_busy_timeout_s(), isolation_level=None)
                 self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")  # all tables or none
+                self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + _migration(self.conn) + "COMMIT;")
                 self.conn.isolation_level = ""  # back to Python's implicit transactions
             self.conn.execute(f"PRAGMA busy_timeout={int(1000 * _busy_timeout_s())}")
             check = self.conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
             have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            missing = [t for t in TABLES[:3] if t not in have]
+            missing = [t for t in ("runs", "curves") if t not in have]
             if missing:
                 raise JscaleError(f"{self.path}: not a complete results database (no table {missing[0]}); re-run "
                                   f"`jscale run` on this directory to rebuild it")
@@ -174,28 +200,41 @@ class ResultsDB:
         """Forget evaluations past a checkpoint: they are redone from it."""
         marks = ", ".join("?" for _ in run_ids)
         with db_errors(self.path), self.conn:
-            for table in ("curves", "positions"):
+            for table in ("curves", "positions", "evals", "windows"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks}) AND step > ?", [*run_ids, after_step])
             self.conn.execute(f"UPDATE runs SET status = 'running', step = ? WHERE run_id IN ({marks}) "
                               f"AND status != 'diverged'", [after_step, *run_ids])
 
     def record_eval(self, records: list[dict[str, Any]]) -> None:
-        """One evaluation of a group: curve points, per-position losses and run summaries, in one transaction."""
+        """One evaluation of a group: curve points, each evaluation set's loss, standard error and per-position
+        losses, the per-window losses of a final evaluation, and run summaries, in one transaction."""
         with db_errors(self.path), self.conn:
             for r in records:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO curves VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO curves (run_id, step, tokens, flops_6N, flops_exact, train_loss, "
+                    "test_loss, test_bits_per_byte, val_loss, val_se, test_se, epochs, lr) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (r["run_id"], r["step"], r["tokens"], r["flops_6N"], r["flops_exact"], r["train_loss"],
-                     r["test_loss"], r["test_bits_per_byte"]))
-                self.conn.execute("INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
-                                  (r["run_id"], r["step"], json.dumps(r["test_loss_per_position"])))
+                     r["test_loss"], r["test_bits_per_byte"], r["val_loss"], r["val_se"], r["test_se"],
+                     r["epochs"], r["lr"]))
+                for split, e in r["evals"].items():
+                    self.conn.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                      (r["run_id"], r["step"], split, e["loss"], e["se"], e["bits_per_byte"],
+                                       json.dumps(e["per_position"])))
+                for split, losses in (r.get("per_window") or {}).items():
+                    self.conn.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?)",
+                                      (r["run_id"], split, r["step"], np.asarray(losses, "<f4").tobytes()))
                 best = self.conn.execute("SELECT MIN(test_loss) FROM curves WHERE run_id = ?",
                                          (r["run_id"],)).fetchone()[0]
+                best_val, best_step = self.conn.execute(
+                    "SELECT val_loss, step FROM curves WHERE run_id = ? ORDER BY val_loss, step LIMIT 1",
+                    (r["run_id"],)).fetchone()
                 self.conn.execute(
                     "UPDATE runs SET status = ?, step = ?, final_test_loss = ?, best_test_loss = ?, "
-                    "wall_time = wall_time + ?, tokens_per_s = ?, updated = ? WHERE run_id = ?",
-                    (r["status"], r["step"], r["test_loss"], best, r["wall_time"], r["tokens_per_s"], time.time(),
-                     r["run_id"]))
+                    "final_val_loss = ?, final_val_se = ?, final_test_se = ?, best_val_loss = ?, best_val_step = ?, "
+                    "epochs = ?, wall_time = wall_time + ?, tokens_per_s = ?, updated = ? WHERE run_id = ?",
+                    (r["status"], r["step"], r["test_loss"], best, r["val_loss"], r["val_se"], r["test_se"],
+                     best_val, best_step, r["epochs"], r["wall_time"], r["tokens_per_s"], time.time(), r["run_id"]))
                 self.conn.execute("UPDATE claims SET heartbeat = ? WHERE group_id = (SELECT group_id FROM runs "
                                   "WHERE run_id = ?)", (time.time(), r["run_id"]))
 
@@ -203,6 +242,17 @@ class ResultsDB:
         with db_errors(self.path), self.conn:
             self.conn.executemany("UPDATE runs SET status = ?, updated = ? WHERE run_id = ?",
                                   [(status, time.time(), r) for r in run_ids])
+
+
+def _migration(conn: sqlite3.Connection) -> str:
+    """ALTER statements that bring a database written by an older jscale up to SCHEMA (all tables or none)."""
+    statements = []
+    for table, columns in ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            continue  # a new database: CREATE TABLE makes it whole
+        statements += [f"ALTER TABLE {table} ADD COLUMN {c};" for c in columns if c.split()[0] not in have]
+    return "".join(statements)
 
 
 def _alive(host: str, pid: int, heartbeat: float) -> bool:
@@ -218,10 +268,12 @@ def _alive(host: str, pid: int, heartbeat: float) -> bool:
 
 
 def load(sweep_dir: str | Path) -> dict[str, Any]:
-    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions"}.
+    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions", "evals", "windows"}.
 
-    curves has one row per evaluation with the run's N, N_total and status joined in; positions has one row per
-    (run, step, position).
+    curves has one row per evaluation with the run's N, N_total and status joined in; evals one row per
+    (run, step, evaluation set) with loss, standard error over windows and bits per byte; positions one row per
+    (run, step, position) of the test split; windows one row per (run, evaluation set) with the final evaluation's
+    per-window losses (a float32 array in column "losses").
     """
     import pandas as pd
 
@@ -232,14 +284,27 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
                               f"are trained again from their checkpoints' start, bitwise the same)")
         raise JscaleError(f"{sweep_dir}: no {DB_NAME} here (not a jscale sweep directory)")
     with ResultsDB(sweep_dir, readonly=True) as db, db_errors(path):
+        have = {r[0] for r in db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         try:
             runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", db.conn)
             curves = pd.read_sql_query(
                 "SELECT c.*, r.N, r.N_total, r.name, r.status, r.D AS D_limit, r.batch_size FROM curves c "
                 "JOIN runs r USING (run_id) ORDER BY c.run_id, c.step", db.conn)
-            raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
+            evals = (pd.read_sql_query("SELECT * FROM evals ORDER BY run_id, step, split", db.conn)
+                     if "evals" in have else pd.DataFrame(columns=["run_id", "step", "split", "loss", "se",
+                                                                   "bits_per_byte", "per_position"]))
+            if len(evals):
+                raw = evals[evals.split == "test"][["run_id", "step", "per_position"]].rename(
+                    columns={"per_position": "losses"})
+            else:  # written before evaluation sets were recorded
+                raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
+            windows = (pd.read_sql_query("SELECT * FROM windows ORDER BY run_id, split", db.conn)
+                       if "windows" in have else pd.DataFrame(columns=["run_id", "split", "step", "losses"]))
         except pd.errors.DatabaseError as e:  # pandas wraps SQLite's errors
             raise sqlite3.DatabaseError(str(e)) from None
+    if "role" not in runs:
+        runs["role"] = "final"
+    windows["losses"] = [np.frombuffer(b, "<f4") for b in windows["losses"]]
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
-    return {"runs": runs, "curves": curves, "positions": positions}
+    return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows}

@@ -37,8 +37,9 @@ time around a reference shape; tags shape.N and shape.vary say which),
 `learning_rates`, and `kaplan_lr` (sets each run's lr to Kaplan's LR(N) = 0.003239 - 0.0001395 ln N).
 
 Runs that share every array shape and step count form a group; a group trains as one vmapped ensemble. Only
-the per-member hyperparameters (train.lr, warmup_steps, final_lr_fraction, weight_decay, grad_clip, seed,
-data_seed, data.max_train_tokens) may differ inside a group.
+the per-member hyperparameters (train.lr, warmup_steps, schedule, decay_fraction, final_lr_fraction, b1, b2,
+eps, weight_decay, grad_clip, seed, data_seed, and data.max_train_tokens, subset_seed, subset_chunk) may differ
+inside a group.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from jscale.config import Config, ConfigError
 
 # Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
 # change which tokens a member's batches are drawn from.
-MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"),
+MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"), ("train", "b1"),
+               ("train", "b2"), ("train", "eps"), ("train", "schedule"), ("train", "decay_fraction"),
                ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"), ("train", "data_seed"),
-               ("data", "max_train_tokens")}
+               ("data", "max_train_tokens"), ("data", "subset_seed"), ("data", "subset_chunk")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,11 @@ class Run:
     name: str  # readable: the axis values that made it
     cfg: Config
     tags: dict[str, Any]
+
+    @property
+    def role(self) -> str:
+        """pilot (a learning-rate pilot's run: selection only, never reported) or final."""
+        return "pilot" if "tune.point" in self.tags else "final"
 
     @property
     def group_key(self) -> str:
@@ -432,6 +439,17 @@ def load(path: str | Path, overrides: list[str] = (), scale: str | None = None) 
     return expand(config.read_toml(path, "sweep"), str(path), overrides, scale)
 
 
+SEED_KEYS = (("train", "seed"), ("train", "data_seed"))
+
+
+def point_id(cfg: Config) -> str:
+    """What seed replicas share: the config's hash with the seeds left out."""
+    d = cfg.to_dict()
+    for section, key in SEED_KEYS:
+        d[section].pop(key)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def run_row(run: Run, group_id: str) -> dict[str, Any]:
     """The runs-table row of a planned run."""
     m, t = run.cfg.model, run.cfg.train
@@ -442,7 +460,7 @@ def run_row(run: Run, group_id: str) -> dict[str, Any]:
             "N_total": acc.N_total, "flops_per_token_6N": acc.train_flops_6N,
             "flops_per_token_exact": acc.train_flops_exact, "D": run.cfg.data.max_train_tokens,
             "tokens": t.steps * t.batch_size * m.n_ctx, "steps": t.steps, "batch_size": t.batch_size, "seed": t.seed,
-            "lr": t.lr}
+            "lr": t.lr, "role": run.role, "point": run.tags.get("tune.point") or point_id(run.cfg)}
 
 
 def plan_table(sweep: Sweep, groups: list[Group]) -> str:

@@ -1,6 +1,6 @@
 """The training step, evaluation and the single-run training loop with resumable checkpoints.
 
-`make_train_step(model, optimizer)` returns one pure function `train_step(state, batch, hparams)`. Everything that
+`make_train_step(model)` returns one pure function `train_step(state, batch, hparams)`. Everything that
 may differ between members of an ensemble (learning rate, schedule lengths, weight decay, clipping, seed) lives in
 `hparams`, a dict of arrays, so the same function serves a single run under `jax.jit` and many runs under
 `jax.vmap` without recompiling per value. Shape letters: B batch, T positions, V vocabulary, W eval windows.
@@ -46,29 +46,40 @@ class TrainState(flax.struct.PyTreeNode):
     memory: Any = None  # Transformer-XL: each layer's memory of the previous segment, (B, mem_len, D); else None
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
 def hparams_from_config(t: TrainConfig) -> Hparams:
     """The per-run hyperparameters as arrays (stack these along axis 0 to vmap an ensemble)."""
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     return {
         "lr": f32(t.lr), "warmup_steps": f32(t.warmup_steps), "total_steps": f32(t.steps),
         "final_lr_fraction": f32(t.final_lr_fraction), "weight_decay": f32(t.weight_decay),
-        "grad_clip": f32(t.grad_clip), "seed": jnp.asarray(t.seed, jnp.uint32),
+        "grad_clip": f32(t.grad_clip), "seed": jnp.asarray(t.seed, jnp.uint32), "b1": f32(t.b1), "b2": f32(t.b2), "eps": f32(t.eps),
+        "schedule": jnp.asarray(SCHEDULES.index(t.schedule), jnp.int32), "decay_fraction": f32(t.decay_fraction),
     }
 
 
 def learning_rate(step: jax.Array, hp: Hparams) -> jax.Array:
-    """Linear warmup from 0 to lr, then cosine decay to lr * final_lr_fraction at total_steps."""
+    """Linear warmup from 0 to lr over warmup_steps, then down to lr * final_lr_fraction at total_steps:
+    a cosine (schedule 0); or warmup-stable-decay (1): constant, then linear over the last decay_fraction of the
+    steps; or constant (2)."""
     step = step.astype(jnp.float32)
     warmup = step / jnp.maximum(hp["warmup_steps"], 1.0)
     progress = jnp.clip((step - hp["warmup_steps"]) / jnp.maximum(hp["total_steps"] - hp["warmup_steps"], 1.0), 0, 1)
     floor = hp["final_lr_fraction"]
     cosine = floor + (1 - floor) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-    return hp["lr"] * jnp.where(step < hp["warmup_steps"], warmup, cosine)
+    decay_steps = jnp.maximum(hp["decay_fraction"] * hp["total_steps"], 1.0)
+    cooldown = jnp.clip((hp["total_steps"] - step) / decay_steps, 0, 1)  # 1 until the decay starts, then to 0
+    wsd = floor + (1 - floor) * cooldown
+    after_warmup = jnp.select([hp["schedule"] == 0, hp["schedule"] == 1], [cosine, wsd], 1.0)
+    return hp["lr"] * jnp.where(step < hp["warmup_steps"], warmup, after_warmup)
 
 
 def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
     """Adam's moment estimates only; clipping, decoupled weight decay and the learning rate are applied in
-    train_step from hparams, so they can vary across an ensemble."""
+    train_step from hparams, so they can vary across an ensemble (train_step uses b1 and b2 from hparams too:
+    this transformation's own give the state's structure, which does not depend on them)."""
     return optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps)
 
 
@@ -95,7 +106,7 @@ def per_position_loss(model: nn.Module, params, windows_BxT1: jax.Array, dropout
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT), memory
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, dropout: bool = False
+def make_train_step(model: nn.Module, dropout: bool = False
                     ) -> Callable[[TrainState, jax.Array, Hparams], tuple[TrainState, dict[str, jax.Array]]]:
     def train_step(state: TrainState, batch_BxT1: jax.Array, hp: Hparams):
         key = jax.random.fold_in(jax.random.key(hp["seed"]), state.step) if dropout else None
@@ -108,7 +119,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, d
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         clip = jnp.where(hp["grad_clip"] > 0, jnp.minimum(1.0, hp["grad_clip"] / (grad_norm + 1e-6)), 1.0)
         grads = jax.tree.map(lambda g: g * clip, grads)
-        adam_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        adam = optax.scale_by_adam(b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])  # the betas may differ between members
+        adam_updates, opt_state = adam.update(grads, state.opt_state, state.params)
         lr = learning_rate(state.step, hp)
         # Decoupled weight decay (AdamW) on matrices only: not on biases or LayerNorm parameters.
         params = jax.tree.map(
@@ -131,25 +143,48 @@ def eval_context(cfg) -> int:
     return -(-cfg.eval_mem_len_ // cfg.n_ctx) * cfg.n_ctx
 
 
-def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """eval_step(params, windows (W, C + T + 1), weights (W,)) -> per-position loss (T,) of the last T + 1 tokens,
-    summed over windows with these weights (0 for the padding that fills a last, short chunk to the compiled shape).
+def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """eval_step(params, windows (W, C + T + 1)) -> the loss at each of the last T positions of each window, (W, T).
 
     For Transformer-XL the C = eval_context(cfg) tokens before them are fed first, segment by segment, to fill a
     memory of eval_mem_len positions; the other kinds have C = 0."""
     cfg = model.cfg
     T, C = cfg.n_ctx, eval_context(cfg)
 
-    def eval_step(params, windows_WxS: jax.Array, weights_W: jax.Array) -> jax.Array:
+    def eval_step(params, windows_WxS: jax.Array) -> jax.Array:
         memory = None
         for start in range(0, C, T):
             _, memory = per_position_loss(model, params, windows_WxS[:, start:start + T + 1], memory=memory,
                                           mem_len=cfg.eval_mem_len_)
         losses_WxT, _ = per_position_loss(model, params, windows_WxS[:, C:], memory=memory,
                                           mem_len=cfg.eval_mem_len_)
-        return (losses_WxT * weights_W[:, None]).sum(axis=0)
+        return losses_WxT
 
     return eval_step
+
+
+def evaluate(steps: "GroupSteps", params, windows_WxS: np.ndarray, members: int) -> np.ndarray:
+    """The loss at every position of every window for each member, (M, W, T): the windows in chunks of the
+    compiled size, the last one padded (and its padding dropped)."""
+    C, W = steps.eval_chunk, len(windows_WxS)
+    out = []
+    for i in range(0, W, C):
+        chunk = windows_WxS[i:i + C]
+        n = len(chunk)
+        if n < C:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], C - n, axis=0)])
+        losses = _fetch(steps.eval_step(params, sharding.put(chunk, steps.replicated)))
+        out.append(losses.reshape(members, C, -1)[:, :n])
+    return np.concatenate(out, axis=1)
+
+
+def summarize_eval(losses_MxWxT: np.ndarray) -> dict[str, np.ndarray]:
+    """Per member: mean loss, its standard error over windows, per-position and per-window means."""
+    per_window_MxW = losses_MxWxT.mean(axis=2)
+    W = per_window_MxW.shape[1]
+    se = per_window_MxW.std(axis=1, ddof=1) / np.sqrt(W) if W > 1 else np.full(len(per_window_MxW), np.nan)
+    return {"loss": per_window_MxW.mean(axis=1), "se": se, "per_position": losses_MxWxT.mean(axis=1),
+            "per_window": per_window_MxW}
 
 
 def seconds_per_step(step_fn, state, batch, hparams, steps: int = 10, warmup: int = 2) -> float:
@@ -363,7 +398,8 @@ class JsonlSink:
         try:
             with self.path.open("a") as f:
                 for r in records:
-                    f.write(json.dumps(r) + "\n")
+                    windows = {k: np.round(v.astype(float), 5).tolist() for k, v in (r.get("per_window") or {}).items()}
+                    f.write(json.dumps({**r, "per_window": windows or None}) + "\n")
         except OSError as e:
             raise resource_error(e, self.path, "cannot write") from None
 
@@ -394,7 +430,7 @@ class GroupSteps:
     replicated: Any
     init: Callable  # host seeds (M,) or () -> state
     train_step: Callable  # (state, batch, hparams) -> (state, metrics)
-    eval_step: Callable  # (params, windows (W, S), weights (W,)) -> per-position loss sums
+    eval_step: Callable  # (params, windows (W, S)) -> losses (W, T), or (M, W, T) for an ensemble
     eval_chunk: int  # windows per eval_step call
     seconds: dict[str, float]  # {"compile": time spent lowering and compiling}
 
@@ -477,11 +513,11 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     init = jax.vmap(init) if stacked else init
     abstract = jax.eval_shape(init, hp_abstract["seed"])
     state_sh = sharding.state_shardings(abstract, mesh, stacked)
-    step_fn = make_train_step(model, optimizer, dropout=cfg.model.dropout > 0)
+    step_fn = make_train_step(model, dropout=cfg.model.dropout > 0)
     eval_fn = make_eval_step(model)
     if stacked:
         mode = mode if mesh.size == 1 else "vmap"
-        step_fn, eval_fn = ensemble(step_fn, mode), ensemble(eval_fn, mode, in_axes=(0, None, None))
+        step_fn, eval_fn = ensemble(step_fn, mode), ensemble(eval_fn, mode, in_axes=(0, None))
     batch_shape = (M, t.batch_size, n_ctx + 1) if stacked else (t.batch_size, n_ctx + 1)
     batch_sh = sharding.batch_sharding(mesh, batch_shape, stacked)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -503,9 +539,8 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
         out_shardings=(state_sh, replicated), donate_argnums=0,
     ).lower(state_abstract, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sh), hp_abstract).compile()
     compiled_eval = jax.jit(
-        eval_fn, in_shardings=(state_sh.params, replicated, replicated), out_shardings=replicated,
-    ).lower(state_abstract.params, jax.ShapeDtypeStruct((chunk, window), jnp.int32, sharding=replicated),
-            jax.ShapeDtypeStruct((chunk,), jnp.float32, sharding=replicated)).compile()
+        eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated,
+    ).lower(state_abstract.params, jax.ShapeDtypeStruct((chunk, window), jnp.int32, sharding=replicated)).compile()
     steps = GroupSteps(mesh, abstract, state_sh, batch_sh, hp_sharding, replicated, compiled_init, compiled_step,
                        compiled_eval, chunk, {"compile": time.perf_counter() - t0})
     _STEPS_CACHE[cache_key] = steps
@@ -560,14 +595,16 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     if writer is not None:
         writer.resume(start)
 
-    windows = corpus.eval_windows(cfg.data.eval_windows, n_ctx, eval_context(cfg.model))
+    eval_sets = {split: corpus.eval_windows(cfg.data.eval_windows, n_ctx, eval_context(cfg.model), split)
+                 for split in corpus.eval_sets}
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)
     tokens_per_step = t.batch_size * n_ctx
     peak = device_peak_flops()
     peak = None if peak is None else peak * mesh.size
     data_seeds = [c.train.seed if c.train.data_seed is None else c.train.data_seed for c in cfgs]
-    limits = [c.data.max_train_tokens for c in cfgs]
+    subsets = [(c.data.max_train_tokens, c.data.subset_seed, c.data.subset_chunk) for c in cfgs]
+    data_tokens = [d or len(corpus.train) for d, _, _ in subsets]  # D: the tokens each member may draw from
 
     last: list[dict] = []
     losses: list[jax.Array] = []
@@ -579,8 +616,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     try:
         for step in range(start, end):
             interrupts.check()  # a step boundary: everything written so far is whole
-            batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive)
-                       for s, d in zip(data_seeds, limits)]
+            batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive, subset_seed, chunk)
+                       for s, (d, subset_seed, chunk) in zip(data_seeds, subsets)]
             batch = np.stack(batches) if stacked else batches[0]
             state, metrics = steps.train_step(state, sharding.put(batch, batch_sh), hparams)
             losses.append(metrics["loss"])
@@ -589,37 +626,42 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 interrupts.point("eval")
                 jax.block_until_ready(state)  # the steps dispatched so far count as training, not evaluation
                 eval_start = time.perf_counter()
-                per_position = np.zeros((M if stacked else 1, n_ctx))
-                C = steps.eval_chunk
-                for i in range(0, len(windows), C):
-                    chunk, weights = windows[i:i + C], np.ones(C, np.float32)
-                    if len(chunk) < C:  # pad the last chunk to the compiled shape; the padding weighs nothing
-                        weights[len(chunk):] = 0
-                        chunk = np.concatenate([chunk, np.repeat(chunk[:1], C - len(chunk), axis=0)])
-                    per_position += _fetch(steps.eval_step(state.params, sharding.put(chunk, replicated),
-                                                           sharding.put(weights, replicated))).reshape(-1, n_ctx)
-                per_position /= len(windows)
+                final = done == t.steps
+                members = M if stacked else 1
+                evals = {split: summarize_eval(evaluate(steps, state.params, windows, members))
+                         for split, windows in eval_sets.items()}
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
-                test_loss = per_position.mean(axis=1)
                 # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
                 # divergence too, and stays so.
-                diverged |= ~_fetch(state.alive).reshape(-1) | ~(test_loss < max_loss)
+                diverged |= ~_fetch(state.alive).reshape(-1) | ~(evals["validation"]["loss"] < max_loss)
                 lr = _fetch(metrics["lr"]).reshape(-1)
                 now = time.perf_counter()
                 tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)  # per member
                 last = []
                 for i, run_id in enumerate(run_ids):
+                    tokens = done * tokens_per_step
                     last.append({
-                        "run_id": run_id, "step": done, "tokens": done * tokens_per_step,
-                        "flops_6N": done * tokens_per_step * acc.train_flops_6N,
-                        "flops_exact": done * tokens_per_step * acc.train_flops_exact,
-                        "train_loss": float(train_loss[i]), "test_loss": float(test_loss[i]),
-                        "test_bits_per_byte": float(test_loss[i]) / math.log(2) / corpus.test_bytes_per_token,
+                        "run_id": run_id, "step": done, "tokens": tokens, "epochs": tokens / data_tokens[i],
+                        "flops_6N": tokens * acc.train_flops_6N, "flops_exact": tokens * acc.train_flops_exact,
+                        "train_loss": float(train_loss[i]),  # the mean over the steps since the last evaluation
+                        "val_loss": float(evals["validation"]["loss"][i]),
+                        "val_se": float(evals["validation"]["se"][i]),
+                        "test_loss": float(evals["test"]["loss"][i]), "test_se": float(evals["test"]["se"][i]),
+                        "test_bits_per_byte": float(evals["test"]["loss"][i]) / math.log(2)
+                        / corpus.bytes_per_token("test"),
+                        "evals": {split: {"loss": float(e["loss"][i]), "se": float(e["se"][i]),
+                                          "bits_per_byte": float(e["loss"][i]) / math.log(2)
+                                          / corpus.bytes_per_token(split),
+                                          "per_position": e["per_position"][i].round(5).tolist()}
+                                  for split, e in evals.items()},
+                        # Each window's loss at the last evaluation, for bootstraps over windows and paired
+                        # differences between runs (the same windows for every run of a corpus and context).
+                        "per_window": {split: e["per_window"][i].astype(np.float32) for split, e in evals.items()}
+                        if final else None,
                         "tokens_per_s": tokens_per_s,
                         "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
-                        "lr": float(lr[i]), "status": "diverged" if diverged[i] else
-                        "done" if done == t.steps else "running",
-                        "wall_time": now - last_time, "test_loss_per_position": per_position[i].round(5).tolist(),
+                        "lr": float(lr[i]), "status": "diverged" if diverged[i] else "done" if final else "running",
+                        "wall_time": now - last_time,
                     })
                 if writer is not None:
                     writer.record(last)
@@ -658,12 +700,13 @@ def _summary(records: list[dict]) -> str:
     r = records[0]
     mfu = "" if r["mfu"] is None else f" mfu {100 * r['mfu']:.1f}%"
     if len(records) == 1:
-        return (f"step {r['step']:>7} | tokens {r['tokens']:.3g} | train {r['train_loss']:.4f} | "
-                f"test {r['test_loss']:.4f} nats ({r['test_bits_per_byte']:.3f} bpb) | "
+        return (f"step {r['step']:>7} | tokens {r['tokens']:.3g} | train {r['train_loss']:.4f} (mean) | "
+                f"val {r['val_loss']:.4f} ± {r['val_se']:.4f} | test {r['test_loss']:.4f} nats "
+                f"({r['test_bits_per_byte']:.3f} bpb) | "
                 f"{r['tokens_per_s']:.3g} tok/s{mfu}")
-    tests = [x["test_loss"] for x in records if x["status"] != "diverged"] or [float("nan")]
+    tests = [x["val_loss"] for x in records if x["status"] != "diverged"] or [float("nan")]
     diverged = sum(x["status"] == "diverged" for x in records)
-    return (f"step {r['step']:>7} | {len(records)} members | test {min(tests):.4f}..{max(tests):.4f} nats | "
+    return (f"step {r['step']:>7} | {len(records)} members | val {min(tests):.4f}..{max(tests):.4f} nats | "
             f"{len(records) * r['tokens_per_s']:.3g} tok/s{mfu}" + (f" | {diverged} diverged" if diverged else ""))
 
 

@@ -159,7 +159,7 @@ def test_each_kind_learns_and_resumes_exactly(tmp_path, name):
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)
     resumed = train.train(cfg, tmp_path / "resumed", progress=False)
     assert resumed["test_loss"] == straight["test_loss"]
-    assert resumed["test_loss_per_position"] == straight["test_loss_per_position"]
+    assert resumed["evals"]["test"]["per_position"] == straight["evals"]["test"]["per_position"]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -241,7 +241,7 @@ def test_xl_learns_what_only_the_previous_segment_holds():
         model, opt = build(cfg), train.make_optimizer(config.TrainConfig())
         hp = train.hparams_from_config(config.TrainConfig(lr=3e-3, warmup_steps=10, steps=steps, weight_decay=0.0))
         state = train.init_state(model, opt, T, jnp.uint32(0), B)
-        step = jax.jit(train.make_train_step(model, opt))
+        step = jax.jit(train.make_train_step(model))
         data = streams(0, steps // 2 + 1)
         for k in range(steps):  # consecutive segments of the same streams, memory carried in the state
             state, _ = step(state, jnp.asarray(data[:, k * T:k * T + T + 1]), hp)

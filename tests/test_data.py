@@ -11,22 +11,102 @@ from jscale import data
 from jscale.config import ConfigError, DataConfig
 
 
-def test_builtin_corpus_is_large_deterministic_and_split_by_name(tmp_path):
+def test_builtin_corpus_splits_are_disjoint_representative_and_keep_prose_out(tmp_path):
     cfg = DataConfig(cache_dir=str(tmp_path))
     corpus = data.corpus_from_config(cfg)
-    train, test = corpus.names("train"), corpus.names("test")
-    assert train == sorted(train) and test == sorted(test)  # deterministic path order
-    assert not set(train) & set(test)
-    assert len(train) + len(test) == len(corpus.files)
-    assert 0.02 < len(test) / len(corpus.files) < 0.09  # test_fraction 0.05
-    # The same file always lands in the same split, whatever else the corpus holds.
-    assert all(data._hash_fraction(n) < 0.05 for n in test)
+    docs = list(corpus._named_documents())
+    names = [n for n, _, _ in docs]
+    assert len(names) == len(set(names))  # each piece of each file is in exactly one split
+    by_split = {s: [(n, t) for n, split, t in docs if split == s] for s in ("train", "validation", "test", "prose")}
+    sizes = {s: sum(len(t.encode()) for _, t in d) for s, d in by_split.items()}
+    total = sum(sizes[s] for s in ("train", "validation", "test"))
+    for s in ("validation", "test"):
+        assert 0.04 < sizes[s] / total < 0.06  # fractions 0.05
+        files = {n.split("#")[0] for n, _ in by_split[s]}
+        assert len(files) > 50  # a mix of the library, not a few modules
+    for s in ("train", "validation", "test"):
+        per_file = {}
+        for n, t in by_split[s]:
+            per_file[n.split("#")[0]] = per_file.get(n.split("#")[0], 0) + len(t.encode())
+        assert max(per_file.values()) <= 0.05 * sizes[s], s  # no file dominates a split
+    # The English prose is in no training, validation or test piece: it is the extra set `prose`.
+    prose_files = {n.split("#")[0] for n, _ in by_split["prose"]}
+    assert "pydoc_data/topics.py" in prose_files
+    assert not prose_files & {n.split("#")[0] for s in ("train", "validation", "test") for n, _ in by_split[s]}
+    assert all(data.prose_share(t) >= data.PROSE_SHARE or n.startswith("pydoc_data/") for n, t in by_split["prose"])
+    # Pieces land by a hash of their name: the same piece in the same split whatever else the corpus holds.
+    assert all(data.split_by_hash(n, 0.05, 0.05) == "test" for n, _ in by_split["test"])
     tokens = data.prepare(cfg)
+    assert tokens.eval_sets == ("validation", "test", "prose")
     assert len(tokens.train) >= 10_000_000
-    assert tokens.meta["train_documents"] == len(train)
-    # Byte tokens are the UTF-8 bytes of the documents, in order.
-    first = next(corpus.documents("train")).encode()
-    np.testing.assert_array_equal(tokens.train[:len(first)], np.frombuffer(first, np.uint8))
+    assert tokens.meta["validation_documents"] == len(by_split["validation"])
+    # Byte tokens are the UTF-8 bytes of the documents, in order, each followed by a separator.
+    first = by_split["test"][0][1].encode()
+    np.testing.assert_array_equal(tokens.test[:len(first)], np.frombuffer(first, np.uint8))
+
+
+def test_local_validation_and_test_files_and_extra_sets(tmp_path, text_corpus):
+    folder = tmp_path / "wiki"
+    folder.mkdir()
+    (folder / "wiki.train.raw").write_text((text_corpus / "doc00.txt").read_text() * 3)
+    (folder / "wiki.valid.raw").write_text((text_corpus / "doc01.txt").read_text())
+    (folder / "wiki.test.raw").write_text((text_corpus / "doc02.txt").read_text())
+    (folder / "poems.txt").write_text("roses are red\n" * 500)
+    cfg = DataConfig(corpus=str(folder / "wiki.train.raw"), validation=str(folder / "wiki.valid.raw"),
+                     test=str(folder / "*.test.raw"), extra_eval=f"poems={folder / 'poems.txt'}",
+                     cache_dir=str(tmp_path / "cache"))
+    tokens = data.prepare(cfg)
+    assert tokens.eval_sets == ("validation", "test", "poems")
+    assert bytes(tokens.validation[:-1]).decode() == (text_corpus / "doc01.txt").read_text()
+    assert bytes(tokens.test[:-1]).decode() == (text_corpus / "doc02.txt").read_text()
+    assert bytes(tokens.splits["poems"][:14]) == b"roses are red\n"
+    assert len(tokens.train) == len((folder / "wiki.train.raw").read_bytes()) + tokens.meta["train_documents"]
+    with pytest.raises(ConfigError, match="data.validation: no files match"):
+        data.prepare(DataConfig(corpus=str(folder / "wiki.train.raw"), validation=str(folder / "missing.raw"),
+                                cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(ConfigError, match="data.test: .* also named for the validation split"):
+        data.corpus_from_config(DataConfig(corpus=str(folder), validation=str(folder / "wiki.valid.raw"),
+                                           test=str(folder / "wiki.*.raw")))
+    with pytest.raises(ConfigError, match="data.extra_eval: 'poems' is not NAME=FILES"):
+        data.corpus_from_config(DataConfig(corpus=str(folder), extra_eval="poems"))
+
+
+def test_random_subsets_are_nested_spread_and_exact():
+    n, chunk = 1_000_000, 4096
+    small = data.subset_pieces(n, 30_000, chunk, subset_seed=0)
+    large = data.subset_pieces(n, 100_000, chunk, subset_seed=0)
+    assert small[:, 1].sum() == 30_000 and large[:, 1].sum() == 100_000
+    positions = lambda p: set(np.concatenate([np.arange(s, s + k) for s, k in p]).tolist())
+    assert positions(small) <= positions(large)  # nested: D = 1e5 contains D = 3e4
+    assert large[:, 0].min() < 0.2 * n and large[:, 0].max() > 0.8 * n  # spread over the whole split, no prefix
+    np.testing.assert_array_equal(large, data.subset_pieces(n, 100_000, chunk, subset_seed=0))  # pure
+    assert not np.array_equal(large, data.subset_pieces(n, 100_000, chunk, subset_seed=1))
+    # Batches draw only from the subset's tokens, and can reach all of them.
+    tokens = np.arange(n, dtype=np.int64)
+    seen = np.concatenate([data.train_batch(tokens, 0, s, 64, 16, 30_000, subset_chunk=chunk).ravel()
+                           for s in range(400)])
+    assert set(seen.tolist()) <= positions(small)
+    assert len(set(seen.tolist())) > 0.9 * 30_000
+    assert set(data.subset_tokens(tokens, 30_000, chunk).tolist()) == positions(small)
+
+
+def test_evaluation_windows_found_verbatim_in_train_are_left_out():
+    rng = np.random.default_rng(0)
+    train_tokens = rng.integers(0, 256, 200_000).astype(np.uint8)
+    test_tokens = rng.integers(0, 256, 20_000).astype(np.uint8)
+    starts = data.window_starts(test_tokens, 50, 99)
+    copied = starts[::5]  # a licence header: these windows also occur in the train split
+    for i, s in enumerate(copied):
+        train_tokens[1000 + 300 * i:1000 + 300 * i + 100] = test_tokens[s:s + 100]
+    kept = data.window_starts(test_tokens, 50, 99, exclude=train_tokens)
+    assert len(kept) == 50 and len(set(kept.tolist())) == 50
+    window = lambda s: bytes(test_tokens[s:s + 100])
+    train_bytes = bytes(train_tokens)
+    assert not any(window(s) in train_bytes for s in kept)
+    # The rolling hash agrees with a direct one on every window.
+    h = data.window_hashes(train_tokens[:5000], 100)
+    assert len(h) == 4901 and h[123] == data.window_hashes(train_tokens[123:223], 100)[0]
+    assert len(set(h.tolist())) == 4901
 
 
 def test_token_cache_is_reused(tmp_path, text_corpus):
@@ -45,10 +125,11 @@ def test_local_files_globs_and_directories_agree(tmp_path, text_corpus):
     by_dir = data.prepare(DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path)))
     by_glob = data.prepare(DataConfig(corpus=str(text_corpus / "*.txt"), cache_dir=str(tmp_path)))
     np.testing.assert_array_equal(by_dir.train, by_glob.train)
-    assert by_dir.meta["train_documents"] + by_dir.meta["test_documents"] == 30
-    single = data.prepare(DataConfig(corpus=str(text_corpus / "doc00.txt"), cache_dir=str(tmp_path)))
-    # One file is split into ~64 kB chunks so a share of it can be held out.
-    assert single.meta["train_documents"] >= 1 and len(single.train) + len(single.test) > 0
+    # A corpus of few files is dealt to the splits in ~4 kB pieces, so that every split holds some.
+    assert min(by_dir.meta[f"{s}_documents"] for s in ("train", "validation", "test")) >= 1
+    total = sum(len(p.read_bytes()) for p in text_corpus.glob("*.txt"))
+    assert sum(by_dir.meta[f"{s}_bytes"] for s in ("train", "validation", "test")) == total + sum(
+        by_dir.meta[f"{s}_documents"] for s in ("train", "validation", "test"))
     with pytest.raises(ConfigError, match="data.corpus: no files match"):
         data.prepare(DataConfig(corpus=str(tmp_path / "missing*.txt"), cache_dir=str(tmp_path)))
 
@@ -74,14 +155,9 @@ def test_consecutive_batches_continue_each_rows_stream():
     np.testing.assert_array_equal(a, data.train_batch(tokens, 5, 10, 4, 16, consecutive=True))
     assert len(set(a[:, 0])) == 4  # each row reads its own stream
     assert not np.array_equal(a, data.train_batch(tokens, 6, 10, 4, 16, consecutive=True))
-    limited = np.concatenate([data.train_batch(tokens, 0, s, 4, 8, 300, consecutive=True) for s in range(100)])
-    assert limited.max() < 300  # streams wrap within the first D tokens
-
-
-def test_max_train_tokens_limits_the_windows_to_the_first_D_tokens():
-    tokens = np.arange(100_000, dtype=np.int64)
-    seen = np.concatenate([data.train_batch(tokens, 0, s, 16, 8, max_train_tokens=500) for s in range(200)])
-    assert seen.max() == 499 and seen.min() == 0  # all of the first D tokens are reachable, none beyond
+    limited = np.concatenate([data.train_batch(tokens, 0, s, 4, 8, 300, consecutive=True, subset_chunk=64)
+                              for s in range(100)])
+    assert set(limited.ravel().tolist()) == set(data.subset_tokens(tokens, 300, 64).tolist())  # streams wrap in D
 
 
 def test_eval_windows_are_fixed_and_spread_over_the_test_split():
@@ -144,7 +220,9 @@ def test_tfds_corpus_read_through_data_source_without_the_builder(tmp_path):
                        text=True)
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout.splitlines()[0])
-    assert meta["train_documents"] == 200 and meta["test_documents"] == 20
+    assert meta["test_documents"] == 20  # TFDS's own test split
+    assert meta["train_documents"] + meta["validation_documents"] == 200  # validation held out of its train split
+    assert 0 < meta["validation_documents"] < 30
     assert "story 10" in r.stdout.splitlines()[1]  # the test split is TFDS's own test split
     assert r.stdout.splitlines()[-1] == "False"  # read without importing TensorFlow
 

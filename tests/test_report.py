@@ -24,12 +24,23 @@ def synthetic_sweep(directory, spec, loss_of, positions_of=None):
             loss = loss_of(r)
             n_ctx = r["n_ctx"]
             per_position = positions_of(r) if positions_of else np.full(n_ctx, loss)
-            db.record_eval([{"run_id": r["run_id"], "step": r["steps"], "tokens": r["tokens"],
-                             "flops_6N": 6 * r["N"] * r["tokens"], "flops_exact": r["flops_per_token_exact"] * r["tokens"],
-                             "train_loss": loss, "test_loss": loss, "test_bits_per_byte": loss / np.log(2),
-                             "status": "done", "wall_time": 1.0, "tokens_per_s": 1.0,
-                             "test_loss_per_position": list(map(float, per_position))}])
+            db.record_eval([record(r, loss, per_position)])
     return sw
+
+
+def record(row, loss, per_position=None, step=None, se=0.001, windows=None):
+    """An evaluation record as train_loop writes it, with every evaluation set at this loss."""
+    step = row["steps"] if step is None else step
+    tokens = step * row["batch_size"] * row["n_ctx"]
+    per_position = np.full(row["n_ctx"], loss) if per_position is None else per_position
+    evals = {s: {"loss": loss, "se": se, "bits_per_byte": loss / np.log(2),
+                 "per_position": list(map(float, per_position))} for s in ("validation", "test")}
+    return {"run_id": row["run_id"], "step": step, "tokens": tokens, "epochs": 0.1,
+            "flops_6N": 6 * row["N"] * tokens, "flops_exact": row["flops_per_token_exact"] * tokens,
+            "train_loss": loss, "val_loss": loss, "val_se": se, "test_loss": loss, "test_se": se,
+            "test_bits_per_byte": loss / np.log(2), "evals": evals, "lr": 1e-3,
+            "per_window": None if windows is None else {"validation": windows, "test": windows},
+            "status": "done" if step == row["steps"] else "running", "wall_time": 1.0, "tokens_per_s": 1.0}
 
 
 def verdicts(directory, tmp_path, latency=False):

@@ -37,12 +37,37 @@ def test_learning_rate_schedule_matches_the_formula():
         assert float(train.learning_rate(jnp.asarray(step), hp)) == pytest.approx(want, rel=1e-5)
 
 
+def test_warmup_stable_decay_and_constant_schedules_match_the_formula():
+    t = TrainConfig(lr=2e-3, warmup_steps=10, steps=110, schedule="wsd", decay_fraction=0.2, final_lr_fraction=0.1)
+    hp = train.hparams_from_config(t)
+    for step, want in ((5, 1e-3), (10, 2e-3), (88, 2e-3), (99, 2e-3 * (0.1 + 0.9 * 11 / 22)), (110, 2e-4)):
+        assert float(train.learning_rate(jnp.asarray(step), hp)) == pytest.approx(want, rel=1e-5), step
+    hp = train.hparams_from_config(TrainConfig(lr=2e-3, warmup_steps=10, steps=110, schedule="constant"))
+    assert float(train.learning_rate(jnp.asarray(109), hp)) == pytest.approx(2e-3)
+
+
+def test_warmup_in_tokens_or_per_parameter_sets_warmup_steps():
+    from jscale import accounting
+
+    model = {"n_layer": 2, "d_model": 32, "n_heads": 2, "n_ctx": 32}
+    cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_tokens": 2560}})
+    assert cfg.resolve().train.warmup_steps == 10  # 2560 tokens / (8 x 32) per step
+    cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_per_param": 1.0}})
+    n_total = accounting.account(cfg.resolve().model).N_total
+    assert cfg.resolve().train.warmup_steps == round(n_total / 256)  # Porian et al.: about N tokens
+    with pytest.raises(ConfigError, match="train.warmup_per_param: give warmup_tokens or warmup_per_param"):
+        config.from_dict({"train": {"warmup_tokens": 10, "warmup_per_param": 1.0}}).resolve()
+    with pytest.raises(ConfigError, match="train.schedule: 'linear' is not one of"):
+        config.from_dict({"train": {"schedule": "linear"}}).resolve()
+
+
 def test_vmapped_train_step_matches_each_member_alone():
     """Hyperparameters are data: one compiled step trains members with different lr, decay and seed."""
     cfg = config.ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=8, vocab_size=32, dropout=0.1)
     model, opt = build(cfg), train.make_optimizer(TrainConfig())
-    step = train.make_train_step(model, opt, dropout=True)
-    members = [TrainConfig(lr=1e-2, seed=0, weight_decay=0.0), TrainConfig(lr=1e-3, seed=1, weight_decay=0.1)]
+    step = train.make_train_step(model, dropout=True)
+    members = [TrainConfig(lr=1e-2, seed=0, weight_decay=0.0, b2=0.95, schedule="wsd"),
+               TrainConfig(lr=1e-3, seed=1, weight_decay=0.1, b2=0.99, b1=0.8)]
     states = [train.init_state(model, opt, 8, jnp.uint32(t.seed)) for t in members]
     hps = [train.hparams_from_config(t) for t in members]
     batches = [jax.random.randint(jax.random.key(i), (4, 9), 0, 32) for i in range(2)]
@@ -65,15 +90,15 @@ def test_loss_falls_on_the_builtin_corpus(tmp_path):
     assert final["test_loss"] < 3.0
     assert records[0]["test_loss"] > final["test_loss"]
     assert final["test_bits_per_byte"] == pytest.approx(final["test_loss"] / math.log(2))  # byte tokens
-    assert len(final["test_loss_per_position"]) == 32
+    assert len(final["evals"]["test"]["per_position"]) == 32
     # Later positions have more context, so they are predicted better than the first.
-    assert np.mean(final["test_loss_per_position"][-8:]) < final["test_loss_per_position"][0]
+    assert np.mean(final["evals"]["test"]["per_position"][-8:]) < final["evals"]["test"]["per_position"][0]
     assert final["mfu"] is None  # no known peak for a CPU
     assert final["flops_6N"] == 300 * 8 * 32 * 6 * 12 * 32 ** 2
 
 
 def _losses(run_dir):
-    return [(r["step"], r["train_loss"], r["test_loss"], r["test_loss_per_position"])
+    return [(r["step"], r["train_loss"], r["test_loss"], r["evals"]["test"]["per_position"])
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
