@@ -314,7 +314,12 @@ def check_sizes(cfg: DataConfig, n_ctx: int, context: int = 0) -> None:
     if found is None:
         return
     corpus, sizes = found
-    for split, n_bytes in sizes.items():
+    total = sum(sizes.values())
+    if total < n_ctx + 1:
+        raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {total} bytes of {corpus.description}; use a "
+                          f"shorter context or more data")
+    for split in ("train", "test", "validation", *(s for s in sizes if s not in SPLITS)):
+        n_bytes = sizes[split]
         need = n_ctx + 1 if split == "train" else context + n_ctx + 1
         if n_bytes == 0:
             raise ConfigError(f"{_split_key(split, cfg)}: the {split} split of {corpus.description} is empty; "

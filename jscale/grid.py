@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import accounting, data, interrupts, results, sweep as sweeps, train
+from jscale import accounting, data, interrupts, results, sweep as sweeps, train, tuning
 from jscale.config import Config, ConfigError, resource_error
 
 MAX_MEMBERS = 64
@@ -238,22 +238,14 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     log_session(sweep, out)
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     mode = ensemble_mode or decision.get("mode", "vmap" if decision else default_mode())  # older dirs: vmap
-    groups = sweep.groups(members)
+    ready = [r for r in sweep.runs if not r.awaits_tuning]
+    awaiting = [r for r in sweep.runs if r.awaits_tuning]
+    if awaiting and jax.process_count() > 1:
+        raise ConfigError("tune: pilots are not supported on multi-process runs yet; run the sweep on one host")
+    groups = sweeps.group_runs(ready, members)
     if leader:
         db.add_runs(sweeps.run_row(r, g.group_id) for g in groups for r in g.runs)
-    mine = [g for g in groups if shard_of(g.group_id, shard[1]) == shard[0]]
-    finished = set()
-    if leader:
-        statuses = db.status(r.run_id for g in mine for r in g.runs)
-        finished = {rid for rid, s in statuses.items() if s in ("done", "diverged")}
-    if jax.process_count() > 1:  # every process must agree on which groups to train
-        from jax.experimental import multihost_utils
-
-        flags = np.array([all(r.run_id in finished for r in g.runs) for g in mine])
-        flags = multihost_utils.broadcast_one_to_all(flags)
-        todo = [g for g, f in zip(mine, flags) if not f]
-    else:
-        todo = [g for g in mine if not all(r.run_id in finished for r in g.runs)]
+    todo = _unfinished([g for g in groups if shard_of(g.group_id, shard[1]) == shard[0]], db)
 
     bar = None
     if progress and leader:
@@ -264,29 +256,31 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
         bar = tqdm(total=round(total, 3), unit="GFLOP", unit_scale=False, dynamic_ncols=True, desc=sweep.name,
                    bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}]")
         bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}, {mode}: "
-                  f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}")
+                  f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}"
+                  + (f"; {len(awaiting)} final runs wait for their pilots" if awaiting else ""))
     corpora: dict[str, data.TokenizedCorpus] = {}
-    trained = busy = 0
+    counts = {"trained": 0, "busy": 0}
     # While one group trains, the next group's steps compile in a background thread (ahead of time), so a sweep of
     # many shapes waits for a compile only at its start.
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscale-compile")
     ahead: dict[str, concurrent.futures.Future] = {}
 
-    def compile_ahead(i: int) -> None:
-        if i < len(todo) and todo[i].group_id not in ahead and background_compile:
-            g = todo[i]
-            ahead[g.group_id] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs], len(g.runs) > 1,
-                                                None, mode)
+    def train_groups(todo: list[sweeps.Group]) -> bool:
+        """Train these groups in order; False when stop_after ended it early."""
+        def compile_ahead(i: int) -> None:
+            if i < len(todo) and todo[i].group_id not in ahead and background_compile:
+                g = todo[i]
+                ahead[g.group_id] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs],
+                                                    len(g.runs) > 1, None, mode)
 
-    try:
         for i, g in enumerate(todo):
             interrupts.check()
-            if stop_after is not None and trained >= stop_after:
-                break
+            if stop_after is not None and counts["trained"] >= stop_after:
+                return False
             # Another job on this directory may be training this group now: leave it to that job.
             if leader and jax.process_count() == 1:
                 if not db.claim(g.group_id):
-                    busy += 1
+                    counts["busy"] += 1
                     if bar is not None:
                         bar.write(f"group {g.group_id}: being trained by another job on {out}; skipped")
                     continue
@@ -306,15 +300,113 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             finally:
                 if leader and jax.process_count() == 1:
                     db.release(g.group_id)
-            trained += 1
+            counts["trained"] += 1
+        return True
+
+    def add_to_bar(more: list[sweeps.Group]) -> None:
+        if bar is not None and more:
+            bar.total = round(bar.total + sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in more), 3)
+            bar.refresh()
+
+    tuned_groups = 0
+    try:
+        if train_groups(todo) and awaiting:
+            # The pilots of every point are trained: choose each point's values, then train its final runs.
+            chosen = {}
+            for point in sorted({r.tags["tune.of"] for r in awaiting}):
+                if shard_of(point, shard[1]) != shard[0]:
+                    continue
+                choice = _tune_point(sweep, point, awaiting, db, members, train_groups, add_to_bar, bar)
+                if choice is not None:
+                    chosen[point] = choice
+            finals = sweeps.tuned_runs(awaiting, chosen)
+            final_groups = sweeps.group_runs(finals, members)
+            db.add_runs(sweeps.run_row(r, g.group_id) for g in final_groups for r in g.runs)
+            more = _unfinished(final_groups, db)
+            add_to_bar(more)
+            tuned_groups = len(final_groups)
+            train_groups(more)
     finally:
         compiler.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
             bar.close()
         if db is not None:
             db.close()
-    return {"runs": len(sweep.runs), "groups": len(groups), "trained_groups": trained, "members": members,
-            "busy_groups": busy}
+    return {"runs": len(sweep.runs), "groups": len(groups) + tuned_groups, "trained_groups": counts["trained"],
+            "members": members, "busy_groups": counts["busy"]}
+
+
+def _unfinished(groups: list[sweeps.Group], db) -> list[sweeps.Group]:
+    """The groups with a run not yet done or diverged (all processes agree: process 0 reads and tells)."""
+    finished = set()
+    if db is not None:
+        statuses = db.status(r.run_id for g in groups for r in g.runs)
+        finished = {rid for rid, s in statuses.items() if s in ("done", "diverged")}
+    flags = np.array([all(r.run_id in finished for r in g.runs) for g in groups], bool)
+    if jax.process_count() > 1:  # every process must agree on which groups to train
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.broadcast_one_to_all(flags)
+    return [g for g, f in zip(groups, flags) if not f]
+
+
+def _pilot_losses(db, runs: list[sweeps.Run], keys) -> list[tuple[dict, float]] | None:
+    """Each pilot's values and final validation loss (inf if it diverged); None while any is unfinished."""
+    rows = db.pilot_results([r.run_id for r in runs])
+    out = []
+    for r in runs:
+        status, loss = rows.get(r.run_id, ("pending", None))
+        if status not in ("done", "diverged"):
+            return None
+        out.append(({k: r.tags[k] for k in keys}, float("inf") if status == "diverged" or loss is None
+                    else float(loss)))
+    return out
+
+
+def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db, members: int, train_groups,
+                add_to_bar, bar) -> dict | None:
+    """Choose a point's tuned values from its pilots (extending the grid once where the optimum is at an edge),
+    record the choice, and return it; None while pilots trained by another job are unfinished."""
+    tune = sweep.tune
+    say = (lambda line: bar.write(line)) if bar is not None else (lambda line: None)
+    finals = [r for r in awaiting if r.tags["tune.of"] == point]
+    grid = {k: list(v) for k, v in tune.grid}
+    pilots = [r for r in sweep.runs if r.tags.get("tune.point") == point]
+    losses = _pilot_losses(db, pilots, tune.keys)
+    if losses is None:
+        say(f"point {point}: its pilots are not all finished (another job trains them); re-run to train its "
+            f"final runs")
+        return None
+    choice = tuning.choose(grid, losses)
+    extended = False
+    more = tuning.extension(grid, choice) if tune.extend else {}
+    if more:  # the optimum sits on an edge: one more value beyond it, with the other keys at their choice
+        extended = True
+        fixed = {point: {k: v for k, v in choice.chosen.items() if k not in more}}
+        extra = sweeps.pilot_runs(finals, tune, more, fixed)
+        extra_groups = sweeps.group_runs(extra, members)
+        db.add_runs(sweeps.run_row(r, g.group_id) for g in extra_groups for r in g.runs)
+        say(f"point {point}: best {_values_text(choice.chosen)} is at the edge of the grid; extending it by "
+            f"{_values_text({k: v[0] for k, v in more.items()})}")
+        todo = _unfinished(extra_groups, db)
+        add_to_bar(todo)
+        train_groups(todo)
+        extra_losses = _pilot_losses(db, extra, tune.keys)
+        if extra_losses is None:
+            return None
+        for key, values in more.items():
+            grid[key] = sorted(grid[key] + values)
+        choice = tuning.choose(grid, losses + extra_losses)
+    flags = [k for k, ok in choice.bracketed.items() if not ok]
+    note = ("bracketed" if not flags else
+            f"optimum at the edge of {', '.join(flags)}" + (" after extending" if extended else ""))
+    db.record_tuning(point, list(tune.keys), grid, choice.losses, choice.chosen, not flags, extended, note)
+    say(f"point {point}: chose {_values_text(choice.chosen)} on validation loss ({note})")
+    return choice.chosen
+
+
+def _values_text(values: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]} = {v:g}" for k, v in values.items())
 
 
 def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: train.GroupSteps | None,
@@ -357,12 +449,21 @@ def status_table(out: str | Path) -> str:
         lines.append(f"  {s:<9} {counts.get(s, 0)}")
     lines.append(f"  compute spent {spent:.3e} FLOPs (6ND), left {total - spent:.3e} of {total:.3e} "
                  f"({100 * spent / total if total else 0:.1f}% done)")
+    for t in tables["tuning"].itertuples():
+        chosen = json.loads(t.chosen)
+        pilots = ", ".join(f"{_values_text(v)}: {'diverged' if loss is None else f'{loss:.4f}'}"
+                           for v, loss in json.loads(t.losses))
+        lines.append(f"  tuned point {t.point}: {_values_text(chosen)} ({t.note}); pilot validation losses: "
+                     f"{pilots}")
     started = runs[(runs["step"] > 0) | runs["status"].isin(["done", "diverged"])].sort_values("N")
     if len(started):  # every run that has trained, diverged ones included (their loss shows as nan)
-        lines.append(f"  {'run':<13}{'name':<40}{'N':>10}{'status':>10}{'step':>8}{'test loss':>11}")
+        lines.append(f"  {'run':<13}{'name':<40}{'N':>10}{'status':>10}{'step':>8}{'val loss':>11}"
+                     f"{'test loss':>11}")
         for r in started.itertuples():
+            val = float("nan") if r.final_val_loss is None else float(r.final_val_loss)
             loss = float("nan") if r.final_test_loss is None else float(r.final_test_loss)
-            lines.append(f"  {r.run_id:<13}{r.name[:39]:<40}{r.N:>10.3g}{r.status:>10}{r.step:>8}{loss:>11.4f}")
+            lines.append(f"  {r.run_id:<13}{r.name[:39]:<40}{r.N:>10.3g}{r.status:>10}{r.step:>8}{val:>11.4f}"
+                         f"{loss:>11.4f}")
     return "\n".join(lines)
 
 

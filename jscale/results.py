@@ -238,6 +238,23 @@ class ResultsDB:
                 self.conn.execute("UPDATE claims SET heartbeat = ? WHERE group_id = (SELECT group_id FROM runs "
                                   "WHERE run_id = ?)", (time.time(), r["run_id"]))
 
+    def pilot_results(self, run_ids: list[str]) -> dict[str, tuple[str, float | None]]:
+        """Status and final validation loss of these runs (what a tuning choice reads; never test loss)."""
+        marks = ", ".join("?" for _ in run_ids)
+        with db_errors(self.path):
+            rows = self.conn.execute(f"SELECT run_id, status, final_val_loss FROM runs WHERE run_id IN ({marks})",
+                                     run_ids).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def record_tuning(self, point: str, keys: list[str], grid: dict, losses: list, chosen: dict, bracketed: bool,
+                      extended: bool, note: str) -> None:
+        with db_errors(self.path), self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO tuning VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (point, json.dumps(keys), json.dumps(grid),
+                               json.dumps([(v, loss if np.isfinite(loss) else None) for v, loss in losses]),
+                               json.dumps(chosen),
+                               int(bracketed), int(extended), note))
+
     def mark(self, run_ids: list[str], status: str) -> None:
         with db_errors(self.path), self.conn:
             self.conn.executemany("UPDATE runs SET status = ?, updated = ? WHERE run_id = ?",
@@ -268,7 +285,7 @@ def _alive(host: str, pid: int, heartbeat: float) -> bool:
 
 
 def load(sweep_dir: str | Path) -> dict[str, Any]:
-    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions", "evals", "windows"}.
+    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions", "evals", "windows", "tuning"}.
 
     curves has one row per evaluation with the run's N, N_total and status joined in; evals one row per
     (run, step, evaluation set) with loss, standard error over windows and bits per byte; positions one row per
@@ -300,6 +317,9 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
                 raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
             windows = (pd.read_sql_query("SELECT * FROM windows ORDER BY run_id, split", db.conn)
                        if "windows" in have else pd.DataFrame(columns=["run_id", "split", "step", "losses"]))
+            tuning = (pd.read_sql_query("SELECT * FROM tuning ORDER BY point", db.conn) if "tuning" in have
+                      else pd.DataFrame(columns=["point", "keys", "grid", "losses", "chosen", "bracketed",
+                                                 "extended", "note"]))
         except pd.errors.DatabaseError as e:  # pandas wraps SQLite's errors
             raise sqlite3.DatabaseError(str(e)) from None
     if "role" not in runs:
@@ -307,4 +327,5 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     windows["losses"] = [np.frombuffer(b, "<f4") for b in windows["losses"]]
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
-    return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows}
+    return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,
+            "tuning": tuning}

@@ -51,7 +51,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from jscale import accounting, config
+from jscale import accounting, config, tuning
 from jscale.config import Config, ConfigError
 
 # Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
@@ -71,8 +71,13 @@ class Run:
 
     @property
     def role(self) -> str:
-        """pilot (a learning-rate pilot's run: selection only, never reported) or final."""
+        """pilot (a tuning pilot's run: selection only, never reported) or final."""
         return "pilot" if "tune.point" in self.tags else "final"
+
+    @property
+    def awaits_tuning(self) -> bool:
+        """A final run whose tuned keys are not chosen yet (its config holds the base values)."""
+        return "tune.of" in self.tags and "tune.chosen" not in self.tags
 
     @property
     def group_key(self) -> str:
@@ -100,25 +105,32 @@ class Sweep:
     source: str  # the spec file
     scale: str | None = None  # which [scale.NAME] table was applied
     analysis: str = ""  # the report section for its results
+    tune: tuning.Tune | None = None  # a per-point pilot ([tune]); its final runs' tuned keys are set after it
+    seeds: int = 1  # replicas of every point over train.seed (init and data order)
 
     def describe(self) -> dict[str, Any]:
         """What sweep.json records in the sweep directory."""
         return {"name": self.name, "claim": self.claim, "scale": self.scale, "analysis": self.analysis,
-                "source": self.source, "runs": len(self.runs)}
+                "source": self.source, "runs": len(self.runs), "seeds": self.seeds,
+                "tune": None if self.tune is None else dataclasses.asdict(self.tune)}
 
     def groups(self, max_members: int) -> list[Group]:
-        """Runs with equal shapes and steps, in chunks of at most max_members, in a stable order."""
-        by_key: dict[str, list[Run]] = {}
-        for run in self.runs:
-            by_key.setdefault(run.group_key, []).append(run)
-        groups = []
-        for members in by_key.values():
-            members = sorted(members, key=lambda r: r.run_id)
-            for i in range(0, len(members), max_members):
-                chunk = tuple(members[i:i + max_members])
-                gid = hashlib.sha1(",".join(r.run_id for r in chunk).encode()).hexdigest()[:12]
-                groups.append(Group(gid, chunk))
-        return groups
+        return group_runs(self.runs, max_members)
+
+
+def group_runs(runs, max_members: int) -> list[Group]:
+    """Runs with equal shapes and steps, in chunks of at most max_members, in a stable order."""
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.group_key, []).append(run)
+    groups = []
+    for members in by_key.values():
+        members = sorted(members, key=lambda r: r.run_id)
+        for i in range(0, len(members), max_members):
+            chunk = tuple(members[i:i + max_members])
+            gid = hashlib.sha1(",".join(r.run_id for r in chunk).encode()).hexdigest()[:12]
+            groups.append(Group(gid, chunk))
+    return groups
 
 
 # Short names of swept keys in run names; derived keys that would only repeat information are left out.
@@ -126,7 +138,7 @@ SHORT = {"model.n_layer": "L", "model.d_model": "D", "model.n_heads": "H", "mode
          "train.lr": "lr", "train.seed": "seed", "data.max_train_tokens": "Dtok", "train.steps": "S",
          "isoflop.budget": "C", "shape.N": "N*", "model.kind": "", "model.n_kv_heads": "KV", "model.reuse": "reuse",
          "model.mem_len": "mem"}
-HIDDEN_TAGS = {"shape.vary", "train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
+HIDDEN_TAGS = {"shape.vary", "tune.of", "tune.point", "tune.chosen", "train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
 
 
 def _tag_text(key: str, value: Any) -> str:
@@ -359,7 +371,7 @@ def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
     return gen(axis, run, where)
 
 
-SWEEP_KEYS = ("name", "claim", "analysis", "base", "axis", "scale")
+SWEEP_KEYS = ("name", "claim", "analysis", "base", "axis", "scale", "seeds", "tune")
 
 
 def _no_other_fields(axis: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -420,9 +432,21 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
         runs = [({**flat, **point}, {**tags, **point}) for flat, tags in runs
                 for point in _axis_points(axis, i, flat)]
     out, seen = [], set()
+    seeds = spec.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds: the number of seeds per point must be an integer >= 1, got {seeds!r}")
+    if seeds > 1:  # every point replicated over train.seed (init and, with data_seed unset, data order)
+        runs = [({**flat, "train.seed": flat.get("train.seed", 0) + s}, {**tags, "train.seed": flat.get(
+            "train.seed", 0) + s}) for flat, tags in runs for s in range(seeds)]
+    tune = tuning.parse(spec["tune"]) if "tune" in spec else None
+    for key in tune.keys if tune is not None else ():
+        if any(key in tags for _, tags in runs):
+            raise ConfigError(f"tune.grid.{key}: also set by an [[axis]]; tune it or sweep it, not both")
     for flat, tags in runs:
         cfg = _resolve(flat, "sweep run " + (", ".join(f"{k}={v}" for k, v in tags.items()) or "base"))
-        run_id = _hash_config(cfg)
+        if tune is not None:
+            tags = {**tags, "tune.of": tuning.point_of(cfg, tune)}
+        run_id = _hash_config(cfg)  # a tuned run's id changes once its values are chosen (tuned_runs)
         if run_id in seen:
             continue
         seen.add(run_id)
@@ -430,9 +454,47 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
         out.append(Run(run_id, name, cfg, tags))
     if not out:
         raise ConfigError("axis: the sweep expands to no runs")
+    if tune is not None:
+        out += pilot_runs(out, tune)
     name = str(spec.get("name", Path(source).stem))
     return Sweep(name=name, claim=str(spec.get("claim", "")), runs=tuple(out), source=source, scale=scale,
-                 analysis=str(spec.get("analysis", name)))
+                 analysis=str(spec.get("analysis", name)), tune=tune, seeds=seeds)
+
+
+def pilot_runs(finals: list[Run], tune: tuning.Tune, grid: dict[str, list] | None = None,
+               fixed: dict[str, dict[str, float]] | None = None) -> list[Run]:
+    """The pilot runs of every tuned point among these final runs: one per combination of the grid (default: the
+    tune's), at the point's first seed. fixed: per point, values of keys the grid leaves out (an extension)."""
+    grid = dict(tune.grid) if grid is None else grid
+    firsts: dict[str, Run] = {}
+    for r in sorted(finals, key=lambda r: (r.cfg.train.seed, r.run_id)):
+        if "tune.of" in r.tags:
+            firsts.setdefault(r.tags["tune.of"], r)
+    out = []
+    for point, first in firsts.items():
+        for values in tuning.combinations(grid):
+            values = {**(fixed or {}).get(point, {}), **values}
+            cfg = tuning.pilot_config(first.cfg, tune, values)
+            tags = {"tune.point": point, **values}
+            name = f"pilot {first.name} " + " ".join(_tag_text(k, v) for k, v in values.items())
+            out.append(Run(_hash_config(cfg), name, cfg, tags))
+    return out
+
+
+def tuned_runs(finals: list[Run], chosen: dict[str, dict[str, float]]) -> list[Run]:
+    """The final runs of the points with a choice, with the chosen values put in (and their ids from them)."""
+    out = []
+    for r in finals:
+        values = chosen.get(r.tags.get("tune.of"))
+        if values is None:
+            continue
+        train = r.cfg.train
+        for key, value in values.items():
+            train = dataclasses.replace(train, **{key.split(".")[1]: value})
+        cfg = dataclasses.replace(r.cfg, train=train).resolve()
+        name = r.name + " " + " ".join(_tag_text(k, v) for k, v in values.items())
+        out.append(Run(_hash_config(cfg), name, cfg, {**r.tags, **values, "tune.chosen": True}))
+    return out
 
 
 def load(path: str | Path, overrides: list[str] = (), scale: str | None = None) -> Sweep:

@@ -1,0 +1,150 @@
+"""Per-shape hyperparameter tuning: a pilot of a grid of values, trained as one ensemble per shape for a fraction
+of the final run, picked on validation loss.
+
+A sweep asks for it with a `[tune]` table:
+
+    [tune]
+    grid = { "train.lr" = [1e-3, 2e-3, 4e-3, 8e-3] }   # one or more member keys; the pilot trains their product
+    fraction = 0.2                                     # of the final run's steps (its schedule compressed to fit)
+    extend = true                                      # an optimum at the grid's edge: one more value, once
+
+Every final run is a *point* (its config less the seeds and the tuned keys). For each point the pilot trains one
+run per grid value at the point's first seed; they share every shape, so they train as one vmapped ensemble. The
+value with the lowest validation loss at the pilot's end is chosen for all of the point's seeds. When it lies on
+an edge of its key's values, the grid is extended once by one geometric step beyond that edge (learning rate and
+warmup); a key that cannot be extended, or an optimum still at the edge after extending, is flagged
+`bracketed = false`. The grid, the pilot losses, the choice and the flags are stored in the results database
+(`tuning` table) and shown by `jscale status` and the report. Test loss is never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from typing import Any
+
+from jscale.config import Config, ConfigError
+
+# Keys a pilot may tune: per-member hyperparameters (sweep.MEMBER_KEYS), so that a pilot is one ensemble.
+TUNABLE = ("train.lr", "train.b1", "train.b2", "train.warmup_steps", "train.weight_decay", "train.decay_fraction",
+           "train.final_lr_fraction")
+EXTENDABLE = ("train.lr", "train.warmup_steps")  # keys whose grid can grow by a geometric step beyond its edge
+
+
+@dataclasses.dataclass(frozen=True)
+class Tune:
+    grid: tuple[tuple[str, tuple[float, ...]], ...]  # (key, sorted values)
+    fraction: float = 0.2
+    extend: bool = True
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.grid)
+
+
+def parse(table: Any) -> Tune:
+    """The sweep's [tune] table, validated (one line naming the key on any problem)."""
+    if not isinstance(table, dict):
+        raise ConfigError("tune: expected a table with grid = { \"train.lr\" = [...] }")
+    unknown = sorted(set(table) - {"grid", "fraction", "extend"})
+    if unknown:
+        raise ConfigError(f"tune.{unknown[0]}: unknown field (expected grid, fraction, extend)")
+    grid = table.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError("tune.grid: expected a table of key = [values], e.g. { \"train.lr\" = [1e-3, 3e-3] }")
+    pairs = []
+    for key, values in grid.items():
+        if key == "train.batch_size":
+            raise ConfigError("tune.grid.train.batch_size: changes the array shapes, so it cannot be a pilot "
+                              "ensemble's member key; sweep it as an [[axis]] and compare on validation loss")
+        if key not in TUNABLE:
+            raise ConfigError(f"tune.grid.{key}: not tunable (one of {', '.join(TUNABLE)})")
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise ConfigError(f"tune.grid.{key}: expected a list of numbers")
+        if len(set(values)) < 2:
+            raise ConfigError(f"tune.grid.{key}: a tuning grid needs at least 2 distinct values, got {values}")
+        pairs.append((key, tuple(sorted(set(int(v) if key == "train.warmup_steps" else float(v) for v in values)))))
+    fraction = table.get("fraction", 0.2)
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+        raise ConfigError(f"tune.fraction: must be in (0, 1], got {fraction!r}")
+    extend = table.get("extend", True)
+    if not isinstance(extend, bool):
+        raise ConfigError(f"tune.extend: expected true or false, got {extend!r}")
+    return Tune(tuple(pairs), float(fraction), extend)
+
+
+def _without(cfg: Config, keys) -> dict:
+    d = cfg.to_dict()
+    for key in keys:
+        section, name = key.split(".")
+        d[section].pop(name, None)
+    return d
+
+
+def point_of(cfg: Config, tune: Tune) -> str:
+    """The point a final run belongs to: its config's hash less the seeds and the tuned keys."""
+    d = _without(cfg, ("train.seed", "train.data_seed") + tune.keys)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
+    """A pilot run: the point's config with these values, over a fraction of its steps (one evaluation, at the
+    end; warmup kept, at most half the pilot)."""
+    t = cfg.train
+    steps = max(2, round(tune.fraction * t.steps))
+    train = dataclasses.replace(t, steps=steps, eval_every=steps, checkpoint_every=steps,
+                                warmup_steps=min(t.warmup_steps, steps // 2))
+    for key, value in values.items():
+        train = dataclasses.replace(train, **{key.split(".")[1]: value})
+    out = dataclasses.replace(cfg, train=train)
+    return out.resolve()
+
+
+def combinations(grid: dict[str, list]) -> list[dict[str, float]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    chosen: dict[str, float]
+    bracketed: dict[str, bool]  # per key: the optimum is strictly inside the key's values
+    losses: list[tuple[dict[str, float], float]]  # every pilot: its values and final validation loss (inf: diverged)
+
+
+def choose(grid: dict[str, list], losses: list[tuple[dict[str, float], float]]) -> Choice:
+    """The values with the lowest validation loss, and for each key whether that optimum is bracketed: neither the
+    smallest nor the largest value of the key that the pilot trained."""
+    finite = [(v, loss) for v, loss in losses if math.isfinite(loss)]
+    if not finite:
+        raise ConfigError("tune: every pilot run diverged; lower the learning rates of tune.grid")
+    best, _ = min(finite, key=lambda x: (x[1], json.dumps(x[0], sort_keys=True)))
+    bracketed = {}
+    for key, values in grid.items():
+        values = sorted(values)
+        i = values.index(best[key])
+        bracketed[key] = 0 < i < len(values) - 1
+    return Choice(dict(best), bracketed, losses)
+
+
+def extension(grid: dict[str, list], choice: Choice) -> dict[str, list]:
+    """One more value beyond each edge the optimum sits on, for the keys that can grow (a geometric step, the
+    ratio of the two edge values); {} when there is nothing to extend."""
+    out = {}
+    for key, values in grid.items():
+        if choice.bracketed[key] or key not in EXTENDABLE:
+            continue
+        values = sorted(values)
+        at_low = choice.chosen[key] == values[0]
+        edge, inner = (values[0], values[1]) if at_low else (values[-1], values[-2])
+        if edge <= 0 or inner <= 0:
+            continue
+        new = edge * edge / inner
+        new = max(1, round(new)) if key == "train.warmup_steps" else new
+        if new not in values:
+            out[key] = [new]
+    return out
