@@ -645,8 +645,11 @@ def window_starts(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int =
     own = window_hashes(tokens[context:], length)[candidates]
     seen = np.zeros(len(own), bool)
     block = 1 << 22
+    own_sorted = np.sort(own)
     for lo in range(0, max(len(exclude) - length + 1, 0), block):
-        seen |= np.isin(own, window_hashes(exclude[lo:lo + block + length - 1], length))
+        train_hashes = window_hashes(exclude[lo:lo + block + length - 1], length)
+        at = np.minimum(np.searchsorted(own_sorted, train_hashes), len(own_sorted) - 1)
+        seen |= np.isin(own, train_hashes[own_sorted[at] == train_hashes])  # a search into the few, not a sort
         interrupts.check()
     kept = candidates[~seen]
     if len(kept) <= n_windows:
