@@ -1,0 +1,80 @@
+"""Regime checks on real runs built to be each case, and n-gram baselines against a direct count."""
+
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from jscale import grid, ngram, regime, results, sweep
+
+TRAIN = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 20, "schedule": "constant"}
+
+
+def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path):
+    wide = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 32},
+            "train": {**TRAIN, "steps": 240, "checkpoint_every": 240}}
+    # A slow learning rate is still falling fast (compute-limited); 3,000 tokens for 240 steps of 512 is 41 epochs
+    # (overfitting); a model of width 8 at a high rate plateaus (converged).
+    spec = {"name": "r", "base": wide, "axis": [{"zip": {"data.max_train_tokens": [0, 3000], "train.lr": [3e-4, 1e-2]}}]}
+    grid.run_sweep(sweep.expand(spec), tmp_path / "a", ensemble_size=8, progress=False)
+    narrow = {**wide, "model": {"n_layer": 1, "d_model": 8, "n_heads": 1, "n_ctx": 32},
+              "train": {**TRAIN, "lr": 0.1, "steps": 400, "checkpoint_every": 400}}
+    grid.run_sweep(sweep.expand({"name": "r", "base": narrow}), tmp_path / "a", ensemble_size=8, progress=False)
+    t = results.load(tmp_path / "a")
+    r = regime.table(t["runs"], t["curves"]).set_index("D")
+    flags = dict(zip(zip(r.index, r["lr"]), r["regime"]))
+    assert flags == {(0, 3e-4): "compute-limited", (3000, 1e-2): "overfitting", (0, 0.1): "converged"}
+    limited = r.loc[3000]
+    assert limited["epochs"] == 240 * 16 * 32 / 3000 and limited["tokens_per_param"] > 1
+    assert "not converged at this scale" in regime.problem(r.reset_index())
+    assert regime.problem(r[r["regime"] == "converged"].reset_index()) is None
+
+
+def test_classify_reads_the_late_improvement_and_a_rise_beyond_noise():
+    steps = np.arange(1, 11) * 10
+    falling = 3.0 - 0.1 * np.arange(10)
+    flat = np.r_[3.0 - 0.1 * np.arange(7), [2.40, 2.398, 2.397]]
+    rising = np.r_[3.0 - 0.1 * np.arange(7), [2.5, 2.6, 2.7]]
+    se = np.full(10, 0.01)
+    assert regime.classify(steps, falling, se, 1e6, 1e5, 0).regime == "compute-limited"
+    assert regime.classify(steps, flat, se, 1e6, 1e5, 0).regime == "converged"
+    assert regime.classify(steps, rising, se, 1e6, 1e5, 1e5).regime == "overfitting"
+    noisy = regime.classify(steps, rising, np.full(10, 0.2), 1e6, 1e5, 1e5)  # the rise is within 2 SE
+    assert noisy.regime != "overfitting"
+    assert regime.classify(steps, flat, se, 1e6, 1e5, 2e5).epochs == 5.0
+
+
+def _witten_bell_directly(train, windows, vocab, order):
+    """The same model, counted with dicts over tuples."""
+    tr = list(map(int, train))
+    count, ctx, types = Counter(), Counter(), defaultdict(set)
+    for n in range(1, order + 1):
+        for i in range(n - 1, len(tr)):
+            h = tuple(tr[i - n + 1:i])
+            count[h, tr[i]] += 1
+            ctx[h] += 1
+            types[h].add(tr[i])
+    total = n_pos = 0
+    for row in map(lambda r: list(map(int, r)), windows):
+        for t in range(len(row) - 1):
+            p = 1 / vocab
+            for n in range(1, order + 1):
+                h = tuple(row[t + 2 - n:t + 1])
+                if t < n - 1 or ctx[h] == 0:
+                    continue
+                p = (count[h, row[t + 1]] + len(types[h]) * p) / (ctx[h] + len(types[h]))
+            total, n_pos = total - math.log(p), n_pos + 1
+    return total / n_pos
+
+
+def test_ngram_baselines_match_a_direct_count():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 8, 4000).astype(np.uint8)
+    for i in range(2, len(train)):  # some structure for the higher orders to find
+        if rng.random() < 0.6:
+            train[i] = (train[i - 1] + train[i - 2]) % 8
+    windows = np.stack([train[100:117], train[2000:2017], rng.integers(0, 8, 17).astype(np.uint8)])
+    found = ngram.scores(train, windows, vocab_size=8)
+    for order in (1, 3, 5):
+        assert abs(found[order] - _witten_bell_directly(train, windows, 8, order)) < 1e-9, order
+    assert found[5] < found[3] < math.log(8)
