@@ -154,7 +154,15 @@ class FittedLaw:
             rows.append(f"  {name:<12} {value:>12.5g}{ci}")
         conv = ", ".join(f"{k}: {v}" for k, v in self.convention.items())
         head = f"{self.law} fit on {self.n_points} points" + (f" ({conv})" if conv else "")
-        return "\n".join([head, f"  {'parameter':<12} {'value':>12}  95% bootstrap interval", *rows])
+        boot = self.info.get("bootstrap")
+        tail = []
+        if boot:
+            tail = [f"  bootstrap: {boot['note']}" if "note" in boot else
+                    f"  bootstrap: {boot['resamples']} resamples, {boot['failed']} failed (left out of the intervals)"]
+        for m in self.info.get("minima", []):
+            if not m.get("bracketed", True):
+                tail.append(f"  budget C = {m['C']:.3g}: minimum not bracketed ({m['note']}); left out of the fit")
+        return "\n".join([head, f"  {'parameter':<12} {'value':>12}  95% bootstrap interval", *rows, *tail])
 
 
 def _power(p, X):
@@ -199,7 +207,8 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
               level: float = 0.95) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
     """Percentile intervals: refit on n_resamples resamples (with replacement) of n_units units.
 
-    fit_once(indices) returns the quantities to interval; a resample whose fit fails is dropped and counted.
+    fit_once(indices) returns the quantities to interval; a resample whose fit fails or gives a non-finite value
+    is left out and counted (arrays["_failed"]; attach_bootstrap reports it with the intervals).
     """
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
@@ -208,7 +217,10 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
         idx = rng.integers(0, n_units, n_units)
         try:
             out = fit_once(idx)
-        except (LawFitError, np.linalg.LinAlgError, FloatingPointError, ValueError):
+        except (LawFitError, np.linalg.LinAlgError, FloatingPointError, ValueError, ArithmeticError):
+            failed += 1
+            continue
+        if not all(np.isfinite(v) and np.isreal(v) for v in out.values()):  # one bad resample must not poison
             failed += 1
             continue
         for k, v in out.items():
@@ -220,6 +232,24 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
     intervals = {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in arrays.items()}
     arrays["_failed"] = np.asarray([failed])
     return intervals, arrays
+
+
+MIN_BOOTSTRAP_UNITS = 5  # fewer resampling units give a point estimate only (verdicts.MIN_POINTS)
+
+
+def attach_bootstrap(fitted: "FittedLaw", fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int,
+                     n_resamples: int, seed: int) -> None:
+    """Intervals on a fitted law, with the number of resamples and of failed ones in info["bootstrap"]; with fewer
+    than MIN_BOOTSTRAP_UNITS units, no intervals and a note saying so."""
+    if not n_resamples:
+        return
+    if n_units < MIN_BOOTSTRAP_UNITS:
+        fitted.info["bootstrap"] = {"resamples": 0, "failed": 0,
+                                    "note": f"{n_units} units to resample, fewer than {MIN_BOOTSTRAP_UNITS}: "
+                                            f"point estimate only"}
+        return
+    fitted.intervals, arrays = bootstrap(fit_once, n_units, n_resamples, seed)
+    fitted.info["bootstrap"] = {"resamples": n_resamples, "failed": int(arrays["_failed"][0])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,10 +308,9 @@ def fit_power(X, loss, variable: str = "N", irreducible: bool = False, n_bootstr
     fitted = FittedLaw(law=law, params=params, variables=("X",), convention=dict(convention or {}),
                        objective=obj, n_points=len(L), info={"variable": variable})
     fitted.residuals = (np.log(L) - np.log(fitted.predict(X=X))).tolist()
-    if n_bootstrap:
-        start = params if irreducible else None
-        fitted.intervals, _ = bootstrap(lambda i: _fit_power_arrays(X[i], L[i], irreducible, start)[0], len(L),
-                                        n_bootstrap, seed)
+    start = params if irreducible else None
+    attach_bootstrap(fitted, lambda i: _fit_power_arrays(X[i], L[i], irreducible, start)[0], len(L), n_bootstrap,
+                     seed)
     return fitted
 
 
@@ -327,8 +356,7 @@ def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss
     params, obj = fit_arrays(*X, L)
     fitted = FittedLaw(law, params, tuple(variables), dict(convention or {}), objective=obj, n_points=len(L))
     fitted.residuals = (np.log(L) - np.log(fitted.predict(**{k: cols[k] for k in variables}))).tolist()
-    if n_bootstrap:
-        fitted.intervals, _ = bootstrap(lambda i: fit_arrays(*(x[i] for x in X), L[i])[0], len(L), n_bootstrap, seed)
+    attach_bootstrap(fitted, lambda i: fit_arrays(*(x[i] for x in X), L[i])[0], len(L), n_bootstrap, seed)
     return fitted
 
 
@@ -401,9 +429,8 @@ def fit_critical_batch(steps, tokens_processed, loss_target, n_bootstrap: int = 
                        info={"per_target": [dict(zip(("loss", "S_min", "E_min", "B_crit"), r)) for r in rows]})
     Ls, bcrit = np.array([r[0] for r in rows]), np.array([r[3] for r in rows])
     fitted.residuals = (np.log(bcrit) - np.log(fitted.predict(L=Ls))).tolist()
-    if n_bootstrap:
-        fitted.intervals, _ = bootstrap(lambda i: _critical_batch_arrays(S[i], E[i], target[i], target[i])[0],
-                                        len(S), n_bootstrap, seed)
+    attach_bootstrap(fitted, lambda i: _critical_batch_arrays(S[i], E[i], target[i], target[i])[0], len(S),
+                     n_bootstrap, seed)
     return fitted
 
 
@@ -488,13 +515,27 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
     if not converged.any():
         raise LawFitError(f"chinchilla: none of the {len(starts)} starts converged")
     best = int(np.argmin(np.where(converged, f, np.inf)))
+    if not all_starts and np.allclose(x[best], starts[best], rtol=0, atol=1e-6):
+        # The optimum never left its grid start (a flat or stuck polish): check it against every start.
+        wide, f_wide, conv_wide = _minimize_batch(chinchilla_grid(), logN, logD, logL, delta,
+                                                  np.ones((len(chinchilla_grid()), len(logL))))
+        i = int(np.argmin(np.where(conv_wide, f_wide, np.inf)))
+        if conv_wide[i] and f_wide[i] < f[best]:
+            x, f, converged, best = wide, f_wide, conv_wide, i
     params = _chinchilla_params(x[best])
+    if params["alpha"] <= 0 or params["beta"] <= 0:
+        raise LawFitError(f"chinchilla: fitted alpha = {params['alpha']:.3g}, beta = {params['beta']:.3g}; an "
+                          f"exponent <= 0 means loss does not fall with N or D in these runs: the data cannot "
+                          f"identify the law")
     fitted = FittedLaw("chinchilla", params, ("N", "D"), dict(convention or {"N": "all", "C": "6ND"}),
                        derived=chinchilla_derived(params), objective=float(f[best]), n_points=len(logL),
                        info={"delta": delta, "starts_polished": len(starts), "starts_converged": int(converged.sum())})
     fitted.residuals = (logL - np.log(fitted.predict(N=cols["N"], D=cols["D"]))).tolist()
-    if n_bootstrap:
-        fitted.intervals = _chinchilla_bootstrap(logN, logD, logL, delta, x[best], n_bootstrap, seed)
+    if n_bootstrap and len(logL) < MIN_BOOTSTRAP_UNITS:
+        fitted.info["bootstrap"] = {"resamples": 0, "failed": 0, "note": "fewer than 5 points: point estimate only"}
+    elif n_bootstrap:
+        fitted.intervals, failed = _chinchilla_bootstrap(logN, logD, logL, delta, x[best], n_bootstrap, seed)
+        fitted.info["bootstrap"] = {"resamples": n_bootstrap, "failed": failed}
     return fitted
 
 
@@ -507,35 +548,57 @@ def _chinchilla_bootstrap(logN, logD, logL, delta, theta_hat, n_resamples, seed,
     weights = np.zeros((n_resamples, n))
     np.add.at(weights, (np.arange(n_resamples)[:, None], idx), 1.0)
     x, f, converged = _minimize_batch(np.tile(theta_hat, (n_resamples, 1)), logN, logD, logL, delta, weights)
-    x = x[converged]
+    ok = converged & np.isfinite(x).all(axis=1) & (x[:, 3] > 0) & (x[:, 4] > 0)  # impossible signs count as failed
+    x = x[ok]
     if len(x) == 0:
         raise LawFitError("chinchilla bootstrap: no resample converged")
     p = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
-    samples = {**p, **chinchilla_derived(p)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        samples = {**p, **chinchilla_derived(p)}
+    finite = np.all([np.isfinite(v) for v in samples.values()], axis=0)
     q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
-    return {k: tuple(float(v) for v in np.percentile(s, q)) for k, s in samples.items()}
+    intervals = {k: tuple(float(v) for v in np.percentile(s[finite], q)) for k, s in samples.items()}
+    return intervals, int(n_resamples - finite.sum())
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Approach 2 (IsoFLOP profiles) and Approach 1 (envelope of learning curves).
 
 
-def isoflop_minima(N, loss, budget) -> list[dict[str, float]]:
-    """For each compute budget, the parabola of loss against log N and its minimum N*."""
+ISOFLOP_WINDOW = 2  # sizes on each side of a budget's lowest loss that its local parabola uses
+
+
+def isoflop_minima(N, loss, budget, window: int = ISOFLOP_WINDOW) -> list[dict[str, float]]:
+    """For each compute budget, its loss-optimal N*: a parabola in log N through the sizes nearest the lowest loss
+    (up to `window` on each side; seeds at one size averaged), its vertex.
+
+    A parabola through every size is biased once the sizes span more than about a decade and the minimum is near an
+    edge; a local one is not. A budget is `bracketed` when its lowest loss has a higher-loss size on both sides and
+    the local parabola is convex with its vertex inside the sizes it was fitted on; an unbracketed budget keeps the
+    lowest-loss size as N* and is flagged (fit_isoflop leaves it out)."""
     cols = _columns(0, N=N, loss=loss, budget=budget)
     out = []
     for C in np.unique(cols["budget"]):
         m = cols["budget"] == C
-        logN, L = np.log(cols["N"][m]), cols["loss"][m]
-        if len(np.unique(logN)) < 3:
-            raise LawFitError(f"isoflop: budget C = {C:.3g} has {len(np.unique(logN))} distinct model sizes; "
+        sizes, inverse = np.unique(cols["N"][m], return_inverse=True)
+        if len(sizes) < 3:
+            raise LawFitError(f"isoflop: budget C = {C:.3g} has {len(sizes)} distinct model sizes; "
                               f"a parabola needs at least 3")
+        mean_loss = np.bincount(inverse, cols["loss"][m]) / np.bincount(inverse)
+        i = int(np.argmin(mean_loss))
+        lo, hi = max(0, i - window), min(len(sizes), i + window + 1)
+        while hi - lo < 3:  # at an edge: widen to the 3 sizes a parabola needs
+            lo, hi = (lo, hi + 1) if lo == 0 else (lo - 1, hi)
+        logN, L = np.log(sizes[lo:hi]), mean_loss[lo:hi]
         c2, c1, c0 = np.polyfit(logN, L, 2)
-        if c2 <= 0:
-            raise LawFitError(f"isoflop: budget C = {C:.3g}: loss against log N is not convex (no minimum)")
-        log_n_star = -c1 / (2 * c2)
-        out.append({"C": float(C), "N_opt": float(np.exp(log_n_star)), "loss_min": float(np.polyval(
-            [c2, c1, c0], log_n_star)), "curvature": float(c2), "c1": float(c1), "c0": float(c0)})
+        vertex = -c1 / (2 * c2) if c2 > 0 else np.nan
+        bracketed = bool(0 < i < len(sizes) - 1 and c2 > 0 and logN[0] < vertex < logN[-1])
+        log_n_star = vertex if bracketed else np.log(sizes[i])
+        note = ("bracketed" if bracketed else "lowest loss at the smallest size" if i == 0 else
+                "lowest loss at the largest size" if i == len(sizes) - 1 else "local parabola not convex")
+        out.append({"C": float(C), "N_opt": float(np.exp(log_n_star)),
+                    "loss_min": float(np.polyval([c2, c1, c0], log_n_star)) if bracketed else float(mean_loss[i]),
+                    "curvature": float(c2), "bracketed": bracketed, "sizes_fitted": int(hi - lo), "note": note})
     return out
 
 
@@ -547,26 +610,40 @@ def _allocation_law(C, N_opt) -> dict[str, float]:
     return {"a": float(a), "k_N": float(np.exp(log_k)), "b": float(1 - a), "k_D": float(np.exp(-log_k) / 6)}
 
 
+def _bracketed_allocation(minima: list[dict]) -> dict[str, float]:
+    kept = [m for m in minima if m["bracketed"]]
+    if len(kept) < 2:
+        raise LawFitError(f"isoflop: {len(kept)} of {len(minima)} budgets have a bracketed minimum (a size with "
+                          f"higher loss on each side); train sizes on both sides of each budget's optimum")
+    return _allocation_law(np.array([m["C"] for m in kept]), np.array([m["N_opt"] for m in kept]))
+
+
 def fit_isoflop(N, loss, budget, n_bootstrap: int = 1000, seed: int = 0,
-                convention: dict[str, str] | None = None) -> FittedLaw:
-    """Chinchilla's Approach 2. Bootstrap resamples runs within each budget."""
+                convention: dict[str, str] | None = None, window: int = ISOFLOP_WINDOW) -> FittedLaw:
+    """Chinchilla's Approach 2 on locally fitted, bracketed minima (unbracketed budgets are flagged in
+    info["minima"] and left out). The bootstrap resamples runs within each budget; a resample in which a budget
+    loses its bracketing counts as failed."""
     cols = _columns(0, N=N, loss=loss, budget=budget)
-    minima = isoflop_minima(cols["N"], cols["loss"], cols["budget"])
-    C, n_opt = np.array([m["C"] for m in minima]), np.array([m["N_opt"] for m in minima])
-    params = _allocation_law(C, n_opt)
+    minima = isoflop_minima(cols["N"], cols["loss"], cols["budget"], window)
+    params = _bracketed_allocation(minima)
+    kept = [m for m in minima if m["bracketed"]]
+    C, n_opt = np.array([m["C"] for m in kept]), np.array([m["N_opt"] for m in kept])
     fitted = FittedLaw("isoflop", params, ("C",), dict(convention or {"N": "all", "C": "6ND"}),
-                       n_points=len(cols["N"]), info={"minima": minima})
+                       n_points=len(cols["N"]), info={"minima": minima,
+                                                      "left_out": [m["C"] for m in minima if not m["bracketed"]]})
     fitted.residuals = (np.log(n_opt) - np.log(fitted.predict(C=C))).tolist()
-    if n_bootstrap:
-        groups = [np.flatnonzero(cols["budget"] == c) for c in np.unique(cols["budget"])]
-        rng = np.random.default_rng(seed)
+    kept_budgets = set(C.tolist())
+    groups = [np.flatnonzero(cols["budget"] == c) for c in np.unique(cols["budget"]) if c in kept_budgets]
+    rng = np.random.default_rng(seed)
 
-        def fit_once(_):
-            idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
-            m = isoflop_minima(cols["N"][idx], cols["loss"][idx], cols["budget"][idx])
-            return _allocation_law(np.array([x["C"] for x in m]), np.array([x["N_opt"] for x in m]))
+    def fit_once(_):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        m = isoflop_minima(cols["N"][idx], cols["loss"][idx], cols["budget"][idx], window)
+        if not all(x["bracketed"] for x in m):
+            raise LawFitError("a resampled budget lost its bracketing")
+        return _allocation_law(np.array([x["C"] for x in m]), np.array([x["N_opt"] for x in m]))
 
-        fitted.intervals, _ = bootstrap(fit_once, len(cols["N"]), n_bootstrap, seed)
+    attach_bootstrap(fitted, fit_once, len(cols["N"]), n_bootstrap, seed)
     return fitted
 
 
@@ -589,10 +666,17 @@ def _curves(run, C, loss, N=None):
     return run, cols
 
 
-def _frontier_arrays(C, L):
+MIN_FRONTIER_RUNS = 3
+
+
+def _frontier_arrays(C, L, run=None):
     keep = lower_envelope(C, L)
     if len(keep) < 3:
         raise LawFitError(f"frontier: only {len(keep)} points on the compute frontier; need at least 3")
+    if run is not None and len(np.unique(run[keep])) < MIN_FRONTIER_RUNS:
+        raise LawFitError(f"frontier: the envelope is made of {len(np.unique(run[keep]))} run(s); a frontier "
+                          f"needs points from at least {MIN_FRONTIER_RUNS} distinct runs (one run's learning curve "
+                          f"is not a frontier)")
     return _fit_power_arrays(C[keep], L[keep], False)[0], keep
 
 
@@ -602,10 +686,11 @@ def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
     reported in PF-days as Kaplan does). Bootstrap resamples whole runs."""
     run, cols = _curves(run, C, loss)
     C, L = cols["C"], cols["loss"]
-    params, keep = _frontier_arrays(C, L)
-    fitted = FittedLaw("frontier", params, ("X",), dict(convention or {"C": "6ND"}), n_points=len(C),
+    params, keep = _frontier_arrays(C, L, run)
+    fitted = FittedLaw("frontier", params, ("X",), dict(convention or {"C": "exact"}), n_points=len(C),
                        derived={"C_c_pf_days": params["X_c"] / PF_DAY},
-                       info={"envelope_C": C[keep].tolist(), "envelope_loss": L[keep].tolist()})
+                       info={"envelope_C": C[keep].tolist(), "envelope_loss": L[keep].tolist(),
+                             "envelope_runs": int(len(np.unique(run[keep])))})
     fitted.residuals = (np.log(L[keep]) - np.log(fitted.predict(X=C[keep]))).tolist()
     if n_bootstrap:
         runs = np.unique(run)
@@ -613,10 +698,11 @@ def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
 
         def fit_once(idx):
             rows = np.concatenate([members[i] for i in idx])
-            p, _ = _frontier_arrays(C[rows], L[rows])
+            ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
+            p, _ = _frontier_arrays(C[rows], L[rows], ids)
             return {**p, "C_c_pf_days": p["X_c"] / PF_DAY}
 
-        fitted.intervals, _ = bootstrap(fit_once, len(runs), n_bootstrap, seed)
+        attach_bootstrap(fitted, fit_once, len(runs), n_bootstrap, seed)
     return fitted
 
 
@@ -663,7 +749,7 @@ def fit_envelope(run, N, C, loss, n_budgets: int = 25, n_bootstrap: int = 1000, 
             ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
             return _envelope_arrays(ids, N[rows], C[rows], L[rows], n_budgets)[0]
 
-        fitted.intervals, _ = bootstrap(fit_once, len(runs), n_bootstrap, seed)
+        attach_bootstrap(fitted, fit_once, len(runs), n_bootstrap, seed)
     return fitted
 
 

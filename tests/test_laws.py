@@ -288,8 +288,73 @@ def test_too_few_points_for_the_parameters():
 def test_isoflop_budget_with_too_few_runs_or_no_minimum():
     with pytest.raises(LawFitError, match=r"budget C = 1e\+20 has 2 distinct model sizes"):
         laws.fit_isoflop([1e8, 1e9, 1e8, 1e9, 1e10], [3, 2.9, 3.1, 2.8, 2.9], [1e20, 1e20, 1e21, 1e21, 1e21])
-    with pytest.raises(LawFitError, match="not convex"):
+    with pytest.raises(LawFitError, match="0 of 1 budgets have a bracketed minimum"):
         laws.fit_isoflop([1e8, 1e9, 1e10], [3.0, 3.2, 3.0], [1e20] * 3)
+
+
+def _isoflop_table(rng, true, budgets, span):
+    """Runs at every budget over one set of sizes spanning `span` decades (as a real study samples them): the
+    optimum moves from near the small edge at the smallest budget towards the middle at the largest."""
+    a_true = true["beta"] / (true["alpha"] + true["beta"])
+    n_first = laws.chinchilla_derived(true)["G"] * (budgets[0] / 6) ** a_true
+    Ns, Ls, Cs = [], [], []
+    for C in budgets:
+        for N in n_first * np.geomspace(0.5, 0.5 * 10 ** span, 9):
+            Ns.append(N), Cs.append(C)
+            Ls.append(laws._chinchilla(true, N, C / (6 * N)) * np.exp(rng.normal(0, 0.0005)))
+    return np.array(Ns), np.array(Ls), np.array(Cs), a_true
+
+
+def test_isoflop_local_fit_is_unbiased_where_a_global_parabola_is_not():
+    rng = np.random.default_rng(7)
+    true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    Ns, Ls, Cs, a_true = _isoflop_table(rng, true, np.geomspace(1e18, 1e20, 4), span=2.5)
+    local = laws.fit_isoflop(Ns, Ls, Cs, n_bootstrap=100)
+    assert local.params["a"] == pytest.approx(a_true, abs=0.03)
+    assert all(m["bracketed"] for m in local.info["minima"])
+    # The old estimator: one parabola through all nine sizes of each budget.
+    wide = laws.fit_isoflop(Ns, Ls, Cs, n_bootstrap=0, window=9)
+    assert abs(wide.params["a"] - a_true) > 2 * abs(local.params["a"] - a_true)
+    assert local.info["bootstrap"]["resamples"] == 100 and "failed" in local.table()
+
+
+def test_isoflop_budget_whose_minimum_is_not_bracketed_is_flagged_and_left_out():
+    rng = np.random.default_rng(8)
+    true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    Ns, Ls, Cs, a_true = _isoflop_table(rng, true, np.geomspace(1e18, 1e20, 4), span=2.5)
+    top = Cs == Cs.max()
+    keep = ~top | (Ns > np.sort(Ns[top])[3])  # the largest budget loses its smallest sizes: optimum at an edge
+    fit = laws.fit_isoflop(Ns[keep], Ls[keep], Cs[keep], n_bootstrap=0)
+    flagged = [m for m in fit.info["minima"] if not m["bracketed"]]
+    assert [m["C"] for m in flagged] == [Cs.max()] and fit.info["left_out"] == [Cs.max()]
+    assert "lowest loss at the smallest size" in flagged[0]["note"] and "not bracketed" in fit.table()
+    assert fit.params["a"] == pytest.approx(a_true, abs=0.03)
+
+
+def test_frontier_needs_three_distinct_runs_on_its_envelope():
+    C = np.geomspace(1e10, 1e14, 30)
+    run = np.array(["a"] * 30 + ["b"] * 30)
+    L = np.r_[(1e16 / C) ** 0.05, (1e16 / C) ** 0.05 * 1.5]  # run b is never on the envelope
+    with pytest.raises(LawFitError, match="envelope is made of 1 run"):
+        laws.fit_frontier(run, np.r_[C, C], L, n_bootstrap=0)
+
+
+def test_bootstrap_counts_failed_and_non_finite_resamples_and_needs_five_points():
+    calls = {"n": 0}
+
+    def flaky(idx):
+        calls["n"] += 1
+        if calls["n"] % 7 == 0:
+            return {"alpha": float("nan")}
+        if calls["n"] % 11 == 0:
+            raise LawFitError("no fit")
+        return {"alpha": 0.1 + 0.001 * idx.mean()}
+
+    intervals, arrays = laws.bootstrap(flaky, 10, 200, 0)
+    assert all(np.isfinite(intervals["alpha"]))  # one bad resample does not poison the interval
+    assert arrays["_failed"][0] == len([n for n in range(1, 201) if n % 7 == 0 or n % 11 == 0])
+    few = laws.fit_power([1e4, 1e5, 1e6], [3.0, 2.5, 2.1], n_bootstrap=100)
+    assert few.intervals == {} and "point estimate only" in few.table()
 
 
 def test_power_law_that_does_not_fall_is_refused():
