@@ -101,7 +101,8 @@ def _run(args) -> None:
 def _report(args) -> None:
     from jscale import report
 
-    paths = report.write_report(args.dir, args.out, latency=not args.no_latency, n_bootstrap=args.bootstrap)
+    paths = report.write_report(args.dir, args.out, latency=not args.no_latency, n_bootstrap=args.bootstrap,
+                                baselines=not args.no_baselines)
     print(f"wrote {paths['html']} and {paths['markdown']}")
 
 
@@ -230,6 +231,8 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--out", help="output directory (default DIR/report)")
     p.add_argument("--no-latency", action="store_true", help="skip measuring generation latency (efficiency)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for each interval")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the n-gram baselines (counted once per corpus and windows, then cached)")
     p.set_defaults(func=_report)
 
     from jscale import fit_cli

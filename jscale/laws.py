@@ -598,7 +598,8 @@ def isoflop_minima(N, loss, budget, window: int = ISOFLOP_WINDOW) -> list[dict[s
                 "lowest loss at the largest size" if i == len(sizes) - 1 else "local parabola not convex")
         out.append({"C": float(C), "N_opt": float(np.exp(log_n_star)),
                     "loss_min": float(np.polyval([c2, c1, c0], log_n_star)) if bracketed else float(mean_loss[i]),
-                    "curvature": float(c2), "bracketed": bracketed, "sizes_fitted": int(hi - lo), "note": note})
+                    "curvature": float(c2), "c1": float(c1), "c0": float(c0), "bracketed": bracketed,
+                    "sizes_fitted": int(hi - lo), "note": note})
     return out
 
 

@@ -90,7 +90,7 @@ def paired_difference(a_SxW: np.ndarray, b_SxW: np.ndarray, n_resamples: int = 1
         draws.append(stat(la, lb))
     alpha = (1 - level) / 2
     lo, hi = np.quantile(draws, [alpha, 1 - alpha]) if n_resamples else (np.nan, np.nan)
-    return Estimate(value, None if not n_resamples else (float(lo), float(hi)), n_resamples, 0, 2)
+    return Estimate(value, None if not n_resamples else (float(lo), float(hi)), n_resamples, 0, W)
 
 
 def log_slope(x: np.ndarray) -> Callable[[np.ndarray], float]:

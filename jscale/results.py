@@ -9,7 +9,8 @@ Tables:
 - evals: every evaluation set's loss, standard error over windows, bits per byte and per-position losses (JSON)
   at each evaluation: validation, test and the extra sets (the built-in corpus's `prose`).
 - windows: the per-window losses of each evaluation set at the final evaluation (float32 bytes), for
-  bootstraps over windows and paired differences between runs.
+  bootstraps over windows and paired differences between runs; for the test split also each window's loss at
+  each position (float16 bytes, windows x positions), for paired per-position comparisons.
 - positions: the per-position test loss of databases written before `evals` (read only).
 - tuning: each tuned point's grid, pilot losses, the chosen value and whether the optimum is bracketed.
 
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS evals (
     run_id TEXT, step INTEGER, split TEXT, loss REAL, se REAL, bits_per_byte REAL, per_position TEXT,
     PRIMARY KEY (run_id, step, split)
 );
-CREATE TABLE IF NOT EXISTS windows (run_id TEXT, split TEXT, step INTEGER, losses BLOB, PRIMARY KEY (run_id, split));
+CREATE TABLE IF NOT EXISTS windows (run_id TEXT, split TEXT, step INTEGER, losses BLOB, positions BLOB,
+                                    PRIMARY KEY (run_id, split));
 CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL);
 CREATE TABLE IF NOT EXISTS tuning (
     point TEXT PRIMARY KEY, keys TEXT, grid TEXT, losses TEXT, chosen TEXT, bracketed INTEGER, extended INTEGER,
@@ -221,9 +223,12 @@ class ResultsDB:
                     self.conn.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?, ?, ?, ?)",
                                       (r["run_id"], r["step"], split, e["loss"], e["se"], e["bits_per_byte"],
                                        json.dumps(e["per_position"])))
+                grid = r.get("window_positions")
                 for split, losses in (r.get("per_window") or {}).items():
-                    self.conn.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?)",
-                                      (r["run_id"], split, r["step"], np.asarray(losses, "<f4").tobytes()))
+                    positions = None if grid is None or split != "test" else np.asarray(grid, "<f2")
+                    self.conn.execute("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?)",
+                                      (r["run_id"], split, r["step"], np.asarray(losses, "<f4").tobytes(),
+                                       None if positions is None else positions.tobytes()))
                 best = self.conn.execute("SELECT MIN(test_loss) FROM curves WHERE run_id = ?",
                                          (r["run_id"],)).fetchone()[0]
                 best_val, best_step = self.conn.execute(
@@ -325,6 +330,9 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     if "role" not in runs:
         runs["role"] = "final"
     windows["losses"] = [np.frombuffer(b, "<f4") for b in windows["losses"]]
+    if "positions" in windows:  # test split: (W, T) per-window per-position losses
+        windows["positions"] = [None if b is None else np.frombuffer(b, "<f2").astype(np.float32).reshape(len(w), -1)
+                                for b, w in zip(windows["positions"], windows["losses"])]
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
     return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,

@@ -399,7 +399,7 @@ class JsonlSink:
             with self.path.open("a") as f:
                 for r in records:
                     windows = {k: np.round(v.astype(float), 5).tolist() for k, v in (r.get("per_window") or {}).items()}
-                    f.write(json.dumps({**r, "per_window": windows or None}) + "\n")
+                    f.write(json.dumps({**r, "per_window": windows or None, "window_positions": None}) + "\n")
         except OSError as e:
             raise resource_error(e, self.path, "cannot write") from None
 
@@ -628,8 +628,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 eval_start = time.perf_counter()
                 final = done == t.steps
                 members = M if stacked else 1
-                evals = {split: summarize_eval(evaluate(steps, state.params, windows, members))
-                         for split, windows in eval_sets.items()}
+                raw = {split: evaluate(steps, state.params, windows, members) for split, windows in eval_sets.items()}
+                evals = {split: summarize_eval(losses) for split, losses in raw.items()}
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
                 # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
                 # divergence too, and stays so.
@@ -658,6 +658,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                         # differences between runs (the same windows for every run of a corpus and context).
                         "per_window": {split: e["per_window"][i].astype(np.float32) for split, e in evals.items()}
                         if final else None,
+                        # and, on the test split, each window's loss at each position (float16): paired
+                        # per-position comparisons between runs with window-bootstrap intervals.
+                        "window_positions": raw["test"][i].astype(np.float16) if final else None,
                         "tokens_per_s": tokens_per_s,
                         "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
                         "lr": float(lr[i]), "status": "diverged" if diverged[i] else "done" if final else "running",
