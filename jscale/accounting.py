@@ -142,3 +142,27 @@ def memory_estimate(cfg: ModelConfig, batch_size: int, bytes_per_activation: int
         per_layer = T * batch_size * D * (34 + 5 * H * T / D) * bytes_per_activation / 2
     logits = batch_size * T * cfg.vocab_size * 4
     return {"params_and_optimizer": 16.0 * acc.N_total, "activations": cfg.depth * per_layer + logits}
+
+
+def eval_sets(cfg) -> int:
+    """How many sets each evaluation scores: validation and test, and the extra sets (the built-in corpus's prose,
+    or data.extra_eval's)."""
+    d = cfg.data
+    if d.corpus == "builtin:stdlib":
+        return 3
+    return 2 + len([x for x in d.extra_eval.split(",") if x.strip()])
+
+
+def eval_cost(cfg) -> dict[str, float]:
+    """Tokens and forward FLOPs that one run's evaluations cost: the intermediate evaluations score
+    curve_eval_windows windows per set, the final one all of them (config.eval_window_counts)."""
+    from jscale.config import eval_window_counts
+
+    m, t = cfg.model, cfg.train
+    final, curve = eval_window_counts(cfg.data, m.n_ctx)
+    evals = -(-t.steps // t.eval_every)
+    windows = eval_sets(cfg) * (final + curve * max(evals - 1, 0))
+    tokens = windows * m.n_ctx
+    flops = tokens * account(m).train_flops_exact / 3  # a forward pass is a third of a training step's FLOPs
+    return {"windows_final": final, "windows_curve": curve, "sets": eval_sets(cfg), "evaluations": evals,
+            "tokens": tokens, "flops": flops}

@@ -57,12 +57,22 @@ def _info(args) -> None:
         ("tokens per run", f"{tokens:,}  ({t.steps} steps x {t.batch_size} x {m.n_ctx})"),
         ("compute per run", f"{tokens * acc.train_flops_6N:.3e} FLOPs (6ND), {tokens * acc.train_flops_exact:.3e} "
                             f"(exact) = {tokens * acc.train_flops_6N / accounting.PF_DAY:.3e} PF-days"),
+        ("evaluation", _eval_text(cfg, tokens * acc.train_flops_exact)),
         ("memory: params + AdamW", f"{_human(mem['params_and_optimizer'])}B"),
         ("memory: activations (est.)", f"{_human(mem['activations'])}B at batch {t.batch_size}"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def _eval_text(cfg, train_flops: float) -> str:
+    from jscale import accounting
+
+    e = accounting.eval_cost(cfg)
+    return (f"{e['sets']} sets x {e['windows_final']:,} windows at the end, {e['windows_curve']:,} at each of "
+            f"{e['evaluations'] - 1} before: {e['tokens']:,} tokens, {e['flops']:.3e} FLOPs "
+            f"({100 * e['flops'] / train_flops:.0f}% of training)")
 
 
 def _plan(args) -> None:

@@ -124,9 +124,17 @@ class DataConfig:
     max_train_tokens: int = 0  # D: train on D tokens drawn as random chunks over the whole train split; 0 = all
     subset_seed: int = 0  # which chunks make up the D tokens (subsets of one seed are nested)
     subset_chunk: int = 4096  # tokens per chunk of a D-token subset
-    eval_windows: int = 64  # fixed windows of n_ctx + 1 tokens per evaluation set, used for every evaluation
+    eval_windows: int = 0  # windows of n_ctx + 1 tokens per evaluation set at the final evaluation; 0: eval_tokens
+    eval_tokens: int = 600_000  # sizes eval_windows when 0: a standard error near 0.5% of the loss (data.py)
+    curve_eval_windows: int = 256  # evaluations before the last score this evenly spaced subset; 0 = all windows
     cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
     tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
+
+
+def eval_window_counts(d: "DataConfig", n_ctx: int) -> tuple[int, int]:
+    """(windows at the final evaluation, windows at the evaluations before it) per evaluation set."""
+    final = d.eval_windows or -(-d.eval_tokens // (n_ctx + 1))
+    return final, min(final, d.curve_eval_windows or final)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +325,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.lstm_impl: cuDNN's LSTM path has no dropout between layers here; use scan")
     _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe"))
     _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
-                    "model.n_ctx", "model.vocab_size", "data.eval_windows", "train.batch_size", "train.steps",
+                    "model.n_ctx", "model.vocab_size", "data.eval_tokens", "train.batch_size", "train.steps",
                     "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
     _positive(cfg, ["model.n_kv_heads"])
     if m.reuse < 1:
@@ -345,6 +353,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:
         raise ConfigError(f"data.vocab_size: a BPE vocabulary needs 257 to 1048576 entries, got {d.vocab_size}")
+    for key in ("eval_windows", "curve_eval_windows"):
+        if getattr(d, key) < 0:
+            zero = "from data.eval_tokens" if key == "eval_windows" else "all"
+            raise ConfigError(f"data.{key}: must be >= 0 (0 = {zero}), got {getattr(d, key)}")
     for key in ("validation_fraction", "test_fraction"):
         if not 0 < getattr(d, key) < 1:
             raise ConfigError(f"data.{key}: must be in (0, 1), got {getattr(d, key)}")

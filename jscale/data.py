@@ -481,7 +481,7 @@ class TokenizedCorpus:
     def test_bytes_per_token(self) -> float:
         return self.bytes_per_token("test")
 
-    def check_fits(self, n_ctx: int, max_train_tokens: int, eval_windows: int, context: int = 0) -> None:
+    def check_fits(self, n_ctx: int, max_train_tokens: int, context: int = 0) -> None:
         if max_train_tokens > len(self.train):
             raise ConfigError(f"data.max_train_tokens: {max_train_tokens} tokens is more than the "
                               f"{len(self.train)} tokens of {self.meta['corpus']}'s train split")

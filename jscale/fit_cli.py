@@ -61,10 +61,14 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
 
     Diverged and unfinished runs are left out of the final results; their curves stay in (the frontier and the
     envelope use every point measured)."""
+    import pandas as pd
+
     from jscale import results
 
     tables = results.load(path)
     runs, curves = tables["runs"], tables["curves"]
+    runs = runs[runs["role"].fillna("final") != "pilot"]  # tuning pilots select; they are not results
+    curves = curves[curves["run_id"].isin(runs["run_id"])]
     n_col = "N_total" if n_convention == "all" else "N"
     done = runs[runs["status"] == "done"].copy()
     if done.empty:
@@ -72,8 +76,13 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
     done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
     per_token = done["flops_per_token_exact"] if c_convention == "exact" else 6 * done[n_col]
     budgets = [json.loads(t).get("isoflop.budget") for t in done["tags"]]
+    # "best": early stopping on validation, so the test loss at each run's best validation step.
+    test_at = curves.set_index(["run_id", "step"])["test_loss"]
+    best = [test_at.get((r, s), np.nan) if s is not None and s == s else np.nan
+            for r, s in zip(done["run_id"], done["best_val_step"])]
     table = done.assign(run=done["run_id"], N=done[n_col], D=done["tokens_trained"], C=done["tokens_trained"] * per_token,
-                        loss=done["final_test_loss" if loss == "final" else "best_test_loss"])
+                        loss=done["final_test_loss"] if loss == "final" else pd.Series(best, index=done.index).fillna(
+                            done["final_test_loss"]))
     if any(b is not None for b in budgets):
         table["budget"] = budgets
     per_token_curve = curves["flops_exact"] / curves["tokens"] if c_convention == "exact" else 6 * curves[n_col]
@@ -83,7 +92,7 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
         curve_table[["run", "N", "D", "C", "loss", "step"]]
 
 
-def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "6ND"):
+def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "exact"):
     """(runs, curves) DataFrames from a CSV file, a sweep directory or a directory of single runs. A CSV's rows
     serve as both."""
     import pandas as pd
@@ -143,7 +152,7 @@ def _budgets(df, cols) -> np.ndarray:
 
 def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str | None] | None = None,
               irreducible: bool = False, n_bootstrap: int = 1000, seed: int = 0, drop_highest: int = 0,
-              convention: dict[str, str] | None = None, b_star: float = 2e8, alpha_b: float = 0.21
+              convention: dict[str, str] | None = None, b_star: float | None = None, alpha_b: float | None = None
               ) -> tuple[FittedLaw, dict[str, Any]]:
     """Fit `law` to DataFrames of final results (runs) and learning curves (curves; defaults to runs).
 
@@ -178,7 +187,10 @@ def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str
     if law == "kaplan-ns":
         N, loss = _column(runs, "N", cols), L(runs)
         S_min = _column(runs, "S_min", cols, required=False)
-        if S_min is None:  # S_min = S / (1 + B_crit(L) / B) with Kaplan's (or the given) B_crit(L)
+        if S_min is None:  # S_min = S / (1 + B_crit(L) / B) with B_crit(L) = B_star / L^(1 / alpha_B) as given
+            if b_star is None or alpha_b is None:
+                raise LawFitError("kaplan-ns: needs an S_min column, or --b-star and --alpha-b measured on these "
+                                  "data (Kaplan's 2e8 and 0.21 are per WebText2 BPE token and do not transfer)")
             S, B = _column(runs, "S", cols), _column(runs, "B", cols)
             S_min = laws.s_min(S, B, b_star / laws._column("loss", loss) ** (1 / alpha_b))
         return laws.fit_kaplan_ns(N, S_min, loss, **common), {"N": N, "S_min": S_min, "loss": loss}
@@ -227,10 +239,10 @@ def _run(args) -> None:
     runs, curves = read_table(args.input, args.n_convention, args.c_convention)
     columns = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "loss": args.loss_col, "run": args.run_col,
                "budget": args.budget_col}
-    convention = {"N": args.n_convention, "C": args.c_convention}
+    convention = {"N": args.n_convention, "C": args.c_convention if Path(args.input).is_dir() else "from the file"}
     fitted, arrays = fit_table(runs, curves, args.law, columns, irreducible=args.irreducible,
                                n_bootstrap=args.bootstrap, seed=args.seed, drop_highest=args.drop_highest,
-                               convention=convention)
+                               convention=convention, b_star=args.b_star, alpha_b=args.alpha_b)
     print(fitted.table())
     out = Path(args.out) if args.out else Path(f"fit-{args.law}.json")
     if out.is_dir():
@@ -261,7 +273,10 @@ def add_parser(sub) -> None:
                                                                "(Epoch's protocol drops 5)")
     p.add_argument("--n-convention", choices=("all", "non_embedding"), default="all",
                    help="what N counts (run directories; recorded with the fit)")
-    p.add_argument("--c-convention", choices=("6ND", "exact"), default="6ND")
+    p.add_argument("--c-convention", choices=("6ND", "exact"), default="exact",
+                   help="compute of a jscale sweep or run: the exact training FLOPs (default) or 6ND")
+    p.add_argument("--b-star", type=float, help="kaplan-ns without an S_min column: B_star of B_crit(L), measured")
+    p.add_argument("--alpha-b", type=float, help="kaplan-ns without an S_min column: alpha_B of B_crit(L), measured")
     for key in ("n", "d", "c", "loss", "run", "budget"):
         p.add_argument(f"--{key}-col", help=f"name of the {key} column")
     p.add_argument("--out", help="JSON file for the fit (default fit-LAW.json)")

@@ -56,8 +56,10 @@ def _order_tables(train: np.ndarray, n: int) -> tuple[_Table, _Table, _Table]:
     return _Table(hw_keys, hw_counts), _Table(h), t_table
 
 
-def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_order: int = MAX_ORDER) -> dict[int, float]:
-    """Mean loss (nats/token) of each order's model on the last S - 1 positions of each window."""
+def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_order: int = MAX_ORDER,
+           per_window: bool = False) -> dict[int, float]:
+    """Mean loss (nats/token) of each order's model on the last S - 1 positions of each window (per_window: each
+    window's mean loss, (W,), instead of the mean)."""
     W, S = windows_WxS.shape
     targets = windows_WxS[:, 1:].astype(np.uint64)  # (W, T)
     T = S - 1
@@ -81,7 +83,7 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
         seen = (ch > 0) & usable
         new = np.where(seen, (chw + th * prob) / np.maximum(ch + th, 1), prob)
         prob = new
-        out[n] = float(-np.log(prob).mean())
+        out[n] = -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())
     return out
 
 

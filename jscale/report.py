@@ -146,7 +146,8 @@ def _points(exp: Experiment, runs) -> tuple[Any, list[np.ndarray]]:
     test losses for noise.hierarchical_bootstrap; without stored windows (older results) each replica's final
     loss stands in, (seeds, 1), and only seed noise is in the interval."""
     rows, losses = [], []
-    have_windows = all(r in exp.windows for r in runs["run_id"]) and len({len(exp.windows[r]) for r in runs["run_id"]}) == 1
+    ids = list(runs["run_id"])
+    have_windows = all(r in exp.windows for r in ids) and len({len(exp.windows[r]) for r in ids}) == 1
     for _, g in runs.groupby("point", sort=False):
         first = g.iloc[0].copy()
         if have_windows:
@@ -225,10 +226,10 @@ def corpus_baselines(exp: Experiment) -> dict[int, float] | None:
     if len(cfgs) != 1:
         return None
     d, n_ctx = json.loads(cfgs.pop())
-    d = {k: v for k, v in d.items() if k in config.DataConfig.__dataclass_fields__}
+    d = config.DataConfig(**{k: v for k, v in d.items() if k in config.DataConfig.__dataclass_fields__})
     try:
-        corpus = data.prepare(config.DataConfig(**d))
-        return ngram.cached_scores(corpus, "test", d.get("eval_windows", 64), n_ctx)
+        corpus = data.prepare(d)
+        return ngram.cached_scores(corpus, "test", config.eval_window_counts(d, n_ctx)[0], n_ctx)
     except (JscaleError, OSError):
         return None
 

@@ -138,7 +138,8 @@ SHORT = {"model.n_layer": "L", "model.d_model": "D", "model.n_heads": "H", "mode
          "train.lr": "lr", "train.seed": "seed", "data.max_train_tokens": "Dtok", "train.steps": "S",
          "isoflop.budget": "C", "shape.N": "N*", "model.kind": "", "model.n_kv_heads": "KV", "model.reuse": "reuse",
          "model.mem_len": "mem"}
-HIDDEN_TAGS = {"shape.vary", "tune.of", "tune.point", "tune.chosen", "train.checkpoint_every", "train.eval_every", "train.warmup_steps", "model.d_attn", "model.d_ff"}
+HIDDEN_TAGS = {"shape.vary", "tune.of", "tune.point", "tune.chosen", "train.checkpoint_every", "train.eval_every",
+               "train.warmup_steps", "model.d_attn", "model.d_ff"}
 
 
 def _tag_text(key: str, value: Any) -> str:
@@ -542,6 +543,14 @@ def plan_table(sweep: Sweep, groups: list[Group]) -> str:
                          f"{row['steps']:>7}{row['tokens']:>10.3g}{c6:>10.3g}{ce:>10.3g}")
     sizes = sorted((len(g.runs) for g in groups), reverse=True)
     lines.append(f"ensembles: {len(groups)} groups of sizes {sizes}")
+    eval_flops = sum(accounting.eval_cost(r.cfg)["flops"] for g in groups for r in g.runs)
+    tuned = [r for r in sweep.runs if r.awaits_tuning]
+    if tuned:
+        lines.append(f"tuning: {len(tuned)} final runs take the values their pilots choose on validation loss "
+                     f"(grid {', '.join(f'{k} {list(v)}' for k, v in sweep.tune.grid)}, pilots at "
+                     f"{sweep.tune.fraction:g} of the steps)")
+    lines.append(f"evaluation: {eval_flops:.3e} FLOPs over all runs ({100 * eval_flops / max(total_exact, 1):.0f}% of "
+                 f"training)")
     lines.append(f"estimated compute: {total_6n:.3e} FLOPs (6ND), {total_exact:.3e} FLOPs (exact) = "
                  f"{total_exact / accounting.PF_DAY:.3e} PF-days")
     return "\n".join(lines)

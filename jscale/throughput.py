@@ -115,9 +115,8 @@ def estimate(groups, measured: dict) -> dict[str, float]:
         per_token = accounting.account(c.model).train_flops_exact
         step_flops = members * c.train.batch_size * c.model.n_ctx * per_token
         train_s += c.train.steps * (overhead + step_flops / rate)
-        evals = -(-c.train.steps // c.train.eval_every)
-        eval_flops = members * c.data.eval_windows * c.model.n_ctx * per_token / 3
-        eval_s += evals * (overhead + eval_flops / rate)
+        cost = accounting.eval_cost(c)
+        eval_s += cost["evaluations"] * overhead + members * cost["flops"] / rate
         shapes.add((json.dumps(c.model.__dict__, sort_keys=True), members, c.train.batch_size))
     compile_s = compile_per_shape * len(shapes)
     return {"train": train_s, "eval": eval_s, "compile": compile_s, "total": train_s + eval_s + compile_s}

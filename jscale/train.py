@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jscale import accounting, data, interrupts, sharding
-from jscale.config import Config, ConfigError, ResourceError, TrainConfig, resource_error
+from jscale.config import Config, ConfigError, ResourceError, TrainConfig, eval_window_counts, resource_error
 from jscale.models import build, has_memory
 from jscale.sweep import MEMBER_KEYS
 
@@ -55,7 +55,8 @@ def hparams_from_config(t: TrainConfig) -> Hparams:
     return {
         "lr": f32(t.lr), "warmup_steps": f32(t.warmup_steps), "total_steps": f32(t.steps),
         "final_lr_fraction": f32(t.final_lr_fraction), "weight_decay": f32(t.weight_decay),
-        "grad_clip": f32(t.grad_clip), "seed": jnp.asarray(t.seed, jnp.uint32), "b1": f32(t.b1), "b2": f32(t.b2), "eps": f32(t.eps),
+        "grad_clip": f32(t.grad_clip), "seed": jnp.asarray(t.seed, jnp.uint32),
+        "b1": f32(t.b1), "b2": f32(t.b2), "eps": f32(t.eps),
         "schedule": jnp.asarray(SCHEDULES.index(t.schedule), jnp.int32), "decay_fraction": f32(t.decay_fraction),
     }
 
@@ -523,7 +524,7 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with_sh = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
     state_abstract = with_sh(abstract, state_sh)
-    chunk = min(t.batch_size, cfg.data.eval_windows)
+    chunk = min(t.batch_size, eval_window_counts(cfg.data, n_ctx)[1])
     window = eval_context(cfg.model) + n_ctx + 1
     if stacked:  # members initialised one by one by the shared single-member init, then stacked in place
         single = _single_init(model, optimizer, cfg)
@@ -595,8 +596,10 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     if writer is not None:
         writer.resume(start)
 
-    eval_sets = {split: corpus.eval_windows(cfg.data.eval_windows, n_ctx, eval_context(cfg.model), split)
+    n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
+    eval_sets = {split: corpus.eval_windows(n_final, n_ctx, eval_context(cfg.model), split)
                  for split in corpus.eval_sets}
+    curve_subset = np.unique(np.linspace(0, n_final - 1, n_curve).round().astype(np.int64))  # before the last
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)
     tokens_per_step = t.batch_size * n_ctx
@@ -628,7 +631,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 eval_start = time.perf_counter()
                 final = done == t.steps
                 members = M if stacked else 1
-                raw = {split: evaluate(steps, state.params, windows, members) for split, windows in eval_sets.items()}
+                raw = {split: evaluate(steps, state.params, windows if final else windows[curve_subset], members)
+                       for split, windows in eval_sets.items()}
                 evals = {split: summarize_eval(losses) for split, losses in raw.items()}
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
                 # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
@@ -660,7 +664,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                         if final else None,
                         # and, on the test split, each window's loss at each position (float16): paired
                         # per-position comparisons between runs with window-bootstrap intervals.
-                        "window_positions": raw["test"][i].astype(np.float16) if final else None,
+                        "window_positions": np.minimum(raw["test"][i], 6e4).astype(np.float16) if final else None,
                         "tokens_per_s": tokens_per_s,
                         "mfu": None if peak is None else M * tokens_per_s * acc.train_flops_exact / peak,
                         "lr": float(lr[i]), "status": "diverged" if diverged[i] else "done" if final else "running",
@@ -763,7 +767,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out: {run_dir} is a file, not a run directory")
     corpus = data.prepare(cfg.data)
-    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, cfg.data.eval_windows, eval_context(cfg.model))
+    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, eval_context(cfg.model))
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)

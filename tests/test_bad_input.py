@@ -76,6 +76,8 @@ def work(tmp_path, monkeypatch):
     _write(w, "sweep_bad_generator.toml", SWEEP + '[[axis]]\ngenerator = "nope"\n')
     _write(w, "sweep_nan_lr.toml", SWEEP + '[[axis]]\ngenerator = "learning_rates"\nvalues = [1e-3, nan]\n')
     _write(w, "small/a.txt", "tiny corpus\n" * 4)  # 48 bytes: one file, one chunk
+    _write(w, "sweep_zero_seeds.toml", "seeds = 0\n" + SWEEP)
+    _write(w, "sweep_one_value_grid.toml", SWEEP + '[tune]\ngrid = { "train.lr" = [1e-3] }\n')
     _write(w, "a_file", "not a directory")
     _write(w, "run_garbled/config.json", "{not json")
     _write(w, "other_sweep/sweep.json", '{"name": "another", "scale": null}')
@@ -115,6 +117,15 @@ def snapshot(root: Path) -> dict[str, str]:
 CASES = [
     # config files and overrides
     (["train", "good.toml", "model.d_modle=64"], 2, "model.d_modle"),
+    # the measurement protocol's inputs
+    (["run", "sweep_zero_seeds.toml", "--out", "s"], 2, "seeds"),
+    (["run", "sweep_one_value_grid.toml", "--out", "s"], 2, "tune.grid.train.lr"),
+    (["train", "good.toml", "data.corpus=small", "data.validation=missing_valid.txt"], 2, "data.validation"),
+    (["train", "good.toml", "data.max_train_tokens=100000000"], 2, "data.max_train_tokens"),
+    (["train", "good.toml", "data.validation_fraction=0.3", "data.test_fraction=0.3"], 2, "data.validation_fraction"),
+    (["train", "good.toml", "data.extra_eval=prose"], 2, "data.extra_eval"),
+    (["train", "good.toml", "train.schedule=linear"], 2, "train.schedule"),
+    (["train", "good.toml", "data.eval_windows=-1"], 2, "data.eval_windows"),
     (["train", "missing.toml"], 2, "missing.toml"),
     (["train", "bad_syntax.toml"], 2, "bad_syntax.toml"),
     (["train", "good.toml", "train.lr=nan"], 2, "train.lr"),

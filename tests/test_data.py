@@ -230,4 +230,4 @@ def test_tfds_corpus_read_through_data_source_without_the_builder(tmp_path):
 def test_n_ctx_longer_than_the_data_is_a_config_error(tmp_path, text_corpus):
     tokens = data.prepare(DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="model.n_ctx: 100000000 is longer than the"):
-        tokens.check_fits(100_000_000, 0, 8)
+        tokens.check_fits(100_000_000, 0)

@@ -381,7 +381,7 @@ def test_cli_fit_writes_json_and_figures(tmp_path):
     assert "alpha" in r.stdout and "95% bootstrap interval" in r.stdout
     fit = laws.FittedLaw.load(out)
     assert fit.params["alpha"] == pytest.approx(0.3473, abs=5e-4)
-    assert json.loads(out.read_text())["convention"] == {"N": "all", "C": "6ND"}
+    assert json.loads(out.read_text())["convention"] == {"N": "all", "C": "from the file"}
     for name in ("loss_nd", "residuals", "compute_optimal"):
         assert (tmp_path / f"fig-{name}.png").stat().st_size > 10_000
 

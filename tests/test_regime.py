@@ -15,7 +15,8 @@ def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path):
             "train": {**TRAIN, "steps": 240, "checkpoint_every": 240}}
     # A slow learning rate is still falling fast (compute-limited); 3,000 tokens for 240 steps of 512 is 41 epochs
     # (overfitting); a model of width 8 at a high rate plateaus (converged).
-    spec = {"name": "r", "base": wide, "axis": [{"zip": {"data.max_train_tokens": [0, 3000], "train.lr": [3e-4, 1e-2]}}]}
+    spec = {"name": "r", "base": wide,
+            "axis": [{"zip": {"data.max_train_tokens": [0, 3000], "train.lr": [3e-4, 1e-2]}}]}
     grid.run_sweep(sweep.expand(spec), tmp_path / "a", ensemble_size=8, progress=False)
     narrow = {**wide, "model": {"n_layer": 1, "d_model": 8, "n_heads": 1, "n_ctx": 32},
               "train": {**TRAIN, "lr": 0.1, "steps": 400, "checkpoint_every": 400}}
