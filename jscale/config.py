@@ -349,6 +349,9 @@ def validate(cfg: Config) -> None:
     if d.tokenizer == "bytes" and d.vocab_size != DataConfig.vocab_size:
         raise ConfigError(f"data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
                           f"\"bpe\" to choose a vocabulary size, or leave it out")
+    for key in ("validation", "test", "extra_eval"):
+        if getattr(d, key) and d.corpus.startswith(("builtin:", "tfds:")):
+            raise ConfigError(f"data.{key}: names files of a local corpus; {d.corpus} has its own splits")
     if d.tfds_data_dir and not d.corpus.startswith("tfds:"):
         raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:

@@ -360,9 +360,6 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
         raise ConfigError(f"data.corpus: unknown built-in corpus {spec!r} (the built-in one is builtin:stdlib)")
     if spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
-        if cfg.validation or cfg.test or cfg.extra_eval:
-            key = "data.validation" if cfg.validation else "data.test" if cfg.test else "data.extra_eval"
-            raise ConfigError(f"{key}: names files of a local corpus; a tfds: corpus has its own splits")
         try:
             import tensorflow_datasets  # noqa: F401  (only to say clearly that it is missing)
         except ImportError:
