@@ -478,13 +478,23 @@ class TokenizedCorpus:
     def test_bytes_per_token(self) -> float:
         return self.bytes_per_token("test")
 
-    def check_fits(self, n_ctx: int, max_train_tokens: int, context: int = 0) -> None:
+    def window_capacity(self, n_ctx: int, context: int = 0) -> int:
+        """How many evaluation windows the smallest held-out set holds without overlapping."""
+        return min(len(self.splits[s]) // (context + n_ctx + 1) for s in self.eval_sets)
+
+    def check_fits(self, n_ctx: int, max_train_tokens: int, context: int = 0, eval_windows: int = 0) -> None:
+        """eval_windows: the count asked for explicitly (0: sized from data.eval_tokens, capped to what fits)."""
         if max_train_tokens > len(self.train):
             raise ConfigError(f"data.max_train_tokens: {max_train_tokens} tokens is more than the "
                               f"{len(self.train)} tokens of {self.meta['corpus']}'s train split")
         if len(self.train) < n_ctx + 1:
             raise ConfigError(f"model.n_ctx: {n_ctx} is longer than the {len(self.train)} training tokens of "
                               f"{self.meta['corpus']}")
+        if eval_windows and eval_windows > self.window_capacity(n_ctx, context):
+            raise ConfigError(f"data.eval_windows: {eval_windows} windows of {context + n_ctx + 1} tokens do not fit "
+                              f"in {self.meta['corpus']}'s held-out sets without overlapping (at most "
+                              f"{self.window_capacity(n_ctx, context)}); lower it, or leave it 0 to size it from "
+                              f"data.eval_tokens and the splits")
         for split in self.eval_sets:
             if len(self.splits[split]) < context + n_ctx + 1:
                 key = "model.eval_mem_len" if context else "model.n_ctx"
@@ -497,12 +507,15 @@ class TokenizedCorpus:
         return train_batch(self.train, seed, step, batch_size, n_ctx, max_train_tokens, consecutive, subset_seed,
                            subset_chunk)
 
-    def eval_windows(self, n_windows: int, n_ctx: int, context: int = 0, split: str = "test") -> np.ndarray:
-        """Evaluation windows of a held-out split, with those found verbatim in the train split left out."""
-        starts = self._window_starts(split, n_windows, n_ctx, context)
+    def eval_windows(self, n_windows: int, n_ctx: int, context: int = 0, split: str = "test",
+                     strict: bool = True) -> np.ndarray:
+        """Evaluation windows of a held-out split, with those found verbatim in the train split left out (strict:
+        fewer than n_windows left is an error; else fewer are used)."""
+        starts = self._window_starts(split, n_windows, n_ctx, context, strict)
         return np.asarray(self.splits[split][starts[:, None] + np.arange(context + n_ctx + 1)], np.int32)
 
-    def _window_starts(self, split: str, n_windows: int, n_ctx: int, context: int) -> np.ndarray:
+    def _window_starts(self, split: str, n_windows: int, n_ctx: int, context: int, strict: bool = True
+                       ) -> np.ndarray:
         key = (split, n_windows, n_ctx, context)
         cached = _WINDOWS.get((self.meta.get("sha256_train"), *key))
         if cached is not None:
@@ -518,7 +531,7 @@ class TokenizedCorpus:
         if starts is None:
             starts = window_starts(self.splits[split], n_windows, n_ctx, context,
                                    self.train if n_ctx + 1 >= DEDUP_MIN_TOKENS else None)
-            if len(starts) < n_windows:
+            if len(starts) < n_windows and strict:
                 raise ConfigError(f"data.eval_windows: the {split} split of {self.meta['corpus']} holds only "
                                   f"{len(starts)} distinct windows of {n_ctx + 1} tokens not found verbatim in the "
                                   f"train split, fewer than {n_windows}; lower data.eval_windows or use more data")

@@ -419,7 +419,8 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
             timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t0
     corpus = corpora[key]
     for r in g.runs:
-        corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, train.eval_context(r.cfg.model))
+        corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, train.eval_context(r.cfg.model),
+                          r.cfg.data.eval_windows)
     ids = [r.run_id for r in g.runs]
     if bar is not None:
         bar.write(f"group {g.group_id}: {len(ids)} x {g.runs[0].name if len(ids) == 1 else 'members'} "

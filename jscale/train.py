@@ -597,9 +597,13 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
         writer.resume(start)
 
     n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
-    eval_sets = {split: corpus.eval_windows(n_final, n_ctx, eval_context(cfg.model), split)
+    explicit = cfg.data.eval_windows > 0
+    if not explicit:  # sized from eval_tokens: at most what the held-out sets hold without overlapping
+        n_final = min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model)))
+    eval_sets = {split: corpus.eval_windows(n_final, n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
-    curve_subset = np.unique(np.linspace(0, n_final - 1, n_curve).round().astype(np.int64))  # before the last
+    curve_subset = {split: np.unique(np.linspace(0, len(w) - 1, min(n_curve, len(w))).round().astype(np.int64))
+                    for split, w in eval_sets.items()}  # what the evaluations before the last score
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)
     tokens_per_step = t.batch_size * n_ctx
@@ -631,7 +635,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 eval_start = time.perf_counter()
                 final = done == t.steps
                 members = M if stacked else 1
-                raw = {split: evaluate(steps, state.params, windows if final else windows[curve_subset], members)
+                raw = {split: evaluate(steps, state.params, windows if final else windows[curve_subset[split]],
+                                       members)
                        for split, windows in eval_sets.items()}
                 evals = {split: summarize_eval(losses) for split, losses in raw.items()}
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
@@ -767,7 +772,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out: {run_dir} is a file, not a run directory")
     corpus = data.prepare(cfg.data)
-    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, eval_context(cfg.model))
+    corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, eval_context(cfg.model), cfg.data.eval_windows)
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)
