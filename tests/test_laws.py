@@ -397,3 +397,27 @@ def test_cli_fit_errors_are_one_line(args, message, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_chinchilla_polish_stuck_at_its_start_is_checked_against_every_start(monkeypatch):
+    rng = np.random.default_rng(11)
+    true = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    N = np.repeat(np.geomspace(1e7, 1e9, 6), 5)
+    D = np.tile(np.geomspace(1e9, 1e11, 5), 6)
+    L = laws._chinchilla(true, N, D) * np.exp(rng.normal(0, 0.002, len(N)))
+    reference = laws.fit_chinchilla(N, D, L, n_bootstrap=0)  # the polish that moves
+    real = laws._minimize_batch
+    calls = []
+
+    def stuck_once(starts, *args):  # the first polish never leaves its starts (as one once stopped on a start)
+        calls.append(len(starts))
+        if len(calls) == 1:
+            f = laws.chinchilla_objective(starts, *args[:4])
+            return starts.copy(), f, np.ones(len(starts), bool)
+        return real(starts, *args)
+
+    monkeypatch.setattr(laws, "_minimize_batch", stuck_once)
+    fit = laws.fit_chinchilla(N, D, L, n_bootstrap=0)
+    assert calls == [64, len(laws.chinchilla_grid())]  # the wider polish ran
+    assert fit.objective == pytest.approx(reference.objective, rel=1e-6)
+    assert fit.params["alpha"] == pytest.approx(reference.params["alpha"], rel=1e-4)

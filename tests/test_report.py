@@ -259,10 +259,16 @@ def test_report_on_a_directory_without_sweeps_is_one_line(tmp_path):
                                    f"in it or its subdirectories)")
 
 
-def test_a_sweep_without_its_own_section_gets_an_L_of_N_fit(tmp_path):
+@pytest.mark.parametrize("loss, converged, outcome", [
+    (lambda r: (1e9 / r["N"]) ** 0.08, True, "supports"),
+    (lambda r: (r["N"] / 1e3) ** 0.05, True, "contradicts"),
+    (lambda r: (1e9 / r["N"]) ** 0.08, False, "inconclusive"),
+])
+def test_a_sweep_without_its_own_section_gets_an_L_of_N_fit(tmp_path, loss, converged, outcome):
     spec = {"name": "quickstart", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
             "axis": [{"generator": "sizes", "N_min": 5e3, "N_max": 2e5, "count": 5, "aspect_ratio": 16, "d_head": 8}]}
-    synthetic_sweep(tmp_path / "qs", spec, lambda r: (1e9 / r["N"]) ** 0.08)
+    synthetic_sweep(tmp_path / "qs", spec, loss, converged=converged)
     sec = verdicts(tmp_path / "qs", tmp_path)["quickstart"]
-    assert sec.decisions[0].outcome == "supports" and sec.numbers[0][1] == "0.080"
-    assert "loss_vs_N" in sec.figures
+    assert [v.outcome for v in sec.decisions] == [outcome]
+    if outcome == "supports":
+        assert sec.numbers[0][1] == "0.080" and "loss_vs_N" in sec.figures
