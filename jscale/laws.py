@@ -362,8 +362,15 @@ def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss
 
 def fit_kaplan_nd(N, D, loss, n_bootstrap: int = 1000, seed: int = 0,
                   convention: dict[str, str] | None = None) -> FittedLaw:
-    """Kaplan's eq. 1.5, L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D."""
-    return _fit_log_law("kaplan-nd", _kaplan_nd_arrays, {"N": N, "D": D}, loss, 4, n_bootstrap, seed, convention)
+    """Kaplan's eq. 1.5, L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D. Derived: overfit_exponent =
+    alpha_N / alpha_D, the power of N that the data must grow by to keep overfitting fixed (with its interval)."""
+    def with_ratio(*arrays):
+        params, obj = _kaplan_nd_arrays(*arrays)
+        return {**params, "overfit_exponent": params["alpha_N"] / params["alpha_D"]}, obj
+
+    fitted = _fit_log_law("kaplan-nd", with_ratio, {"N": N, "D": D}, loss, 4, n_bootstrap, seed, convention)
+    fitted.derived["overfit_exponent"] = fitted.params.pop("overfit_exponent")
+    return fitted
 
 
 def s_min(S, B, B_crit):

@@ -694,15 +694,7 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         sec.numbers.append((f"{key} of L(N, D), test loss at the best validation step", f"{p[key]:{fmt}}",
                             _ci(fit, key, fmt), paper + " (WebText2, BPE)"))
     exponent = p["alpha_N"] / p["alpha_D"]
-    N_, D_, L_ = (fit_runs[c].to_numpy(float) for c in ("N", "D", "best"))
-
-    def ratio(idx):
-        q = laws.fit_kaplan_nd(N_[idx], D_[idx], L_[idx], n_bootstrap=0).params
-        return {"ratio": q["alpha_N"] / q["alpha_D"]}
-
-    holder = laws.FittedLaw("kaplan-nd", {"ratio": exponent}, ("N", "D"), n_points=len(fit_runs))
-    laws.attach_bootstrap(holder, ratio, len(fit_runs), min(n_bootstrap, 200), 0)
-    est = _law_estimate(holder, "ratio")
+    est = _law_estimate(fit, "overfit_exponent")
     sec.numbers.append(("overfitting bound: D needed grows as N^(alpha_N / alpha_D)", f"{exponent:.2f}",
                         est.text(".2f").split("(", 1)[1].rstrip(")"), "0.74 (WebText2, BPE)"))
     d_2pct = lambda N: p["D_c"] * (N / p["N_c"]) ** exponent / (1.02 ** (1 / p["alpha_D"]) - 1)

@@ -59,7 +59,7 @@ def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True,
 def verdicts(directory, tmp_path, latency=False):
     import matplotlib.pyplot as plt
 
-    sections = report.build_sections(directory, tmp_path / "out", latency=latency, n_bootstrap=200, baselines=False)
+    sections = report.build_sections(directory, tmp_path / "out", latency=latency, n_bootstrap=100, baselines=False)
     plt.close("all")
     return {s.name: s for s in sections}
 
