@@ -489,10 +489,7 @@ def tuned_runs(finals: list[Run], chosen: dict[str, dict[str, float]]) -> list[R
         values = chosen.get(r.tags.get("tune.of"))
         if values is None:
             continue
-        train = r.cfg.train
-        for key, value in values.items():
-            train = dataclasses.replace(train, **{key.split(".")[1]: value})
-        cfg = dataclasses.replace(r.cfg, train=train).resolve()
+        cfg = tuning.apply(r.cfg, values)
         name = r.name + " " + " ".join(_tag_text(k, v) for k, v in values.items())
         out.append(Run(_hash_config(cfg), name, cfg, {**r.tags, **values, "tune.chosen": True}))
     return out

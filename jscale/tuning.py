@@ -4,12 +4,13 @@ of the final run, picked on validation loss.
 A sweep asks for it with a `[tune]` table:
 
     [tune]
-    grid = { "train.lr" = [1e-3, 2e-3, 4e-3, 8e-3] }   # one or more member keys; the pilot trains their product
+    grid = { "train.lr" = [1e-3, 2e-3, 4e-3, 8e-3] }   # one or more keys (TUNABLE); the pilot trains their product
     fraction = 0.2                                     # of the final run's steps (its schedule compressed to fit)
     extend = true                                      # an optimum at the grid's edge: one more value, once
 
 Every final run is a *point* (its config less the seeds and the tuned keys). For each point the pilot trains one
-run per grid value at the point's first seed; they share every shape, so they train as one vmapped ensemble. The
+run per grid value at the point's first seed; they share every shape, so they train as one vmapped ensemble (a
+batch-size grid trains one group per batch size, each at the tokens the final run would see). The
 value with the lowest validation loss at the pilot's end is chosen for all of the point's seeds. When it lies on
 an edge of its key's values, the grid is extended once by one geometric step beyond that edge (learning rate and
 warmup); a key that cannot be extended, or an optimum still at the edge after extending, is flagged
@@ -28,10 +29,11 @@ from typing import Any
 
 from jscale.config import Config, ConfigError
 
-# Keys a pilot may tune: per-member hyperparameters (sweep.MEMBER_KEYS), so that a pilot is one ensemble.
+# Keys a pilot may tune: per-member hyperparameters (sweep.MEMBER_KEYS), so that a pilot is one ensemble; and the
+# batch size, whose pilots form one group per batch size, each at the same tokens (apply).
 TUNABLE = ("train.lr", "train.b1", "train.b2", "train.warmup_steps", "train.weight_decay", "train.decay_fraction",
-           "train.final_lr_fraction")
-EXTENDABLE = ("train.lr", "train.warmup_steps")  # keys whose grid can grow by a geometric step beyond its edge
+           "train.final_lr_fraction", "train.batch_size")
+EXTENDABLE = ("train.lr", "train.warmup_steps", "train.batch_size")  # keys whose grid can grow geometrically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,6 @@ def parse(table: Any) -> Tune:
         raise ConfigError("tune.grid: expected a table of key = [values], e.g. { \"train.lr\" = [1e-3, 3e-3] }")
     pairs = []
     for key, values in grid.items():
-        if key == "train.batch_size":
-            raise ConfigError("tune.grid.train.batch_size: changes the array shapes, so it cannot be a pilot "
-                              "ensemble's member key; sweep it as an [[axis]] and compare on validation loss")
         if key not in TUNABLE:
             raise ConfigError(f"tune.grid.{key}: not tunable (one of {', '.join(TUNABLE)})")
         if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -67,7 +66,10 @@ def parse(table: Any) -> Tune:
             raise ConfigError(f"tune.grid.{key}: expected a list of numbers")
         if len(set(values)) < 2:
             raise ConfigError(f"tune.grid.{key}: a tuning grid needs at least 2 distinct values, got {values}")
-        pairs.append((key, tuple(sorted(set(int(v) if key == "train.warmup_steps" else float(v) for v in values)))))
+        integer = key in ("train.warmup_steps", "train.batch_size")
+        if integer and not all(float(v).is_integer() and v >= 1 for v in values):
+            raise ConfigError(f"tune.grid.{key}: expected positive whole numbers, got {values}")
+        pairs.append((key, tuple(sorted(set(int(v) if integer else float(v) for v in values)))))
     fraction = table.get("fraction", 0.2)
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
         raise ConfigError(f"tune.fraction: must be in (0, 1], got {fraction!r}")
@@ -94,14 +96,28 @@ def point_of(cfg: Config, tune: Tune) -> str:
 def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
     """A pilot run: the point's config with these values, over a fraction of its steps (one evaluation, at the
     end; warmup kept, at most half the pilot)."""
-    t = cfg.train
+    t = apply(cfg, values).train
     steps = max(2, round(tune.fraction * t.steps))
     train = dataclasses.replace(t, steps=steps, eval_every=steps, checkpoint_every=steps,
                                 warmup_steps=min(t.warmup_steps, steps // 2))
+    return dataclasses.replace(cfg, train=train).resolve()
+
+
+def apply(cfg: Config, values: dict[str, float]) -> Config:
+    """cfg with tuned values put in. A different batch size keeps the run's tokens (and its warmup's and evaluation
+    interval's tokens) fixed by rescaling the step counts, so batch sizes are compared at equal data."""
+    t = cfg.train
     for key, value in values.items():
-        train = dataclasses.replace(train, **{key.split(".")[1]: value})
-    out = dataclasses.replace(cfg, train=train)
-    return out.resolve()
+        if key == "train.batch_size" and value != t.batch_size:
+            scale = t.batch_size / value
+            eval_every = max(1, round(t.eval_every * scale))
+            steps = max(eval_every, round(t.steps * scale))
+            t = dataclasses.replace(t, batch_size=int(value), steps=steps, eval_every=eval_every,
+                                    checkpoint_every=eval_every * max(1, round(t.checkpoint_every / t.eval_every)),
+                                    warmup_steps=min(round(t.warmup_steps * scale), steps))
+        else:
+            t = dataclasses.replace(t, **{key.split(".")[1]: int(value) if key == "train.batch_size" else value})
+    return dataclasses.replace(cfg, train=t).resolve()
 
 
 def combinations(grid: dict[str, list]) -> list[dict[str, float]]:
@@ -144,7 +160,7 @@ def extension(grid: dict[str, list], choice: Choice) -> dict[str, list]:
         if edge <= 0 or inner <= 0:
             continue
         new = edge * edge / inner
-        new = max(1, round(new)) if key == "train.warmup_steps" else new
+        new = max(1, round(new)) if key in ("train.warmup_steps", "train.batch_size") else new
         if new not in values:
             out[key] = [new]
     return out

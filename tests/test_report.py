@@ -138,13 +138,18 @@ RECURRENT = {"name": "recurrent", "base": {"model": {"n_ctx": 32}, "train": TRAI
                                "model.d_model": [16, 32, 48, 64, 96, 32, 64]}}]}
 
 
-@pytest.mark.parametrize("factor, converged, outcome", [(0.97, True, "supports"), (1.05, True, "contradicts"),
-                                                        (0.97, False, "inconclusive")])
-def test_recurrent_per_parameter_verdict_takes_all_three_values(tmp_path, factor, converged, outcome):
+@pytest.mark.parametrize("factor, converged, per_parameter, per_flop", [
+    (0.97, True, "supports", "supports"),  # 3% better at equal N; reuse 2x doubles C, worth ~5% on L(C)
+    (1.05, True, "contradicts", "supports"),
+    (0.90, True, "supports", "contradicts"),  # so much better that it wins per FLOP too
+    (0.97, False, "inconclusive", "inconclusive"),
+])
+def test_recurrent_verdicts_take_all_three_values(tmp_path, factor, converged, per_parameter, per_flop):
     loss = lambda r: (1e9 / r["N"]) ** 0.08 * (factor if r["kind"] == "universal" else 1.0)
     synthetic_sweep(tmp_path / "recurrent", RECURRENT, loss, converged=converged)
     sec = verdicts(tmp_path / "recurrent", tmp_path)["recurrent"]
-    assert outcomes(sec, "better per parameter") == [outcome], sec.verdicts
+    assert outcomes(sec, "better per parameter") == [per_parameter], sec.verdicts
+    assert outcomes(sec, "worse per training FLOP") == [per_flop], sec.verdicts
 
 
 DATA = {"name": "data", "base": {"model": {"n_ctx": 32}, "train": TRAIN},

@@ -72,7 +72,7 @@ def test_choice_and_extension_rules():
 
 @pytest.mark.parametrize("table, message", [
     ({"grid": {"train.lr": [1e-3]}}, "tune.grid.train.lr: a tuning grid needs at least 2 distinct values"),
-    ({"grid": {"train.batch_size": [8, 16]}}, "tune.grid.train.batch_size: changes the array shapes"),
+    ({"grid": {"train.batch_size": [8, 16.5]}}, "tune.grid.train.batch_size: expected positive whole numbers"),
     ({"grid": {"model.d_model": [8, 16]}}, "tune.grid.model.d_model: not tunable"),
     ({"grid": {"train.lr": [1e-3, 2e-3]}, "fraction": 0}, "tune.fraction: must be in"),
     ({"grid": {"train.lr": [1e-3, 2e-3]}, "folds": 2}, "tune.folds: unknown field"),
@@ -110,3 +110,17 @@ def test_selection_reads_validation_never_test(tmp_path):
     with sqlite3.connect(tmp_path / "s" / "results.sqlite") as c:
         chosen = json.loads(c.execute("SELECT chosen FROM tuning").fetchone()[0])
     assert chosen == {"train.lr": 3e-3}
+
+
+def test_a_batch_size_grid_compares_batch_sizes_at_equal_tokens(tmp_path):
+    spec = {"name": "t", "base": BASE, "tune": {"grid": {"train.batch_size": [4, 8, 16]}, "fraction": 0.5}}
+    sw = sweep.expand(spec)
+    pilots = [r for r in sw.runs if r.role == "pilot"]
+    tokens = {r.cfg.train.batch_size: r.cfg.train.batch_size * r.cfg.train.steps for r in pilots}
+    assert tokens == {4: 240, 8: 240, 16: 240}  # 60 steps x 8 sequences x 0.5, at every batch size
+    assert len(sw.groups(8)) == 4  # one group per batch size, and the final run's
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
+    t = results.load(tmp_path / "s")
+    chosen = json.loads(t["tuning"].iloc[0].chosen)["train.batch_size"]
+    final = t["runs"][t["runs"].role == "final"].iloc[0]
+    assert final.batch_size == chosen and final.steps * final.batch_size == 60 * 8  # the final run's tokens kept
