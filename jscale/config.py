@@ -113,8 +113,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "builtin:stdlib"  # builtin:stdlib | a file, directory or glob | tfds:NAME[/CONFIG]
-    tokenizer: str = "bytes"  # bytes | bpe
+    corpus: str = "builtin:stdlib"  # builtin:stdlib | a file, directory or glob | tfds:NAME[/CONFIG] | bin:DIR
+    bin_dtype: str = "uint16"  # bin: corpora: the token files' integer type (uint8 | uint16 | uint32)
+    tokenizer: str = "bytes"  # bytes | bpe (trained on the train split) | file:PATH (an HF tokenizer.json)
     vocab_size: int = 4096  # BPE vocabulary size (bytes is always 256)
     validation_fraction: float = 0.05  # share of documents in the validation split (model selection reads it)
     test_fraction: float = 0.05  # share of documents in the test split (read only for reporting)
@@ -179,7 +180,7 @@ class Config:
 
     def resolve(self) -> "Config":
         """Fill derived fields (vocabulary size from the tokenizer) and validate."""
-        vocab = 256 if self.data.tokenizer == "bytes" else self.data.vocab_size
+        vocab = tokenizer_vocab(self.data)
         if self.model.vocab_size not in (vocab, ModelConfig.vocab_size):  # set by hand to something else
             raise ConfigError(f"model.vocab_size: follows the tokenizer ({self.data.tokenizer}: {vocab}); "
                               f"{self.model.vocab_size} would be overwritten: leave it out"
@@ -213,6 +214,35 @@ def _resolve_warmup(cfg: "Config") -> "TrainConfig":
     steps = round(tokens / (t.batch_size * cfg.model.n_ctx))
     return dataclasses.replace(t, warmup_steps=int(min(max(steps, 1), t.steps // 2)), warmup_tokens=0,
                                warmup_per_param=0.0)
+
+
+def tokenizer_vocab(d: "DataConfig") -> int:
+    """The vocabulary size the tokenizer gives: 256 for bytes, data.vocab_size for a trained BPE, a tokenizer
+    file's own size (read from the file) for file:PATH."""
+    if d.corpus.startswith("bin:") and not d.tokenizer.startswith("file:"):
+        from jscale import data  # (data imports this module)
+
+        return data.bin_vocab(d)
+    if d.tokenizer == "bytes":
+        return 256
+    if d.tokenizer.startswith("file:"):
+        return load_tokenizer_file(d.tokenizer[len("file:"):]).get_vocab_size()
+    return d.vocab_size
+
+
+def load_tokenizer_file(path: str):
+    """An HF `tokenizers` tokenizer.json, or a one-line ConfigError naming the file."""
+    import os
+
+    from tokenizers import Tokenizer
+
+    path = os.path.expanduser(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"data.tokenizer: {path}: tokenizer file not found")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 (tokenizers raises its own exception type for any parse problem)
+        raise ConfigError(f"data.tokenizer: {path}: not a tokenizer.json ({' '.join(str(e).split())[:120]})") from None
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig}
@@ -323,7 +353,10 @@ def validate(cfg: Config) -> None:
     _choice("model.lstm_impl", m.lstm_impl, ("scan", "cudnn"))
     if m.lstm_impl == "cudnn" and m.dropout > 0:
         raise ConfigError("model.lstm_impl: cuDNN's LSTM path has no dropout between layers here; use scan")
-    _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe"))
+    if not d.tokenizer.startswith("file:"):
+        _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe", "file:PATH"))
+    elif d.vocab_size != DataConfig.vocab_size:
+        raise ConfigError("data.vocab_size: a tokenizer file has its own vocabulary; leave data.vocab_size out")
     _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
                     "model.n_ctx", "model.vocab_size", "data.eval_tokens", "train.batch_size", "train.steps",
                     "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
@@ -346,11 +379,14 @@ def validate(cfg: Config) -> None:
                               f"{m.n_kv_heads_}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
-    if d.tokenizer == "bytes" and d.vocab_size != DataConfig.vocab_size:
+    if d.tokenizer == "bytes" and d.vocab_size != DataConfig.vocab_size and not d.corpus.startswith("bin:"):
         raise ConfigError(f"data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
                           f"\"bpe\" to choose a vocabulary size, or leave it out")
+    _choice("data.bin_dtype", d.bin_dtype, ("uint8", "uint16", "uint32"))
+    if d.bin_dtype != DataConfig.bin_dtype and not d.corpus.startswith("bin:"):
+        raise ConfigError(f"data.bin_dtype: only read for a bin: corpus (data.corpus = {d.corpus!r})")
     for key in ("validation", "test", "extra_eval"):
-        if getattr(d, key) and d.corpus.startswith(("builtin:", "tfds:")):
+        if getattr(d, key) and d.corpus.startswith(("builtin:", "tfds:", "bin:")):
             raise ConfigError(f"data.{key}: names files of a local corpus; {d.corpus} has its own splits")
     if d.tfds_data_dir and not d.corpus.startswith("tfds:"):
         raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")

@@ -17,6 +17,9 @@ Corpora (`data.corpus`):
   than 400 files) are held out by a stable hash of their name. `data.extra_eval = "NAME=GLOB,..."` adds named sets.
 - `tfds:NAME[/CONFIG]`: a text dataset of the TensorFlow Datasets catalogue, read through `tfds.data_source`
   (ArrayRecord, no TensorFlow); its own validation and test splits where it has them.
+- `bin:DIR`: pre-tokenized token files as nanoGPT's prepare.py writes them (train.bin, val.bin, optionally
+  test.bin; `data.bin_dtype` uint16 by default), read in place; the vocabulary size from DIR/meta.json
+  ({"vocab_size": V, optional "bytes_per_token"}) or data.vocab_size.
 
 Tokenized corpora are cached under `cache_dir/<corpus>-<tokenizer>/` as one `<split>.bin` per split (raw uint8,
 uint16 or uint32) with meta.json, written to a temporary directory and renamed into place, so a killed process
@@ -358,6 +361,8 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
                             prose, ("prose",))
     if spec.startswith("builtin:"):
         raise ConfigError(f"data.corpus: unknown built-in corpus {spec!r} (the built-in one is builtin:stdlib)")
+    if spec.startswith("bin:"):  # pre-tokenized: nothing to split or tokenize (prepare opens the files)
+        return Corpus(id=f"bin-{_bin_dir(cfg).name}", description=spec)
     if spec.startswith("tfds:"):
         name = spec[len("tfds:"):]
         try:
@@ -436,6 +441,31 @@ class BPETokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode(list(map(int, ids)))
+
+
+class FileTokenizer:
+    """Any HF `tokenizers` tokenizer.json (data.tokenizer = "file:PATH"); named in the cache by its content."""
+
+    def __init__(self, path: str):
+        from jscale.config import load_tokenizer_file
+
+        self._tok = load_tokenizer_file(path)
+        self.vocab_size = self._tok.get_vocab_size()
+        self.id = f"file{_file_digest(Path(os.path.expanduser(path)))[:12]}"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.uint32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(map(int, ids)))
+
+
+def make_tokenizer(cfg: DataConfig, corpus: Corpus, root: Path):
+    if cfg.tokenizer == "bytes":
+        return ByteTokenizer()
+    if cfg.tokenizer.startswith("file:"):
+        return FileTokenizer(cfg.tokenizer[len("file:"):])
+    return BPETokenizer.train_or_load(corpus, cfg.vocab_size, root)
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -675,15 +705,114 @@ def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 
     return np.asarray(tokens[starts_W[:, None] + np.arange(context + n_ctx + 1)], np.int32)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-tokenized corpora: bin:DIR holds nanoGPT-style token files, read in place (memory-mapped, no copy).
+
+BIN_SPLITS = {"train": ("train.bin",), "validation": ("val.bin", "validation.bin"), "test": ("test.bin",)}
+
+
+def _bin_dir(cfg: DataConfig) -> Path:
+    path = Path(os.path.expanduser(cfg.corpus[len("bin:"):]))
+    if not path.is_dir():
+        raise ConfigError(f"data.corpus: {cfg.corpus}: not a directory of token files (train.bin, val.bin)")
+    return path
+
+
+def _bin_meta(path: Path) -> dict:
+    sidecar = path / "meta.json"
+    if not sidecar.exists():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.corpus: {sidecar}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"data.corpus: {sidecar}: expected a JSON object with vocab_size")
+    return meta
+
+
+def bin_vocab(cfg: DataConfig) -> int:
+    """A bin: corpus's vocabulary: meta.json's vocab_size beside the token files, else data.vocab_size given."""
+    meta = _bin_meta(_bin_dir(cfg))
+    if "vocab_size" in meta:
+        v = meta["vocab_size"]
+        if not isinstance(v, int) or v < 2:
+            raise ConfigError(f"data.corpus: {_bin_dir(cfg) / 'meta.json'}: vocab_size must be an integer >= 2")
+        if cfg.vocab_size not in (DataConfig.vocab_size, v):
+            raise ConfigError(f"data.vocab_size: {cfg.vocab_size} contradicts meta.json's vocab_size = {v}")
+        return v
+    if cfg.vocab_size == DataConfig.vocab_size:
+        raise ConfigError(f"data.vocab_size: give the vocabulary size of {cfg.corpus} (or put a meta.json with "
+                          f"vocab_size beside its token files)")
+    return cfg.vocab_size
+
+
+def _open_bin(cfg: DataConfig) -> TokenizedCorpus:
+    """train.bin, val.bin (or validation.bin) and test.bin of a bin: directory; without test.bin the second half
+    of val.bin is the test split and the first half validation. Every token id is checked against the vocabulary."""
+    path = _bin_dir(cfg)
+    from jscale.config import tokenizer_vocab
+
+    dtype = np.dtype(cfg.bin_dtype)
+    vocab = tokenizer_vocab(cfg)  # meta.json / data.vocab_size, or the tokenizer file's when one decodes them
+    files = {}
+    for split, names in BIN_SPLITS.items():
+        found = next((path / n for n in names if (path / n).is_file()), None)
+        if found is not None:
+            files[split] = found
+    for split in ("train", "validation"):
+        if split not in files:
+            raise ConfigError(f"data.corpus: {path}: no {' or '.join(BIN_SPLITS[split])}")
+    arrays = {}
+    for split, f in files.items():
+        size = f.stat().st_size
+        if size % dtype.itemsize or size == 0:
+            raise ConfigError(f"data.corpus: {f}: {size} bytes is not a whole number of {cfg.bin_dtype} tokens "
+                              f"(garbled, or another data.bin_dtype)")
+        arrays[split] = np.memmap(f, dtype=dtype, mode="r")
+    if "test" not in arrays:
+        half = len(arrays["validation"]) // 2
+        arrays["validation"], arrays["test"] = arrays["validation"][:half], arrays["validation"][half:]
+    digest = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        top = int(arrays[split].max())
+        if top >= vocab:
+            raise ConfigError(f"data.corpus: {files.get(split, files['validation'])}: token id {top} is not below "
+                              f"the vocabulary size {vocab}")
+        st = files.get(split, files["validation"]).stat()
+        digest.update(f"{split}:{st.st_size}:{st.st_mtime_ns};".encode())
+    meta = {"corpus": cfg.corpus, "corpus_id": f"bin-{digest.hexdigest()[:12]}", "tokenizer": "pretokenized",
+            "vocab_size": vocab, "dtype": dtype.name, "splits": ["train", "validation", "test"]}
+    bytes_per_token = _bin_meta(path).get("bytes_per_token")  # for bits per byte; unknown: NaN
+    for split, a in arrays.items():
+        meta[f"{split}_tokens"] = len(a)
+        meta[f"{split}_bytes"] = len(a) * bytes_per_token if bytes_per_token else float("nan")
+        meta[f"sha256_{split}"] = meta["corpus_id"]
+    derived = cache_root(cfg) / meta["corpus_id"]  # evaluation windows and n-gram scores for this corpus
+    try:
+        derived.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        derived = None
+    return TokenizedCorpus(splits={s: arrays[s] for s in ("train", "validation", "test")}, meta=meta, path=derived)
+
+
 def cache_root(cfg: DataConfig) -> Path:
     return Path(os.path.expanduser(cfg.cache_dir or os.environ.get("JSCALE_CACHE", "~/.cache/jscale")))
 
 
 def prepare(cfg: DataConfig) -> TokenizedCorpus:
-    """Tokenize the configured corpus once into memory-mapped files, or open the cached ones."""
+    """Tokenize the configured corpus once into memory-mapped files, or open the cached ones (a bin: corpus is
+    opened in place)."""
+    if cfg.corpus.startswith("bin:"):
+        return _open_bin(cfg)
     corpus = corpus_from_config(cfg)
     root = cache_root(cfg)
-    tokenizer_id = "bytes" if cfg.tokenizer == "bytes" else f"bpe{cfg.vocab_size}"
+    tokenizer = None
+    if cfg.tokenizer.startswith("file:"):
+        tokenizer = FileTokenizer(cfg.tokenizer[len("file:"):])
+        tokenizer_id = tokenizer.id
+    else:
+        tokenizer_id = "bytes" if cfg.tokenizer == "bytes" else f"bpe{cfg.vocab_size}"
     target = root / f"{corpus.id}-{tokenizer_id}"
     if (target / "meta.json").exists():
         problem = _cache_problem(target)
@@ -691,8 +820,7 @@ def prepare(cfg: DataConfig) -> TokenizedCorpus:
             return _open_cache(target)
         print(f"jscale: token cache {target} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
         shutil.rmtree(target, ignore_errors=True)
-    tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else BPETokenizer.train_or_load(
-        corpus, cfg.vocab_size, root)
+    tokenizer = tokenizer or make_tokenizer(cfg, corpus, root)
     _write_token_files(corpus, tokenizer, target)
     return _open_cache(target)
 

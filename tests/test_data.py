@@ -231,3 +231,93 @@ def test_n_ctx_longer_than_the_data_is_a_config_error(tmp_path, text_corpus):
     tokens = data.prepare(DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="model.n_ctx: 100000000 is longer than the"):
         tokens.check_fits(100_000_000, 0)
+
+
+def _tokenizer_file(tmp_path, text_corpus):
+    """A real HF tokenizer.json: a byte-level BPE of 300 tokens trained on the test corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(p) for p in sorted(text_corpus.glob("*.txt"))], trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    return path, tok
+
+
+def test_a_tokenizer_file_sets_the_vocabulary_and_the_tokens(tmp_path, text_corpus):
+    from jscale import config
+
+    path, tok = _tokenizer_file(tmp_path, text_corpus)
+    cfg = config.from_dict({"data": {"corpus": str(text_corpus), "tokenizer": f"file:{path}",
+                                     "cache_dir": str(tmp_path / "cache")}}).resolve()
+    assert cfg.model.vocab_size == tok.get_vocab_size() == 300
+    tokens = data.prepare(cfg.data)
+    corpus = data.corpus_from_config(cfg.data)
+    first = next(corpus.documents("train")) + data.DOC_SEPARATOR
+    np.testing.assert_array_equal(tokens.train[:len(tok.encode(first).ids)], tok.encode(first).ids)
+    with pytest.raises(ConfigError, match="model.vocab_size: follows the tokenizer"):
+        config.from_dict({"data": {"tokenizer": f"file:{path}"}, "model": {"vocab_size": 512}}).resolve()
+    (tmp_path / "broken.json").write_text('{"model": ')
+    with pytest.raises(ConfigError, match="data.tokenizer: .*broken.json: not a tokenizer.json"):
+        config.from_dict({"data": {"tokenizer": f"file:{tmp_path / 'broken.json'}"}}).resolve()
+
+
+def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_source(tmp_path, text_corpus):
+    from jscale import config, train
+
+    texts = {s: (text_corpus / f"doc0{i}.txt").read_text() for i, s in enumerate(("train", "valid", "test"))}
+    for split, text in texts.items():
+        (tmp_path / f"{split}.txt").write_text(text)
+    by_file = data.prepare(DataConfig(corpus=str(tmp_path / "train.txt"), validation=str(tmp_path / "valid.txt"),
+                                      test=str(tmp_path / "test.txt"), cache_dir=str(tmp_path / "cache")))
+    nano = tmp_path / "nano"  # nanoGPT's layout: uint16 train.bin and val.bin (here also test.bin)
+    nano.mkdir()
+    for split, name in (("train", "train.bin"), ("validation", "val.bin"), ("test", "test.bin")):
+        np.asarray(by_file.splits[split], np.uint16).tofile(nano / name)
+    (nano / "meta.json").write_text(json.dumps({"vocab_size": 256, "bytes_per_token": 1.0}))
+    by_bin = data.prepare(DataConfig(corpus=f"bin:{nano}", cache_dir=str(tmp_path / "cache")))
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(by_bin.splits[split], by_file.splits[split])
+    assert by_bin.bytes_per_token("test") == 1.0
+    # It trains like any corpus: a few steps through the same batches and evaluation.
+    cfg = config.from_dict({"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16},
+                            "data": {"corpus": f"bin:{nano}", "eval_windows": 4, "cache_dir": str(tmp_path / "cache")},
+                            "train": {"batch_size": 4, "steps": 4, "eval_every": 2, "checkpoint_every": 4,
+                                      "warmup_steps": 1}}).resolve()
+    assert cfg.model.vocab_size == 256
+    final = train.train(cfg, tmp_path / "run", progress=False)
+    assert final["step"] == 4 and np.isfinite(final["val_loss"])
+    # Without test.bin, val.bin's halves are validation and test.
+    (nano / "test.bin").unlink()
+    halves = data.prepare(DataConfig(corpus=f"bin:{nano}", cache_dir=str(tmp_path / "cache")))
+    n = len(by_file.validation) // 2
+    np.testing.assert_array_equal(halves.test, by_file.validation[n:])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("odd", "is not a whole number of uint16 tokens"),
+    ("big_id", "token id 300 is not below the vocabulary size 256"),
+    ("no_vocab", "data.vocab_size: give the vocabulary size"),
+    ("no_val", "no val.bin or validation.bin"),
+])
+def test_bad_bin_corpora_are_one_line_errors(tmp_path, case, message):
+    from jscale import config
+
+    nano = tmp_path / "nano"
+    nano.mkdir()
+    np.arange(200, dtype=np.uint16).tofile(nano / "train.bin")
+    np.arange(100, dtype=np.uint16).tofile(nano / "val.bin")
+    if case != "no_vocab":
+        (nano / "meta.json").write_text('{"vocab_size": 256}')
+    if case == "odd":
+        (nano / "val.bin").write_bytes(b"\x01\x02\x03")
+    if case == "big_id":
+        np.array([1, 300], np.uint16).tofile(nano / "val.bin")
+    if case == "no_val":
+        (nano / "val.bin").unlink()
+    with pytest.raises(ConfigError, match=message):
+        data.prepare(config.from_dict({"data": {"corpus": f"bin:{nano}",
+                                                "cache_dir": str(tmp_path / "c")}}).resolve().data)
