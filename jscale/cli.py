@@ -35,6 +35,19 @@ def _human(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _config(args) -> None:
+    """Every config key with its type, default (or FILE's value) and description."""
+    from jscale import config
+
+    values = config.load(args.config, args.overrides).to_dict() if args.config else None
+    rows = config.describe_keys()
+    width = max(len(k) for k, *_ in rows)
+    for key, kind, default, text in rows:
+        section, name = key.split(".")
+        value = default if values is None else repr(values[section][name])
+        print(f"{key:<{width}}  {kind:<10} {value:<18} {text}")
+
+
 def _info(args) -> None:
     from jscale import accounting, config
 
@@ -202,6 +215,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-eval lines")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("config", help="every config key with its type, default (or FILE's value) and meaning")
+    p.add_argument("config", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_config)
 
     p = sub.add_parser("info", help="parameter and FLOP counts and memory estimate of a config")
     p.add_argument("config")

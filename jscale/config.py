@@ -62,7 +62,7 @@ class ModelConfig:
     kind: str = "transformer"  # transformer | universal (blocks reused over depth) | lstm | transformer_xl
     n_layer: int = 2  # Transformer blocks; for universal the unique blocks; for lstm the LSTM layers
     d_model: int = 128  # for lstm: the hidden size
-    n_heads: int = 4
+    n_heads: int = 4  # attention heads (d_attn must be divisible by it)
     n_kv_heads: int | None = None  # key/value heads: None = n_heads (multi-head), 1 = multi-query, else grouped
     reuse: int = 1  # universal: how many times the stack of unique blocks is applied
     step_embedding: bool = True  # universal: add a sinusoidal embedding of the repeat index (Dehghani et al.)
@@ -71,10 +71,10 @@ class ModelConfig:
     eval_mem_len: int | None = None  # transformer_xl: memory at evaluation (None = mem_len)
     d_ff: int | None = None  # None: 4 * d_model
     d_attn: int | None = None  # None: d_model
-    n_ctx: int = 128
+    n_ctx: int = 128  # context length in tokens
     vocab_size: int = 256  # set from the tokenizer by Config.resolve()
-    dropout: float = 0.0
-    tie_embeddings: bool = True
+    dropout: float = 0.0  # dropout rate in training (0 as Kaplan)
+    tie_embeddings: bool = True  # the unembedding reuses the embedding matrix (GPT-2)
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cuDNN where the shape allows, XLA otherwise) | xla | cudnn
 
@@ -140,25 +140,25 @@ def eval_window_counts(d: "DataConfig", n_ctx: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 32
-    steps: int = 1000
-    lr: float = 1e-3
-    warmup_steps: int = 100
+    batch_size: int = 32  # sequences per step
+    steps: int = 1000  # optimizer steps
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 100  # linear warmup from 0 to lr
     warmup_tokens: int = 0  # > 0: warmup over this many tokens instead (sets warmup_steps)
     warmup_per_param: float = 0.0  # > 0: warmup over this many tokens per parameter, N_total (Porian et al.: ~1)
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay: constant, then linear cooldown) | constant
     decay_fraction: float = 0.2  # wsd: the share of the steps the linear cooldown takes
     final_lr_fraction: float = 0.0  # the schedule ends at lr * this (0 as Kaplan, 0.1 as Chinchilla)
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW), on matrices only
+    b1: float = 0.9  # Adam's first-moment decay
+    b2: float = 0.95  # Adam's second-moment decay (0.99 at small batches)
+    eps: float = 1e-8  # Adam's epsilon
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
     seed: int = 0  # parameter initialisation and dropout
     data_seed: int | None = None  # batch sampling; None = seed
-    eval_every: int = 100
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    eval_every: int = 100  # steps between evaluations (and the last step)
+    checkpoint_every: int = 500  # steps between checkpoints (a multiple of eval_every)
+    keep_checkpoints: int = 3  # newest checkpoints kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,12 +268,42 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{key}: expected {names}, got {value!r}")
 
 
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """' (did you mean X?)' for the closest of choices, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """Every config key: (section.key, type, default, the comment beside its field in this file). One source:
+    the descriptions are the fields' own comments."""
+    import inspect
+
+    rows = []
+    for section, cls in SECTIONS.items():
+        comments = {}
+        for line in inspect.getsource(cls).splitlines():
+            head, _, comment = line.partition("  # ")
+            name = head.strip().split(":")[0]
+            if name and ":" in head:
+                comments[name] = comment.strip()
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            kind = " or ".join("none" if t is type(None) else t.__name__ for t in
+                               (typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)))
+            rows.append((f"{section}.{f.name}", kind, repr(f.default), comments.get(f.name, "")))
+    return rows
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
     sections = {}
     for name, value in raw.items():
         if name not in SECTIONS:
-            raise ConfigError(f"{name}: unknown config section (expected one of {', '.join(SECTIONS)})")
+            raise ConfigError(f"{name}: unknown config section (expected one of {', '.join(SECTIONS)})"
+                              f"{did_you_mean(name, SECTIONS)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a table of keys, got {value!r}")
         cls = SECTIONS[name]
@@ -281,7 +311,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         fields = {}
         for key, v in value.items():
             if key not in hints:
-                raise ConfigError(f"{name}.{key}: unknown config key")
+                raise ConfigError(f"{name}.{key}: unknown config key{did_you_mean(key, hints, name + '.')}")
             fields[key] = _check_type(f"{name}.{key}", v, hints[key])
         sections[name] = cls(**fields)
     return Config(**sections)

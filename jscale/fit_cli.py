@@ -244,7 +244,9 @@ def _run(args) -> None:
                                n_bootstrap=args.bootstrap, seed=args.seed, drop_highest=args.drop_highest,
                                convention=convention, b_star=args.b_star, alpha_b=args.alpha_b)
     print(fitted.table())
-    out = Path(args.out) if args.out else Path(f"fit-{args.law}.json")
+    # By default the fit goes next to its input (inside a sweep or runs directory, beside a CSV file).
+    source = Path(args.input)
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"fit-{args.law}.json"
     if out.is_dir():
         raise LawFitError(f"--out: {out} is a directory; give a file name such as {out / f'fit-{args.law}.json'}")
     try:

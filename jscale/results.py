@@ -322,6 +322,8 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
                 raw = pd.read_sql_query("SELECT * FROM positions ORDER BY run_id, step", db.conn)
             windows = (pd.read_sql_query("SELECT * FROM windows ORDER BY run_id, split", db.conn)
                        if "windows" in have else pd.DataFrame(columns=["run_id", "split", "step", "losses"]))
+            claims = (pd.read_sql_query("SELECT * FROM claims", db.conn) if "claims" in have
+                      else pd.DataFrame(columns=["group_id", "host", "pid", "heartbeat"]))
             tuning = (pd.read_sql_query("SELECT * FROM tuning ORDER BY point", db.conn) if "tuning" in have
                       else pd.DataFrame(columns=["point", "keys", "grid", "losses", "chosen", "bracketed",
                                                  "extended", "note"]))
@@ -335,5 +337,8 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
                                 for b, w in zip(windows["positions"], windows["losses"])]
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
+    # A group claimed by a live process is being trained even before its first evaluation is recorded.
+    live = {c.group_id for c in claims.itertuples() if _alive(c.host, int(c.pid), float(c.heartbeat))}
+    runs.loc[runs["group_id"].isin(live) & (runs["status"] == "pending"), "status"] = "running"
     return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,
             "tuning": tuning}

@@ -420,7 +420,8 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
     """Expand a parsed sweep spec (at one of its scales) into validated runs (duplicates removed)."""
     unknown = set(spec) - set(SWEEP_KEYS)
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown sweep key (expected {', '.join(SWEEP_KEYS)})")
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown sweep key (expected {', '.join(SWEEP_KEYS)})"
+                          f"{config.did_you_mean(sorted(unknown)[0], SWEEP_KEYS)}")
     spec, scale = apply_scale(spec, scale)
     base = config.apply_overrides(spec.get("base", {}), list(overrides))
     runs: list[tuple[dict[str, Any], dict[str, Any]]] = [(_flatten(base, "base"), {})]

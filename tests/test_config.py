@@ -121,3 +121,15 @@ def test_every_model_key_is_used_or_refused_by_every_kind(kind, key):
         assert str(e).startswith(f"model.{key}:"), e
         return
     assert _fingerprint(cfg) != _fingerprint(reference), f"model.{key} is accepted but ignored by a {kind} model"
+
+
+def test_every_config_key_is_described_and_typos_get_a_suggestion(capsys):
+    from jscale import cli
+
+    rows = config.describe_keys()
+    assert all(text for _, _, _, text in rows), [k for k, _, _, t in rows if not t]
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == len(rows) and "data.eval_tokens" in out
+    with pytest.raises(config.ConfigError, match=r"model.d_modle: unknown config key \(did you mean model.d_model\?\)"):
+        config.load(None, ["model.d_modle=64"])

@@ -153,3 +153,16 @@ def test_ensemble_size_is_measured_once_per_backend_and_kept(tmp_path):
     again, _ = grid.choose_ensemble_size(sw, tmp_path, None)
     assert again == members  # read back from ensemble.json, not re-measured
     assert (tmp_path / "ensemble.json").exists()
+
+
+def test_status_shows_a_claimed_group_as_running_before_its_first_evaluation(tmp_path):
+    sw = make({"key": "train.seed", "values": [0, 1]})
+    groups = sw.groups(8)
+    with results.ResultsDB(tmp_path / "s") as db:
+        db.add_runs(sweep.run_row(r, g.group_id) for g in groups for r in g.runs)
+        assert db.claim(groups[0].group_id)  # this (live) process is training it
+    assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"running"}
+    assert "running   2" in grid.status_table(tmp_path / "s")
+    with results.ResultsDB(tmp_path / "s") as db:
+        db.release(groups[0].group_id)
+    assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"pending"}

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import jscale_cmd
 from jscale import laws, lbfgs, reference_data
 from jscale.laws import LawFitError
 
@@ -421,3 +422,14 @@ def test_chinchilla_polish_stuck_at_its_start_is_checked_against_every_start(mon
     assert calls == [64, len(laws.chinchilla_grid())]  # the wider polish ran
     assert fit.objective == pytest.approx(reference.objective, rel=1e-6)
     assert fit.params["alpha"] == pytest.approx(reference.params["alpha"], rel=1e-4)
+
+
+def test_cli_fit_writes_next_to_its_input_by_default(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    csv = data_dir / "runs.csv"
+    csv.write_text("N,loss\n" + "".join(f"{n:g},{(1e9 / n) ** 0.08:.5f}\n" for n in (1e4, 1e5, 1e6, 1e7)))
+    r = subprocess.run(jscale_cmd("fit", str(csv), "--law", "kaplan-n", "--bootstrap", "0"), capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (data_dir / "fit-kaplan-n.json").exists() and not (tmp_path / "fit-kaplan-n.json").exists()
