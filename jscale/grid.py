@@ -430,7 +430,8 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
     train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
                      None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
                      on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
-                     log=None if bar is None else bar.write, compiled=steps, timings=timings)
+                     log=None if bar is None else bar.write, compiled=steps, timings=timings,
+                     on_resume=None if bar is None else (lambda start: bar.update(start * per_step)))
     if bar is not None:  # a resumed group skipped its first steps
         bar.n = start + per_step * g.cfg.train.steps
         bar.refresh()

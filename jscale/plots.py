@@ -28,11 +28,12 @@ def figure(ncols: int = 1, width: float = 5.2):
 
 
 def _short(v: float, _=None) -> str:
-    """1e5, 2e4, 2.5: short tick labels."""
+    """1e5, 2e4, 1.5e4, 2.5: short tick labels, two significant digits at most (so 1.5e4, 2e4 and 2.5e4 stay
+    three different labels)."""
     if 0.01 <= abs(v) < 1000:
         return f"{v:.3g}"
-    mantissa, exp = f"{v:.0e}".split("e")
-    return f"{mantissa}e{int(exp)}"
+    mantissa, exp = f"{v:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
 def tidy(fig):

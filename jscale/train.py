@@ -561,7 +561,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                sink, stacked: bool, on_step: Callable[[int], None] | None = None,
                log: Callable[[str], None] | None = None, stop_after: int | None = None,
                devices=None, compiled: GroupSteps | None = None,
-               timings: dict[str, float] | None = None, mode: str = "vmap") -> list[dict]:
+               timings: dict[str, float] | None = None, mode: str = "vmap",
+               on_resume: Callable[[int], None] | None = None) -> list[dict]:
     """Train runs that share every array shape and step count, from their newest checkpoint in checkpoint_dir.
 
     stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
@@ -595,6 +596,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
             state = jax.block_until_ready(steps.init(host_hp["seed"]))
     if writer is not None:
         writer.resume(start)
+    if on_resume is not None:  # a progress bar starts where the run resumes
+        on_resume(start)
 
     n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
@@ -775,16 +778,25 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, eval_context(cfg.model), cfg.data.eval_windows)
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
-    bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps, 0)
+    recorded = sink.last_step()  # the checkpoint resumed from is the newest one not past the recorded steps
+    on_disk = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
+    bar = _progress_bar(progress and jax.process_index() == 0, cfg.train.steps,
+                        max([s for s in on_disk if s <= recorded], default=0))
     last = train_loop([cfg], ["run"], corpus, run_dir / "checkpoints", sink, stacked=False,
                       on_step=None if bar is None else bar.update, log=None if bar is None else bar.write,
-                      stop_after=stop_after)
+                      stop_after=stop_after, on_resume=None if bar is None else lambda start: _set_bar(bar, start))
     if bar is not None:
         bar.close()
     if last:
         return last[0]
     records = sink.records()  # already finished: nothing was trained
     return records[-1] if records else {}
+
+
+def _set_bar(bar, n: int) -> None:
+    if bar.n != n:  # a damaged checkpoint made the run resume earlier than the bar guessed
+        bar.n = n
+        bar.refresh()
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

@@ -297,3 +297,10 @@ def test_a_sweep_without_its_own_section_gets_an_L_of_N_fit(tmp_path, loss, conv
     assert [v.outcome for v in sec.decisions] == [outcome]
     if outcome == "supports":
         assert sec.numbers[0][1] == "0.080" and "loss_vs_N" in sec.figures
+
+
+def test_tick_labels_keep_two_significant_digits():
+    from jscale import plots
+
+    assert [plots._short(v) for v in (1.5e4, 2e4, 2.5e4, 1e5, 3.0, 0.25)] == ["1.5e4", "2e4", "2.5e4", "1e5", "3",
+                                                                                "0.25"]

@@ -102,12 +102,15 @@ def _losses(run_dir):
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd):
     cfg = tiny(tmp_path)
     train.train(cfg, tmp_path / "straight", progress=False)
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)  # checkpoint at 20, logged 30
     assert [r[0] for r in _losses(tmp_path / "resumed")] == [10, 20, 30]
-    train.train(cfg, tmp_path / "resumed", progress=False)
+    capfd.readouterr()
+    train.train(cfg, tmp_path / "resumed", progress=True)
+    bar = capfd.readouterr().err
+    assert "20/40" in bar and "40/40" in bar and " 0/40" not in bar  # the bar resumes where the run does
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
 
 
