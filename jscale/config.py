@@ -7,7 +7,9 @@ reported as one `ConfigError` line that names the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import tomllib
 import types
 import typing
@@ -226,14 +228,23 @@ def tokenizer_vocab(d: "DataConfig") -> int:
     if d.tokenizer == "bytes":
         return 256
     if d.tokenizer.startswith("file:"):
-        return load_tokenizer_file(d.tokenizer[len("file:"):]).get_vocab_size()
+        path = d.tokenizer[len("file:"):]
+        try:
+            stamp = os.stat(os.path.expanduser(path)).st_mtime_ns
+        except OSError:
+            stamp = None  # load_tokenizer_file says what is wrong
+        return _tokenizer_file_vocab(path, stamp)
     return d.vocab_size
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_file_vocab(path: str, stamp: int | None) -> int:
+    """Parsed once per file version, not once per run a sweep resolves."""
+    return load_tokenizer_file(path).get_vocab_size()
 
 
 def load_tokenizer_file(path: str):
     """An HF `tokenizers` tokenizer.json, or a one-line ConfigError naming the file."""
-    import os
-
     from tokenizers import Tokenizer
 
     path = os.path.expanduser(path)

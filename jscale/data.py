@@ -135,8 +135,15 @@ class FileCorpus(Corpus):
         return split_by_hash(name, self.validation_fraction, self.test_fraction)
 
     def split_bytes(self) -> dict[str, int]:
-        """Bytes each split will hold (documents and separators), from the files alone: no tokenizing."""
+        """Bytes each split will hold (documents and separators), from the files alone: no tokenizing. Whole-file
+        documents are sized from the file system; only pieces of files are read."""
         sizes = dict.fromkeys(self.split_names(), 0)
+        if not self.chunk_bytes:
+            given = dict(self.assigned)
+            for path in self.files:
+                name = path.relative_to(self.root).as_posix()
+                sizes[given.get(name) or self.split_of(name)] += path.stat().st_size + 1
+            return sizes
         for _, split, text in self._named_documents():
             sizes[split] += len(text.encode()) + 1
         return sizes
@@ -377,11 +384,11 @@ def corpus_from_config(cfg: DataConfig) -> Corpus:
                           validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
     files, root = _glob_files(spec, "data.corpus")
     given: list[tuple[list[Path], str]] = []
-    for key, split in (("validation", "validation"), ("test", "test")):
-        if getattr(cfg, key):
-            given.append((_glob_files(getattr(cfg, key), f"data.{key}")[0], split))
+    for split in HELD_OUT:  # data.validation, data.test
+        if getattr(cfg, split):
+            given.append((_glob_files(getattr(cfg, split), f"data.{split}")[0], split))
     extras = _extra_sets(cfg.extra_eval)
-    given += [(_glob_files(pattern, f"data.extra_eval")[0], name) for name, pattern in extras]
+    given += [(_glob_files(pattern, "data.extra_eval")[0], name) for name, pattern in extras]
     if given:  # names are taken relative to a folder that holds every file
         every = files + [p for paths, _ in given for p in paths]
         root = Path(os.path.commonpath([p.resolve().parent for p in every]))
@@ -546,8 +553,8 @@ class TokenizedCorpus:
 
     def _window_starts(self, split: str, n_windows: int, n_ctx: int, context: int, strict: bool = True
                        ) -> np.ndarray:
-        key = (split, n_windows, n_ctx, context)
-        cached = _WINDOWS.get((self.meta.get("sha256_train"), *key))
+        key = (self.meta["corpus_id"], self.meta["tokenizer"], split, n_windows, n_ctx, context)
+        cached = _WINDOWS.get(key)
         if cached is not None:
             return cached
         path = None if self.path is None else self.path / f"windows-{split}-{n_windows}-{n_ctx}-{context}.npy"
@@ -573,7 +580,7 @@ class TokenizedCorpus:
                     os.replace(tmp, path)
                 except OSError:
                     pass  # a read-only cache: the windows are recomputed next time
-        _WINDOWS[(self.meta.get("sha256_train"), *key)] = starts
+        _WINDOWS[key] = starts
         return starts
 
 
@@ -787,7 +794,6 @@ def _open_bin(cfg: DataConfig) -> TokenizedCorpus:
     for split, a in arrays.items():
         meta[f"{split}_tokens"] = len(a)
         meta[f"{split}_bytes"] = len(a) * bytes_per_token if bytes_per_token else float("nan")
-        meta[f"sha256_{split}"] = meta["corpus_id"]
     derived = cache_root(cfg) / meta["corpus_id"]  # evaluation windows and n-gram scores for this corpus
     try:
         derived.mkdir(parents=True, exist_ok=True)

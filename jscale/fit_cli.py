@@ -61,8 +61,6 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
 
     Diverged and unfinished runs are left out of the final results; their curves stay in (the frontier and the
     envelope use every point measured)."""
-    import pandas as pd
-
     from jscale import results
 
     tables = results.load(path)
@@ -76,13 +74,9 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
     done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
     per_token = done["flops_per_token_exact"] if c_convention == "exact" else 6 * done[n_col]
     budgets = [json.loads(t).get("isoflop.budget") for t in done["tags"]]
-    # "best": early stopping on validation, so the test loss at each run's best validation step.
-    test_at = curves.set_index(["run_id", "step"])["test_loss"]
-    best = [test_at.get((r, s), np.nan) if s is not None and s == s else np.nan
-            for r, s in zip(done["run_id"], done["best_val_step"])]
     table = done.assign(run=done["run_id"], N=done[n_col], D=done["tokens_trained"], C=done["tokens_trained"] * per_token,
-                        loss=done["final_test_loss"] if loss == "final" else pd.Series(best, index=done.index).fillna(
-                            done["final_test_loss"]))
+                        loss=done["final_test_loss"] if loss == "final" else  # "best": early stopping on validation
+                        results.test_at_best_validation(done, curves))
     if any(b is not None for b in budgets):
         table["budget"] = budgets
     per_token_curve = curves["flops_exact"] / curves["tokens"] if c_convention == "exact" else 6 * curves[n_col]

@@ -386,8 +386,8 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
         extra = sweeps.pilot_runs(finals, tune, more, fixed)
         extra_groups = sweeps.group_runs(extra, members)
         db.add_runs(sweeps.run_row(r, g.group_id) for g in extra_groups for r in g.runs)
-        say(f"point {point}: best {_values_text(choice.chosen)} is at the edge of the grid; extending it by "
-            f"{_values_text({k: v[0] for k, v in more.items()})}")
+        say(f"point {point}: best {tuning.values_text(choice.chosen)} is at the edge of the grid; extending it by "
+            f"{tuning.values_text({k: v[0] for k, v in more.items()})}")
         todo = _unfinished(extra_groups, db)
         add_to_bar(todo)
         train_groups(todo)
@@ -401,12 +401,8 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
     note = ("bracketed" if not flags else
             f"optimum at the edge of {', '.join(flags)}" + (" after extending" if extended else ""))
     db.record_tuning(point, list(tune.keys), grid, choice.losses, choice.chosen, not flags, extended, note)
-    say(f"point {point}: chose {_values_text(choice.chosen)} on validation loss ({note})")
+    say(f"point {point}: chose {tuning.values_text(choice.chosen)} on validation loss ({note})")
     return choice.chosen
-
-
-def _values_text(values: dict) -> str:
-    return ", ".join(f"{k.split('.')[-1]} = {v:g}" for k, v in values.items())
 
 
 def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: train.GroupSteps | None,
@@ -452,10 +448,8 @@ def status_table(out: str | Path) -> str:
                  f"({100 * spent / total if total else 0:.1f}% done)")
     for t in tables["tuning"].itertuples():
         chosen = json.loads(t.chosen)
-        pilots = ", ".join(f"{_values_text(v)}: {'diverged' if loss is None else f'{loss:.4f}'}"
-                           for v, loss in json.loads(t.losses))
-        lines.append(f"  tuned point {t.point}: {_values_text(chosen)} ({t.note}); pilot validation losses: "
-                     f"{pilots}")
+        lines.append(f"  tuned point {t.point}: {tuning.values_text(chosen)} ({t.note}); pilot validation losses: "
+                     f"{tuning.pilots_text(json.loads(t.losses))}")
     started = runs[(runs["step"] > 0) | runs["status"].isin(["done", "diverged"])].sort_values("N")
     if len(started):  # every run that has trained, diverged ones included (their loss shows as nan)
         lines.append(f"  {'run':<13}{'name':<40}{'N':>10}{'status':>10}{'step':>8}{'val loss':>11}"

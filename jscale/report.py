@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jscale import laws, noise, plots, regime, results
+from jscale import laws, noise, plots, regime, results, tuning
 from jscale.config import JscaleError
 from jscale.verdicts import Region, Verdict, decide
 
@@ -211,10 +211,8 @@ def measurement_table(exp: Experiment, sec: Section, baselines: dict[int, float]
     if exp.tuning is not None and len(exp.tuning):
         trows = []
         for t in exp.tuning.itertuples():
-            pilots = "; ".join(f"{', '.join(f'{k.split(chr(46))[-1]}={x:g}' for k, x in v.items())}: "
-                               f"{'diverged' if loss is None else f'{loss:.4f}'}" for v, loss in json.loads(t.losses))
-            trows.append([t.point, ", ".join(f"{k.split('.')[-1]} = {v:g}" for k, v in json.loads(t.chosen).items()),
-                          t.note, pilots])
+            trows.append([t.point, tuning.values_text(json.loads(t.chosen)), t.note,
+                          tuning.pilots_text(json.loads(t.losses))])
         sec.tables.append((["tuned point", "chosen (validation)", "bracketing", "pilot validation losses"], trows))
 
 
@@ -689,10 +687,7 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N, D) with early stopping on validation (Kaplan Eq. 1.5) and the overfitting bound."""
     runs = exp.runs[exp.runs["D"] > 0].copy()
     # Early stopping reads validation: each run's test loss at its best validation step (test is only reported).
-    test_at = exp.curves.set_index(["run_id", "step"])["test_loss"]
-    runs["best"] = [float(test_at.get((r, int(s)), np.nan)) if s is not None and np.isfinite(s) else np.nan
-                    for r, s in zip(runs["run_id"], runs["best_val_step"])]
-    runs["best"] = runs["best"].fillna(runs["loss"])
+    runs["best"] = results.test_at_best_validation(runs, exp.curves)
     stopped = runs[runs["regime"].isin(["overfitting", "converged"])]
     fit_runs = stopped if len(stopped) >= 4 else runs
     fit = laws.fit_kaplan_nd(fit_runs["N"], fit_runs["D"], fit_runs["best"], n_bootstrap=n_bootstrap,

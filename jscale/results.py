@@ -266,6 +266,17 @@ class ResultsDB:
                                   [(status, time.time(), r) for r in run_ids])
 
 
+def test_at_best_validation(runs, curves):
+    """Early stopping that reads validation only: each run's test loss at its best validation step (its final
+    test loss where no validation was recorded), as a Series aligned with runs."""
+    import pandas as pd
+
+    test_at = curves.set_index(["run_id", "step"])["test_loss"]
+    best = [float(test_at.get((r, int(s)), np.nan)) if s is not None and np.isfinite(s) else np.nan
+            for r, s in zip(runs["run_id"], runs["best_val_step"])]
+    return pd.Series(best, index=runs.index).fillna(runs["final_test_loss"])
+
+
 def _migration(conn: sqlite3.Connection) -> str:
     """ALTER statements that bring a database written by an older jscale up to SCHEMA (all tables or none)."""
     statements = []

@@ -500,17 +500,6 @@ def load(path: str | Path, overrides: list[str] = (), scale: str | None = None) 
     return expand(config.read_toml(path, "sweep"), str(path), overrides, scale)
 
 
-SEED_KEYS = (("train", "seed"), ("train", "data_seed"))
-
-
-def point_id(cfg: Config) -> str:
-    """What seed replicas share: the config's hash with the seeds left out."""
-    d = cfg.to_dict()
-    for section, key in SEED_KEYS:
-        d[section].pop(key)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def run_row(run: Run, group_id: str) -> dict[str, Any]:
     """The runs-table row of a planned run."""
     m, t = run.cfg.model, run.cfg.train
@@ -521,7 +510,7 @@ def run_row(run: Run, group_id: str) -> dict[str, Any]:
             "N_total": acc.N_total, "flops_per_token_6N": acc.train_flops_6N,
             "flops_per_token_exact": acc.train_flops_exact, "D": run.cfg.data.max_train_tokens,
             "tokens": t.steps * t.batch_size * m.n_ctx, "steps": t.steps, "batch_size": t.batch_size, "seed": t.seed,
-            "lr": t.lr, "role": run.role, "point": run.tags.get("tune.point") or point_id(run.cfg)}
+            "lr": t.lr, "role": run.role, "point": run.tags.get("tune.point") or tuning.point_id(run.cfg)}
 
 
 def plan_table(sweep: Sweep, groups: list[Group]) -> str:

@@ -79,18 +79,21 @@ def parse(table: Any) -> Tune:
     return Tune(tuple(pairs), float(fraction), extend)
 
 
-def _without(cfg: Config, keys) -> dict:
+SEED_KEYS = ("train.seed", "train.data_seed")
+
+
+def point_id(cfg: Config, also: tuple[str, ...] = ()) -> str:
+    """What seed replicas share: the config's hash with the seeds (and the keys `also` names) left out."""
     d = cfg.to_dict()
-    for key in keys:
+    for key in SEED_KEYS + also:
         section, name = key.split(".")
         d[section].pop(name, None)
-    return d
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def point_of(cfg: Config, tune: Tune) -> str:
     """The point a final run belongs to: its config's hash less the seeds and the tuned keys."""
-    d = _without(cfg, ("train.seed", "train.data_seed") + tune.keys)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return point_id(cfg, tune.keys)
 
 
 def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
@@ -118,6 +121,16 @@ def apply(cfg: Config, values: dict[str, float]) -> Config:
         else:
             t = dataclasses.replace(t, **{key.split(".")[1]: int(value) if key == "train.batch_size" else value})
     return dataclasses.replace(cfg, train=t).resolve()
+
+
+def values_text(values: dict[str, float]) -> str:
+    """Tuned values as people read them: "lr = 0.002, b2 = 0.99"."""
+    return ", ".join(f"{k.split('.')[-1]} = {v:g}" for k, v in values.items())
+
+
+def pilots_text(losses: list) -> str:
+    """A tuning row's pilots and their validation losses (None: diverged), as stored in the tuning table."""
+    return "; ".join(f"{values_text(v)}: {'diverged' if loss is None else f'{loss:.4f}'}" for v, loss in losses)
 
 
 def combinations(grid: dict[str, list]) -> list[dict[str, float]]:
