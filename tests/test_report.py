@@ -186,6 +186,8 @@ def test_data_section_stops_early_on_validation_not_test(tmp_path):
     runs = exp.runs.set_index("run_id")
     assert runs.loc[row["run_id"], "best_val_step"] == 20
     assert runs.loc[row["run_id"], "best_test_loss"] == 1.0  # (stored, never used for selection)
+    best = results.test_at_best_validation(exp.runs, exp.curves)  # what the data section and `jscale fit` report
+    assert best[exp.runs["run_id"] == row["run_id"]].item() == 9.0
 
 
 COMPUTE = {"name": "compute", "base": {"model": {"n_ctx": 32}, "train": {**TRAIN, "steps": 200, "warmup_steps": 2}},
@@ -265,16 +267,16 @@ def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path):
 def test_measurement_table_sets_each_run_beside_the_ngram_baselines(tmp_path, text_corpus):
     spec = {**SIZE, "base": {**SIZE["base"], "data": {"corpus": str(text_corpus), "eval_windows": 16,
                                                       "cache_dir": str(tmp_path / "cache")}}}
-    synthetic_sweep(tmp_path / "size", spec, lambda r: (1e9 / r["N"]) ** 0.08)
+    # A tuned sweep: its pilot runs are in the database, finished, and must never be reported.
+    tuned = {**spec, "tune": {"grid": {"train.lr": [1e-3, 2e-3]}}}
+    sw = synthetic_sweep(tmp_path / "size", tuned, lambda r: (1e9 / r["N"]) ** 0.08)
+    assert sum(r.role == "pilot" for r in sw.runs) == 12
     sec = report.build_sections(tmp_path / "size", tmp_path / "out", latency=False, n_bootstrap=50)[0]
     header, rows = [t for t in sec.tables if "tokens/param" in t[0]][0]
     assert header[-3:] == ["vs 2-gram", "vs 3-gram", "vs 5-gram"] and len(rows) == 6
     assert all(row[6] == "converged" for row in rows)
     assert any(n.startswith("n-gram baselines") for n in sec.notes)
-    # Pilot runs are never reported.
-    tuned = {**spec, "tune": {"grid": {"train.lr": [1e-3, 2e-3]}}}
-    assert "pilot" not in " ".join(r[0] for r in rows)
-    assert sweep.expand(tuned).runs[-1].role == "pilot"
+    assert not any(r[0].startswith("pilot") for r in rows)
 
 
 def test_report_on_a_directory_without_sweeps_is_one_line(tmp_path):
