@@ -115,9 +115,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "builtin:stdlib"  # builtin:stdlib | a file, directory or glob | tfds:NAME[/CONFIG] | bin:DIR
+    corpus: str = "builtin:stdlib"  # builtin:stdlib | files (a file, directory or glob) | tfds:NAME | bin:DIR | hf:SRC
     bin_dtype: str = "uint16"  # bin: corpora: the token files' integer type (uint8 | uint16 | uint32)
-    tokenizer: str = "bytes"  # bytes | bpe (trained on the train split) | file:PATH (an HF tokenizer.json)
+    tokenizer: str = "bytes"  # bytes | bpe (trained on train) | gpt2 | tiktoken:NAME | file:PATH (HF tokenizer.json)
     vocab_size: int = 4096  # BPE vocabulary size (bytes is always 256)
     validation_fraction: float = 0.05  # share of documents in the validation split (model selection reads it)
     test_fraction: float = 0.05  # share of documents in the test split (read only for reporting)
@@ -132,6 +132,9 @@ class DataConfig:
     curve_eval_windows: int = 256  # evaluations before the last score this evenly spaced subset; 0 = all windows
     cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
     tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
+    download: bool = True  # tfds: download and prepare a dataset that is not prepared (where there is network)
+    hf_name: str = ""  # hf: corpora from the hub: the dataset's configuration name (wikitext-103-raw-v1)
+    text_column: str = ""  # tfds:/hf: corpora: the column that holds the text; "" = "text" or the only text one
 
 
 def eval_window_counts(d: "DataConfig", n_ctx: int) -> tuple[int, int]:
@@ -227,6 +230,8 @@ def tokenizer_vocab(d: "DataConfig") -> int:
         return data.bin_vocab(d)
     if d.tokenizer == "bytes":
         return 256
+    if d.tokenizer == "gpt2" or d.tokenizer.startswith("tiktoken:"):
+        return load_tiktoken(d.tokenizer).n_vocab
     if d.tokenizer.startswith("file:"):
         path = d.tokenizer[len("file:"):]
         try:
@@ -254,6 +259,25 @@ def load_tokenizer_file(path: str):
         return Tokenizer.from_file(path)
     except Exception as e:  # noqa: BLE001 (tokenizers raises its own exception type for any parse problem)
         raise ConfigError(f"data.tokenizer: {path}: not a tokenizer.json ({' '.join(str(e).split())[:120]})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def load_tiktoken(spec: str):
+    """tiktoken's encoding for data.tokenizer = "gpt2" (GPT-2's 50257-token BPE, as Kaplan et al. used) or
+    "tiktoken:NAME": from TIKTOKEN_CACHE_DIR, or downloaded once where there is network; else a one-line error."""
+    name = "gpt2" if spec == "gpt2" else spec[len("tiktoken:"):]
+    try:
+        import tiktoken
+    except ImportError:
+        raise ConfigError(f"data.tokenizer: {spec} needs tiktoken (pip install 'jscale[gpt2]')") from None
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError as e:  # an unknown encoding name
+        raise ConfigError(f"data.tokenizer: {spec}: {' '.join(str(e).split())[:160]}") from None
+    except Exception as e:  # noqa: BLE001 (no network and nothing cached: requests' or tiktoken's errors)
+        raise ConfigError(f"data.tokenizer: {spec}: the encoding is not cached (TIKTOKEN_CACHE_DIR) and could not "
+                          f"be downloaded ({type(e).__name__}); copy tiktoken's cache from a machine with network, "
+                          f"or give its tokenizer.json as file:PATH") from None
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig}
@@ -394,10 +418,11 @@ def validate(cfg: Config) -> None:
     _choice("model.lstm_impl", m.lstm_impl, ("scan", "cudnn"))
     if m.lstm_impl == "cudnn" and m.dropout > 0:
         raise ConfigError("model.lstm_impl: cuDNN's LSTM path has no dropout between layers here; use scan")
-    if not d.tokenizer.startswith("file:"):
-        _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe", "file:PATH"))
+    fixed_vocab = d.tokenizer.startswith(("file:", "tiktoken:")) or d.tokenizer == "gpt2"
+    if not fixed_vocab:
+        _choice("data.tokenizer", d.tokenizer, ("bytes", "bpe", "gpt2", "tiktoken:NAME", "file:PATH"))
     elif d.vocab_size != DataConfig.vocab_size:
-        raise ConfigError("data.vocab_size: a tokenizer file has its own vocabulary; leave data.vocab_size out")
+        raise ConfigError(f"data.vocab_size: {d.tokenizer} has its own vocabulary; leave data.vocab_size out")
     _positive(cfg, ["model.n_layer", "model.d_model", "model.n_heads", "model.d_ff", "model.d_attn",
                     "model.n_ctx", "model.vocab_size", "data.eval_tokens", "train.batch_size", "train.steps",
                     "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
@@ -431,6 +456,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: names files of a local corpus; {d.corpus} has its own splits")
     if d.tfds_data_dir and not d.corpus.startswith("tfds:"):
         raise ConfigError(f"data.tfds_data_dir: only read for a tfds: corpus (data.corpus = {d.corpus!r})")
+    if d.hf_name and not d.corpus.startswith("hf:"):
+        raise ConfigError(f"data.hf_name: only read for an hf: corpus (data.corpus = {d.corpus!r})")
+    if d.text_column and not d.corpus.startswith(("hf:", "tfds:")):
+        raise ConfigError(f"data.text_column: only read for an hf: or tfds: corpus (data.corpus = {d.corpus!r})")
     if d.tokenizer == "bpe" and not 257 <= d.vocab_size <= 2**20:
         raise ConfigError(f"data.vocab_size: a BPE vocabulary needs 257 to 1048576 entries, got {d.vocab_size}")
     for key in ("eval_windows", "curve_eval_windows"):

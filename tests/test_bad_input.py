@@ -152,6 +152,10 @@ CASES = [
     (["train", "good.toml", "data.corpus=builtin:nope"], 2, "data.corpus"),
     (["train", "good.toml", "data.corpus=tfds:no_such_dataset_xyz"], 2, "data.corpus"),
     (["train", "good.toml", "data.corpus=tfds:tiny_shakespeare", "data.tfds_data_dir=small"], 2, "not prepared"),
+    (["train", "good.toml", "data.corpus=hf:small", "data.text_column=content"], 2, "data.text_column"),
+    (["train", "good.toml", "data.corpus=hf:nobody/no_such_dataset"], 2, "hf:nobody/no_such_dataset"),
+    (["train", "good.toml", "data.hf_name=wikitext-2-raw-v1"], 2, "data.hf_name"),
+    (["train", "good.toml", "data.tokenizer=gpt3"], 2, "data.tokenizer"),
     # sweep files and sweep CLI arguments
     (["plan", "missing_sweep.toml"], 2, "missing_sweep.toml"),
     (["plan", "sweep_unknown_key.toml"], 2, "bogus"),
@@ -196,7 +200,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv, status, names", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_naming_it_and_writes_nothing(work, capfd, argv, status, names):
+def test_bad_input_is_one_line_naming_it_and_writes_nothing(work, capfd, monkeypatch, argv, status, names):
+    monkeypatch.setenv("JSCALE_OFFLINE", "1")  # no download attempts, on any machine
     before = snapshot(work)
     assert cli.main(list(argv)) == status
     err = capfd.readouterr().err
