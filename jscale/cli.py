@@ -1,4 +1,4 @@
-"""The `jscale` command line: train, info, plan, run, status, report, fit.
+"""The `jscale` command line: train, info, plan, run, status, report, fit, sample, eval, export, import.
 
 User errors (a bad config key, a missing file, an impossible value) print one line, `jscale: error: ...`, and exit
 with status 2; nothing is compiled or written before the input has been checked.
@@ -127,6 +127,68 @@ def _report(args) -> None:
     paths = report.write_report(args.dir, args.out, latency=not args.no_latency, n_bootstrap=args.bootstrap,
                                 baselines=not args.no_baselines)
     print(f"wrote {paths['html']} and {paths['markdown']}")
+
+
+def _sample(args) -> None:
+    from jscale import trained
+
+    model = trained.load(args.run, args.run_id, args.step)
+    print(args.prompt + trained.sample(model, args.prompt, args.tokens, args.temperature, args.top_k, args.seed))
+
+
+def _eval(args) -> None:
+    import json
+
+    from jscale import trained
+
+    model = trained.load(args.run, args.run_id, args.step)
+    result = trained.evaluate(model, args.data, args.split, args.windows)
+    print(f"{result['run']} at step {result['step']} on the {result['split']} split of {result['corpus']} "
+          f"({result['windows']} windows): loss {result['loss']:.4f} ± {result['se']:.4f} nats/token, "
+          f"{result['bits_per_byte']:.4f} bits/byte")
+    print("loss by position: " + ", ".join(f"{lo}{'' if lo == hi else f'-{hi}'}: {loss:.3f}"
+                                           for lo, hi, loss in trained.position_bins(result["per_position"])))
+    if args.out:
+        from jscale.train import write_atomic
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(args.out), json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+
+
+def _export(args) -> None:
+    from jscale import hf_gpt2, trained
+
+    if args.to != "hf":
+        raise JscaleError(f"--to: {args.to!r} is not a target (hf: a GPT2LMHeadModel directory)")
+    model = trained.load(args.run, args.run_id, args.step)
+    hf_gpt2.hf_config(model.cfg.model)  # refuse what GPT-2 cannot express before reading anything else
+    out = hf_gpt2.export(model, args.dir)
+    print(f"wrote {out} (GPT2LMHeadModel.from_pretrained loads it)")
+
+
+def _import(args) -> None:
+    from jscale import hf_gpt2
+
+    if args.kind != "hf":
+        raise JscaleError(f"import: {args.kind!r} is not a source kind (hf: a GPT-2 directory)")
+    model = hf_gpt2.model_section(args.dir)
+    lines = ["# A run that starts from a GPT-2 checkpoint; train it with jscale train THIS_FILE.",
+             "# Its tokenizer must give the checkpoint's vocabulary (set [data] tokenizer: gpt2, or file:PATH).",
+             "[model]"]
+    lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else v}"
+              .replace("'", '"') for k, v in model.items()]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        out = Path(args.out)
+        if out.exists():
+            raise JscaleError(f"--out: {out} exists; choose a new file")
+        from jscale.train import write_atomic
+
+        write_atomic(out, text)
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
 
 
 def _status(args) -> None:
@@ -266,6 +328,41 @@ def _main(argv: list[str] | None) -> int:
     from jscale import fit_cli
 
     fit_cli.add_parser(sub)
+
+    def run_arguments(p):
+        p.add_argument("run", help="a run directory (jscale train), or a sweep directory with --run")
+        p.add_argument("--run", dest="run_id", help="in a sweep directory: the run's id or name")
+        p.add_argument("--step", type=int, help="the checkpoint's step (default the newest)")
+
+    p = sub.add_parser("sample", help="text a trained model writes after a prompt (cached decoding)")
+    run_arguments(p)
+    p.add_argument("--prompt", default="", help="the text to continue (default: the start of a document)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("eval", help="a trained model's loss, bits per byte and per-position loss on a corpus")
+    run_arguments(p)
+    p.add_argument("--data", help="a data.corpus value, read with the run's tokenizer (default the run's corpus)")
+    p.add_argument("--split", default="test", help="validation, test or an extra evaluation set (default test)")
+    p.add_argument("--windows", type=int, default=0, help="windows to score (default as the run's final "
+                                                          "evaluation)")
+    p.add_argument("--out", help="also write the result as JSON here")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="write a trained model in another library's format")
+    run_arguments(p)
+    p.add_argument("--to", required=True, help="hf: a directory GPT2LMHeadModel.from_pretrained loads")
+    p.add_argument("dir", help="the new directory")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import", help="a config whose run starts from another library's weights")
+    p.add_argument("kind", help="hf: a GPT-2 directory (config.json, model.safetensors)")
+    p.add_argument("dir")
+    p.add_argument("--out", help="write the config here (default: print it)")
+    p.set_defaults(func=_import)
 
     try:
         args = _parse(parser, argv)

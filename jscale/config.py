@@ -79,6 +79,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # the unembedding reuses the embedding matrix (GPT-2)
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
     attention: str = "auto"  # auto (cuDNN where the shape allows, XLA otherwise) | xla | cudnn
+    init_from: str = ""  # start from these weights instead of a random init: hf:DIR (a GPT-2 directory)
 
     @property
     def d_ff_(self) -> int:
@@ -177,11 +178,40 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Where metrics go besides metrics.jsonl / the results database (jscale.tracking). Changes nothing a run
+    computes, so it is not part of a run's identity."""
+    tensorboard: bool = True  # TensorBoard event files: RUN/tb for one run, OUT/tb/RUN_ID per sweep member
+    wandb: bool = False  # Weights & Biases, one W&B run per jscale run (pip install 'jscale[wandb]')
+    wandb_project: str = "jscale"  # W&B project
+    wandb_entity: str = ""  # W&B entity (team or user); "" = the logged-in default
+    wandb_mode: str = "online"  # online | offline (upload later with `wandb sync`) | disabled
+
+
+# Keys added after results were first recorded, with the value that reproduces the behaviour from before: a run
+# that leaves them at it keeps the identity (run id, run directory) it had before they existed.
+NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": ""}
+IDENTITY_SECTIONS = ("model", "data", "train", "parallel")  # what a run computes (logging is not)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     parallel: ParallelConfig = ParallelConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def identity(self) -> dict[str, dict[str, Any]]:
+        """The keys that decide what a run computes: its run id hashes them and a run directory is resumed only
+        with the same ones."""
+        whole = self.to_dict()
+        out = {s: dict(whole[s]) for s in IDENTITY_SECTIONS}
+        for dotted, neutral in NEUTRAL_LATER_KEYS.items():
+            section, key = dotted.split(".")
+            if out[section].get(key) == neutral:
+                del out[section][key]
+        return out
 
     def resolve(self) -> "Config":
         """Fill derived fields (vocabulary size from the tokenizer) and validate."""
@@ -280,7 +310,8 @@ def load_tiktoken(spec: str):
                           f"or give its tokenizer.json as file:PATH") from None
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig,
+            "logging": LoggingConfig}
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -449,6 +480,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
                           f"\"bpe\" to choose a vocabulary size, or leave it out")
     _choice("data.bin_dtype", d.bin_dtype, ("uint8", "uint16", "uint32"))
+    _choice("logging.wandb_mode", cfg.logging.wandb_mode, ("online", "offline", "disabled"))
+    if m.init_from and not m.init_from.startswith("hf:"):
+        raise ConfigError(f"model.init_from: {m.init_from!r} is not hf:DIR (a GPT-2 directory)")
+    if m.init_from and m.kind != "transformer":
+        raise ConfigError(f"model.init_from: GPT-2 weights start a transformer, not a {m.kind}")
     if d.bin_dtype != DataConfig.bin_dtype and not d.corpus.startswith("bin:"):
         raise ConfigError(f"data.bin_dtype: only read for a bin: corpus (data.corpus = {d.corpus!r})")
     for key in ("validation", "test", "extra_eval"):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import accounting, data, interrupts, results, sweep as sweeps, train, tuning
+from jscale import accounting, data, interrupts, results, sweep as sweeps, tracking, train, tuning
 from jscale.config import Config, ConfigError, resource_error
 
 MAX_MEMBERS = 64
@@ -427,7 +427,10 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
                      None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
                      on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
                      log=None if bar is None else bar.write, compiled=steps, timings=timings,
-                     on_resume=None if bar is None else (lambda start: bar.update(start * per_step)))
+                     on_resume=None if bar is None else (lambda start: bar.update(start * per_step)),
+                     tracker=tracking.tracker_for_group([r.cfg for r in g.runs], ids, g.group_id, out,
+                                                        [r.name for r in g.runs]),
+                     on_eval=None if bar is None else (lambda records: train.show_losses(bar, records)))
     if bar is not None:  # a resumed group skipped its first steps
         bar.n = start + per_step * g.cfg.train.steps
         bar.refresh()

@@ -149,7 +149,7 @@ def _tag_text(key: str, value: Any) -> str:
 
 
 def _hash_config(cfg: Config) -> str:
-    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha1(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------------------------

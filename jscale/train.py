@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jscale import accounting, data, interrupts, sharding
+from jscale import accounting, config, data, interrupts, sharding, tracking
 from jscale.config import Config, ConfigError, ResourceError, TrainConfig, eval_window_counts, resource_error
 from jscale.models import build, has_memory
 from jscale.sweep import MEMBER_KEYS
@@ -562,7 +562,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                log: Callable[[str], None] | None = None, stop_after: int | None = None,
                devices=None, compiled: GroupSteps | None = None,
                timings: dict[str, float] | None = None, mode: str = "vmap",
-               on_resume: Callable[[int], None] | None = None) -> list[dict]:
+               on_resume: Callable[[int], None] | None = None, tracker=None,
+               on_eval: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Train runs that share every array shape and step count, from their newest checkpoint in checkpoint_dir.
 
     stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
@@ -571,7 +572,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     checkpoint that covers it is written. Returns the last record of each run.
 
     compiled: the group's steps from compile_steps, if compiled ahead of time. timings: a dict that collects the
-    seconds spent compiling, initialising, training, evaluating and checkpointing.
+    seconds spent compiling, initialising, training, evaluating and checkpointing. tracker: a tracking.Tracker
+    that also gets each evaluation's records (TensorBoard, W&B), on process 0. on_eval: called with them too
+    (a progress bar shows the losses).
     """
     cfg, M = cfgs[0], len(cfgs)
     t, n_ctx = cfg.train, cfg.model.n_ctx
@@ -594,10 +597,15 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     if state is None:
         with _timed(times, "init"):
             state = jax.block_until_ready(steps.init(host_hp["seed"]))
+            if cfg.model.init_from:  # a fresh start from given weights; the optimizer state starts fresh
+                state = _start_from(state, cfg, M if stacked else None, state_sh)
     if writer is not None:
         writer.resume(start)
     if on_resume is not None:  # a progress bar starts where the run resumes
         on_resume(start)
+    tracker = tracker if writer is not None else None
+    if tracker is not None:
+        tracker.start(start)
 
     n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
@@ -618,6 +626,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
 
     last: list[dict] = []
     losses: list[jax.Array] = []
+    grad_norms: list[jax.Array] = []
     diverged = np.zeros(M if stacked else 1, bool)  # members whose loss left any sensible range, for good
     max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
@@ -631,6 +640,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
             batch = np.stack(batches) if stacked else batches[0]
             state, metrics = steps.train_step(state, sharding.put(batch, batch_sh), hparams)
             losses.append(metrics["loss"])
+            grad_norms.append(metrics["grad_norm"])
             done = step + 1
             if done % t.eval_every == 0 or done == t.steps:
                 interrupts.point("eval")
@@ -643,6 +653,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                        for split, windows in eval_sets.items()}
                 evals = {split: summarize_eval(losses) for split, losses in raw.items()}
                 train_loss = _fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
+                grad_norm = _fetch(jnp.stack(grad_norms)).reshape(len(grad_norms), -1).mean(axis=0)
                 # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
                 # divergence too, and stays so.
                 diverged |= ~_fetch(state.alive).reshape(-1) | ~(evals["validation"]["loss"] < max_loss)
@@ -656,6 +667,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                         "run_id": run_id, "step": done, "tokens": tokens, "epochs": tokens / data_tokens[i],
                         "flops_6N": tokens * acc.train_flops_6N, "flops_exact": tokens * acc.train_flops_exact,
                         "train_loss": float(train_loss[i]),  # the mean over the steps since the last evaluation
+                        "grad_norm": float(grad_norm[i]),  # before clipping, the mean over the same steps
                         "val_loss": float(evals["validation"]["loss"][i]),
                         "val_se": float(evals["validation"]["se"][i]),
                         "test_loss": float(evals["test"]["loss"][i]), "test_se": float(evals["test"]["se"][i]),
@@ -680,9 +692,14 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                     })
                 if writer is not None:
                     writer.record(last)
+                if tracker is not None:
+                    tracker.record(last)
                 if log is not None:
                     log(_summary(last))
+                if on_eval is not None:
+                    on_eval(last)
                 losses.clear()
+                grad_norms.clear()
                 last_time, last_step = time.perf_counter(), done
                 times["eval"] = times.get("eval", 0.0) + last_time - eval_start
                 # Checkpoint only after the records it covers are committed (see resume above).
@@ -697,9 +714,23 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
         jax.block_until_ready(state)
     finally:
         checkpoints.close()
+        if tracker is not None:
+            tracker.close()
         times["train"] = times.get("train", 0.0) + (time.perf_counter() - loop_start) - (
             times.get("eval", 0.0) - eval_before) - (times.get("checkpoint", 0.0) - checkpoint_before)
     return last
+
+
+def _start_from(state: TrainState, cfg: Config, members: int | None, state_sh) -> TrainState:
+    """The state with its parameters replaced by model.init_from's (stacked for every member of an ensemble)."""
+    from jscale import hf_gpt2
+
+    loaded = hf_gpt2.load_params(cfg.model.init_from, cfg.model)
+    if jax.tree.structure(loaded) != jax.tree.structure(jax.tree.map(lambda x: 0, state.params)):
+        raise ConfigError(f"model.init_from: {cfg.model.init_from} does not hold this model's parameters")
+    if members is not None:
+        loaded = jax.tree.map(lambda x: np.broadcast_to(x, (members, *x.shape)), loaded)
+    return state.replace(params=jax.device_put(loaded, state_sh.params))
 
 
 def _agree(value: int) -> int:
@@ -728,7 +759,7 @@ def _summary(records: list[dict]) -> str:
 def _check_run_dir(run_dir: Path, cfg: Config) -> None:
     """A run directory holds one config; refuse to resume it with another."""
     config_path = run_dir / "config.json"
-    wanted = cfg.to_dict()
+    wanted = cfg.identity()
     if config_path.exists():
         try:
             held = json.loads(config_path.read_text())
@@ -739,7 +770,7 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
             raise ConfigError(f"{config_path}: not a jscale run config; restore it, or use another --out")
         for section, fields in wanted.items():
             for key, value in fields.items():
-                if held.get(section, {}).get(key) != value:
+                if held.get(section, {}).get(key, config.NEUTRAL_LATER_KEYS.get(f"{section}.{key}")) != value:
                     raise ConfigError(f"{section}.{key}: {run_dir} holds a run with {section}.{key} = "
                                       f"{held.get(section, {}).get(key)!r}, not {value!r}; use another --out")
     else:
@@ -747,12 +778,16 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise resource_error(e, run_dir, "cannot create") from None
-        write_atomic(config_path, json.dumps(wanted, indent=2))
+        write_atomic(config_path, json.dumps(cfg.to_dict(), indent=2))
 
 
 def check_runnable(cfg: Config) -> None:
-    """What only the running backend can tell, checked before anything compiles."""
+    """What only the running backend (or a file) can tell, checked before anything compiles."""
     m = cfg.model
+    if m.init_from:
+        from jscale import hf_gpt2
+
+        hf_gpt2.load_params(m.init_from, m)  # names and shapes against this config, before any work
     if m.kind == "lstm" and m.lstm_impl == "cudnn" and jax.default_backend() != "gpu":
         raise ConfigError(f"model.lstm_impl: cudnn needs a GPU (this backend is {jax.default_backend()}); use scan")
 
@@ -784,13 +819,23 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
                         max([s for s in on_disk if s <= recorded], default=0))
     last = train_loop([cfg], ["run"], corpus, run_dir / "checkpoints", sink, stacked=False,
                       on_step=None if bar is None else bar.update, log=None if bar is None else bar.write,
-                      stop_after=stop_after, on_resume=None if bar is None else lambda start: _set_bar(bar, start))
+                      stop_after=stop_after, on_resume=None if bar is None else lambda start: _set_bar(bar, start),
+                      tracker=tracking.tracker_for_run(cfg, run_dir),
+                      on_eval=None if bar is None else lambda records: show_losses(bar, records))
     if bar is not None:
         bar.close()
     if last:
         return last[0]
     records = sink.records()  # already finished: nothing was trained
     return records[-1] if records else {}
+
+
+def show_losses(bar, records: list[dict]) -> None:
+    """The progress bar's postfix: the latest validation loss (the best member's, for an ensemble) and the train
+    loss, an interval mean."""
+    best = min(records, key=lambda r: r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf)
+    bar.set_postfix_str(f"val {best['val_loss']:.4f} train(mean) {best['train_loss']:.4f}"
+                        + (f" best of {len(records)}" if len(records) > 1 else ""))
 
 
 def _set_bar(bar, n: int) -> None:

@@ -84,7 +84,7 @@ SEED_KEYS = ("train.seed", "train.data_seed")
 
 def point_id(cfg: Config, also: tuple[str, ...] = ()) -> str:
     """What seed replicas share: the config's hash with the seeds (and the keys `also` names) left out."""
-    d = cfg.to_dict()
+    d = cfg.identity()
     for key in SEED_KEYS + also:
         section, name = key.split(".")
         d[section].pop(name, None)

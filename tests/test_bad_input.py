@@ -193,6 +193,14 @@ CASES = [
     (["fit", "runs.csv", "--law", "chinchilla", "--out", "small"], 2, "--out"),
     (["fit", "curves.csv", "--law", "envelope", "--drop-highest", "2"], 2, "--drop-highest"),
     (["fit", "curves.csv", "--law", "frontier", "--drop-highest", "2"], 2, "--drop-highest"),
+    # using a trained model
+    (["sample", "nowhere"], 2, "nowhere"),
+    (["eval", "small", "--split", "validation"], 2, "not a run directory"),
+    (["export", "nowhere", "--to", "onnx", "out_dir"], 2, "--to"),
+    (["import", "hf", "nowhere"], 2, "nowhere"),
+    (["import", "hf", "small"], 2, "config.json"),
+    (["train", "good.toml", "model.init_from=weights.bin"], 2, "model.init_from"),
+    (["train", "good.toml", "model.init_from=hf:small"], 2, "model.init_from"),
     # the command line itself
     ([], 2, "command"),
     (["bogus"], 2, "bogus"),

@@ -1,0 +1,116 @@
+"""TensorBoard event files and W&B (offline) runs written by real training, read back independently."""
+
+import json
+import struct
+
+import pytest
+
+from jscale import config, train
+
+
+def tiny(**logging):
+    return config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
+                             "data": {"eval_windows": 8},
+                             "train": {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5,
+                                       "eval_every": 10, "checkpoint_every": 20},
+                             "logging": logging}).resolve()
+
+
+def read_scalars(tb_dir) -> dict[str, dict[int, float]]:
+    """Every scalar in a directory's event files, as {tag: {step: value}}, read with a TFRecord parser written
+    here and tensorboardX's Event protobuf. A later event at the same step replaces an earlier one, as TensorBoard
+    shows it; purge events (a resumed run) drop what came at or after their step."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        raw, at = path.read_bytes(), 0
+        while at < len(raw):
+            (length,) = struct.unpack("<Q", raw[at:at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            if event.session_log.status == event.session_log.START:  # purge_step: TensorBoard drops later steps
+                for tag in out:
+                    out[tag] = {s: v for s, v in out[tag].items() if s < event.step}
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
+
+
+def test_tensorboard_logs_every_evaluation_and_a_resume_leaves_no_duplicates(tmp_path):
+    cfg = tiny()
+    train.train(cfg, tmp_path / "run", progress=False, stop_after=30)  # checkpoint at 20, logged 10..30
+    train.train(cfg, tmp_path / "run", progress=False)  # resumes from step 20
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    tb = read_scalars(tmp_path / "run" / "tb")
+    assert {"train/loss_interval_mean", "train/grad_norm_interval_mean", "train/lr", "perf/tokens_per_s",
+            "validation/loss", "validation/loss_se", "test/bits_per_byte"} <= set(tb)
+    assert "perf/mfu" not in tb  # no known peak for a CPU: not logged as zero
+    for tag, key in [("validation/loss", "val_loss"), ("train/loss_interval_mean", "train_loss"),
+                     ("train/lr", "lr"), ("train/grad_norm_interval_mean", "grad_norm")]:
+        assert tb[tag] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in records}, tag
+    assert all(r["grad_norm"] > 0 for r in records)
+
+
+def read_wandb_history(path) -> dict[int, dict[str, float]]:
+    """The history rows of a W&B offline run file, {step: {key: value}}, read with a LevelDB-log reader written
+    here (the file is W&B's 7-byte header, then 32 KiB blocks of records) and W&B's Record protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    at, pending, rows = 7, b"", {}
+    while at + 7 <= len(raw):
+        if 32768 - at % 32768 < 7:  # a block's trailer too short for a header is padding
+            at += 32768 - at % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[at:at + 7])
+        pending, at = pending + raw[at + 7:at + 7 + length], at + 7 + length
+        if kind in (1, 4):  # a FULL record or the LAST fragment of one
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                rows[int(items["_step"])] = items
+    return rows
+
+
+def test_wandb_offline_logs_one_run_with_the_same_values(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny(wandb=True, wandb_mode="offline", tensorboard=False)
+    train.train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "tb").exists()
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = read_wandb_history(next(runs[0].glob("run-*.wandb")))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(history) == [r["step"] for r in records] == [10, 20, 30, 40]
+    for r in records:
+        row = history[r["step"]]
+        assert row["validation/loss"] == pytest.approx(r["val_loss"], rel=1e-9)
+        assert row["train/loss_interval_mean"] == pytest.approx(r["train_loss"], rel=1e-9)
+        assert row["test/bits_per_byte"] == pytest.approx(r["evals"]["test"]["bits_per_byte"], rel=1e-9)
+
+
+def test_wandb_mode_is_validated_with_the_key_named():
+    with pytest.raises(config.ConfigError, match="logging.wandb_mode"):
+        tiny(wandb=True, wandb_mode="sometimes")
+
+
+def test_a_sweep_logs_each_member_of_a_vmapped_group_as_its_own_run(tmp_path):
+    import sqlite3
+
+    from jscale import grid, sweep
+
+    base = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 8},
+            "train": {"batch_size": 8, "steps": 20, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                      "checkpoint_every": 20}}
+    sw = sweep.expand({"name": "t", "base": base, "axis": [{"key": "train.lr", "values": [1e-3, 3e-3]}]})
+    assert grid.run_sweep(sw, tmp_path / "out", ensemble_size=2, progress=False)["groups"] == 1
+    with sqlite3.connect(tmp_path / "out" / "results.sqlite") as c:
+        rows = c.execute("SELECT run_id, step, val_loss FROM curves").fetchall()
+    assert len({r for r, _, _ in rows}) == 2
+    for run_id, step, val_loss in rows:
+        assert read_scalars(tmp_path / "out" / "tb" / run_id)["validation/loss"][step] == pytest.approx(val_loss)

@@ -1,0 +1,181 @@
+"""Using a trained model: load it from a run or a sweep member, sample, evaluate on any corpus, export to GPT-2's
+Hugging Face layout (checked by a NumPy GPT-2 written here from its definition) and start a run from that export."""
+
+import json
+import math
+import sqlite3
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import jscale_cmd
+from jscale import config, grid, hf_gpt2, sweep, train, trained
+from jscale.config import ConfigError
+from jscale.models import build
+
+MODEL = {"n_layer": 2, "d_model": 32, "n_heads": 2, "n_ctx": 32}
+TRAIN = {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_every": 20, "checkpoint_every": 40}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A small GPT trained for 40 steps on the built-in corpus."""
+    out = tmp_path_factory.mktemp("use") / "run"
+    cfg = config.from_dict({"model": MODEL, "data": {"eval_windows": 16}, "train": TRAIN}).resolve()
+    final = train.train(cfg, out, progress=False)
+    return out, final
+
+
+def greedy_by_full_forward(model, prompt_ids, n):
+    """Greedy decoding with no cache: the whole sequence through the model at every step."""
+    net, ids = build(model.cfg.model), list(prompt_ids)
+    for _ in range(n):
+        logits = net.apply({"params": model.params}, jnp.asarray([ids]))
+        ids.append(int(jnp.argmax(logits[0, -1])))
+    return ids[len(prompt_ids):]
+
+
+def test_greedy_sampling_matches_decoding_without_a_cache(run):
+    model = trained.load(run[0])
+    assert model.step == 40
+    text = trained.sample(model, "def ", n_tokens=12, temperature=0)
+    expect = greedy_by_full_forward(model, list(b"def "), 12)
+    assert text == bytes(expect).decode("utf-8", errors="replace")
+    # sampling at a temperature is a pure function of the seed
+    a, b = (trained.sample(model, "import ", 10, temperature=1.0, top_k=20, seed=s) for s in (1, 1))
+    assert a == b
+
+
+def test_sample_command_prints_the_prompt_and_its_continuation(run):
+    r = subprocess.run(jscale_cmd("sample", str(run[0]), "--prompt", "class ", "--tokens", "8", "--temperature",
+                                  "0"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    model = trained.load(run[0])
+    assert r.stdout == "class " + bytes(greedy_by_full_forward(model, list(b"class "), 8)).decode(
+        "utf-8", errors="replace") + "\n"
+
+
+def test_eval_reproduces_the_runs_final_validation_and_reads_another_corpus(run, text_corpus, tmp_path):
+    out, final = run
+    model = trained.load(out)
+    same = trained.evaluate(model, split="validation")
+    assert same["windows"] == 16
+    assert same["loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert same["se"] == pytest.approx(final["val_se"], rel=1e-4)
+    other = trained.evaluate(model, corpus=str(text_corpus), split="test", windows=8)
+    assert other["windows"] == 8 and len(other["per_position"]) == 32
+    assert other["bits_per_byte"] == pytest.approx(other["loss"] / math.log(2))  # byte tokens
+    bins = trained.position_bins(other["per_position"])
+    assert [(lo, hi) for lo, hi, _ in bins] == [(1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 32)]
+    r = subprocess.run(jscale_cmd("eval", str(out), "--data", str(text_corpus), "--windows", "8", "--out",
+                                  str(tmp_path / "e.json")), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["loss"] == pytest.approx(other["loss"], rel=1e-5)
+    assert "loss by position: 1: " in r.stdout
+
+
+def gelu_new(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gpt2_numpy(directory, ids):
+    """GPT-2's forward pass (Radford et al. 2019, as in openai/gpt-2's model.py) in NumPy, from the exported
+    config.json and model.safetensors alone."""
+    from safetensors.numpy import load_file
+
+    hp = json.loads((directory / "config.json").read_text())
+    w = {k.removeprefix("transformer."): v.astype(np.float64) for k, v in load_file(str(directory / "model.safetensors")).items()}
+    H, eps, T = hp["n_head"], hp["layer_norm_epsilon"], len(ids)
+
+    def norm(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w[name + ".weight"] + w[name + ".bias"]
+
+    x = w["wte.weight"][ids] + w["wpe.weight"][np.arange(T)]
+    for i in range(hp["n_layer"]):
+        p = f"h.{i}."
+        q, k, v = np.split(norm(x, p + "ln_1") @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"], 3, axis=-1)
+        heads = lambda a: a.reshape(T, H, -1).transpose(1, 0, 2)
+        scores = heads(q) @ heads(k).transpose(0, 2, 1) / math.sqrt(q.shape[-1] // H)
+        scores = np.where(np.tril(np.ones((T, T), bool)), scores, -1e10)
+        att = np.exp(scores - scores.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        a = (att @ heads(v)).transpose(1, 0, 2).reshape(T, -1)
+        x = x + a @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        m = gelu_new(norm(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])
+        x = x + m @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+    head = w["wte.weight"] if hp["tie_word_embeddings"] else w["lm_head.weight"]
+    return norm(x, "ln_f") @ head.T
+
+
+def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tmp_path):
+    out, final = run
+    r = subprocess.run(jscale_cmd("export", str(out), "--to", "hf", str(tmp_path / "hf")), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    model = trained.load(out)
+    ids = np.frombuffer(b"def power_law(n, alpha):\n    ret", np.uint8).astype(np.int64)  # 30 of n_ctx 32
+    ours = np.asarray(build(model.cfg.model).apply({"params": model.params}, jnp.asarray(ids[None])))[0]
+    np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
+    # import: the same parameters, bit for bit
+    loaded = hf_gpt2.load_params(f"hf:{tmp_path / 'hf'}", model.cfg.model)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # `jscale import hf` writes the model section; a run from it starts where the export left off
+    r = subprocess.run(jscale_cmd("import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "start.toml")),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    raw = config.read_toml(tmp_path / "start.toml")
+    assert raw["model"]["init_from"] == f"hf:{(tmp_path / 'hf').resolve()}" and raw["model"]["n_layer"] == 2
+    raw.update({"data": {"eval_windows": 16},
+                "train": {**TRAIN, "steps": 1, "lr": 1e-12, "warmup_steps": 0, "eval_every": 1, "checkpoint_every": 1}})
+    first = train.train(config.from_dict(raw).resolve(), tmp_path / "continued", progress=False)
+    assert first["val_loss"] == pytest.approx(final["val_loss"], abs=1e-4)  # not a fresh init's ~5.5 nats
+
+
+def test_a_sweep_member_is_loaded_from_its_vmapped_group(tmp_path):
+    sw = sweep.expand({"name": "t", "base": {"model": MODEL, "data": {"eval_windows": 8},
+                                             "train": {**TRAIN, "steps": 20, "checkpoint_every": 20}},
+                       "axis": [{"key": "train.lr", "values": [1e-3, 3e-3]}]})
+    assert grid.run_sweep(sw, tmp_path / "out", ensemble_size=2, progress=False)["groups"] == 1
+    with sqlite3.connect(tmp_path / "out" / "results.sqlite") as c:
+        rows = c.execute("SELECT run_id, final_val_loss FROM runs").fetchall()
+    for run_id, val_loss in rows:
+        model = trained.load(tmp_path / "out", run_id)
+        assert trained.evaluate(model, split="validation")["loss"] == pytest.approx(val_loss, rel=1e-5)
+    with pytest.raises(ConfigError, match="--run: .* is a sweep of 2 runs"):
+        trained.load(tmp_path / "out")
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"kind": "lstm", "n_heads": None}, "a lstm model is not a GPT-2"),
+    ({"kind": "transformer_xl", "mem_len": 8}, "a transformer_xl model is not a GPT-2"),
+    ({"n_kv_heads": 1}, "grouped-query attention"),
+    ({"kind": "universal", "reuse": 2}, "step embedding"),
+])
+def test_export_refuses_what_gpt2_cannot_express(model, message):
+    m = config.from_dict({"model": {k: v for k, v in {**MODEL, **model}.items() if v is not None}}).resolve().model
+    with pytest.raises(ConfigError, match=message):
+        hf_gpt2.hf_config(m)
+
+
+def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_path):
+    cfg = config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2, "step_embedding": False}}).resolve()
+    params = build(cfg.model).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    model = trained.TrainedModel(cfg, params, 0, "fresh")
+    hf_gpt2.export(model, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_layer"] == 4
+    ids = np.arange(20) % 256
+    ours = np.asarray(build(cfg.model).apply({"params": params}, jnp.asarray(ids[None])))[0]
+    np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_a_run_without_a_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = config.from_dict({"model": MODEL}).resolve()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    r = subprocess.run(jscale_cmd("sample", str(tmp_path / "empty")), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no checkpoint to load" in r.stderr
