@@ -125,15 +125,30 @@ class FittedLaw:
             return {"N": N, "D": C / (6 * N)}
         raise LawFitError(f"compute_optimal: {self.law} does not give N_opt(C)")
 
+    def terms(self) -> dict[str, str]:
+        """Parameter names in the law's own terms where they differ from the generic ones: a power law in N has
+        Kaplan's N_c and alpha_N, in D D_c and alpha_D, in C C_c and alpha_C."""
+        variable = self.info.get("variable") or ("C" if self.law == "frontier" else None)
+        if variable and self.law in ("power", "power+E", "frontier"):
+            return {"X_c": f"{variable}_c", "alpha": f"alpha_{variable}"}
+        return {}
+
+    def named(self) -> dict[str, float]:
+        """Parameters and derived quantities under the law's own names."""
+        t = self.terms()
+        return {t.get(k, k): v for k, v in {**self.params, **self.derived}.items()}
+
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["variables"] = list(self.variables)
         d["intervals"] = {k: list(v) for k, v in self.intervals.items()}
+        d["named"] = self.named()  # what to quote: the same values under the law's names (N_c, alpha_N)
         return json.dumps(d, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "FittedLaw":
         d = json.loads(text)
+        d.pop("named", None)
         d["variables"] = tuple(d["variables"])
         d["intervals"] = {k: tuple(v) for k, v in d["intervals"].items()}
         return cls(**d)
@@ -147,11 +162,11 @@ class FittedLaw:
 
     def table(self) -> str:
         """Parameters and derived quantities with their intervals, one per line."""
-        rows = []
+        rows, terms = [], self.terms()
         for name, value in {**self.params, **self.derived}.items():
             lo_hi = self.intervals.get(name)
             ci = f"  [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
-            rows.append(f"  {name:<12} {value:>12.5g}{ci}")
+            rows.append(f"  {terms.get(name, name):<12} {value:>12.5g}{ci}")
         conv = ", ".join(f"{k}: {v}" for k, v in self.convention.items())
         head = f"{self.law} fit on {self.n_points} points" + (f" ({conv})" if conv else "")
         boot = self.info.get("bootstrap")

@@ -20,7 +20,6 @@ import base64
 import dataclasses
 import datetime
 import hashlib
-import html
 import io
 import json
 import sqlite3
@@ -981,45 +980,50 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
              f"jax {jax.__version__}")
     md = [f"# jscale report: {root}", "", f"Written {stamp}. Figures, numbers and verdicts are computed from the "
           f"results databases by `jscale report`; nothing here is written by hand.", ""]
-    body = [f"<h1>jscale report: {html.escape(str(root))}</h1>",
-            f"<p>Written {html.escape(stamp)}. Figures, numbers and verdicts are computed from the results databases "
-            f"by <code>jscale report</code>; nothing here is written by hand.</p>"]
+    pngs: dict[str, bytes] = {}
     for sec in sections:
         head = f"{sec.title} (`{sec.name}`" + (f", scale {sec.scale})" if sec.scale else ")")
         md += [f"## {head}", "", f"Claim tested: {sec.claim}", ""]
-        body += [f"<h2>{html.escape(head.replace('`', ''))}</h2>", f"<p><i>Claim tested:</i> {html.escape(sec.claim)}</p>"]
         if sec.verdicts:
             md += ["Verdicts:", ""] + [f"- {v}" for v in sec.verdicts] + [""]
-            body += ["<ul>"] + [f"<li>{html.escape(v)}</li>" for v in sec.verdicts] + ["</ul>"]
         for name, fig in sec.figures.items():
-            png = _png(fig)
             path = out / "figures" / f"{sec.name}-{name}.png"
-            path.write_bytes(png)
+            pngs[path.name] = _png(fig)
+            path.write_bytes(pngs[path.name])
             md += [f"![{sec.name} {name}](figures/{path.name})", ""]
-            body.append(f'<img alt="{sec.name} {name}" src="data:image/png;base64,'
-                        f'{base64.b64encode(png).decode()}">')
         if sec.numbers:
-            md += ["| quantity | ours | 95% interval | published |", "|---|---|---|---|"]
-            md += [f"| {q} | {o} | {c} | {p} |" for q, o, c, p in sec.numbers] + [""]
-            body.append(_html_table(["quantity", "ours", "95% interval", "published"], sec.numbers))
+            md += _md_table(["quantity", "ours", "95% interval", "published"], sec.numbers)
         for header, rows in sec.tables:
-            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-            body.append(_html_table(header, rows))
+            md += _md_table(header, rows)
         for note in sec.notes:
             md += [f"_{note}_", ""]
-            body.append(f"<p class=note>{html.escape(note)}</p>")
-    (out / "report.md").write_text("\n".join(md))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "img{max-width:100%;display:block;margin:1em 0}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #999;padding:3px 8px;font-size:13px}.note{color:#555;font-size:13px}")
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>jscale report</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
-    (out / "report.html").write_text(page)
+    text = "\n".join(md)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(markdown_page(text, pngs))
     return {"html": out / "report.html", "markdown": out / "report.md"}
 
 
-def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header, rows) -> list[str]:
+    return (["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows] + [""])
+
+
+def markdown_page(text: str, pngs: dict[str, bytes]) -> str:
+    """report.html: report.md rendered by a Markdown library (so no markup shows as literal text), with each
+    figure embedded as PNG data so the page stands alone."""
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "sane_lists"], output_format="html")
+    for name, png in pngs.items():
+        body = body.replace(f'src="figures/{name}"', f'src="data:image/png;base64,{base64.b64encode(png).decode()}"')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "img{max-width:100%;display:block;margin:1em 0}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #999;padding:3px 8px;font-size:13px}em{color:#555}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>jscale report</title><style>{style}</style>"
+            f"</head><body>{body}</body></html>")
+
+

@@ -433,3 +433,13 @@ def test_cli_fit_writes_next_to_its_input_by_default(tmp_path):
                        text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (data_dir / "fit-kaplan-n.json").exists() and not (tmp_path / "fit-kaplan-n.json").exists()
+
+
+def test_power_law_parameters_are_named_in_the_laws_own_terms(tmp_path):
+    D = np.geomspace(1e6, 1e9, 6)
+    fitted = laws.fit_power(D, (5.4e13 / D) ** 0.095, variable="D", n_bootstrap=20)
+    assert "alpha_D" in fitted.table() and "D_c" in fitted.table() and "X_c" not in fitted.table()
+    assert fitted.named()["alpha_D"] == pytest.approx(0.095, rel=1e-6)
+    fitted.save(tmp_path / "fit.json")
+    again = laws.FittedLaw.load(tmp_path / "fit.json")  # the named copy does not break the round trip
+    assert again.params == fitted.params and json.loads((tmp_path / "fit.json").read_text())["named"]["D_c"] > 0

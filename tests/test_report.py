@@ -2,6 +2,7 @@
 verdicts must recover them. (The notebooks run the report on real training runs.)"""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -255,6 +256,10 @@ def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 and 'src="figures/' not in page
+    # rendered from report.md by a Markdown library: no markup leaks into the page as text
+    text = re.sub(r"<[^>]+>", "", re.sub(r"<code>.*?</code>", "", page))
+    assert "`" not in text and "**" not in text and "|---|" not in text and "![" not in text
+    assert "<code>efficiency</code>" in page and "<strong>inconclusive</strong>" in page and "<table>" in page
     md = (out / "report.md").read_text()
     assert "| d_model 16: multi-query against multi-head attention | loss +1.1%" in md  # 2.87 against 2.84
     assert "multi-query attention loses no more than 1%" in md and "**inconclusive**" in md  # +1.06% ± noise
