@@ -1,6 +1,7 @@
 """Generation one token at a time at batch 1, and its latency per token on the current device.
 
-Each kind decodes the way it would be served:
+`make_sampler` continues a prompt (fed through the same cache) by sampling at a temperature, optionally from the
+top k tokens; `jscale sample` uses it. Each kind decodes the way it would be served:
 - transformer / universal: a key/value cache per applied block (for a Universal Transformer one per pass, since
   each pass sees different inputs), holding n_kv_heads heads per position, so grouped-query and multi-query
   attention shrink it by n_heads / n_kv_heads. `decode_step` is a functional mirror of models/transformer.py over
@@ -157,6 +158,40 @@ def make_generate(cfg: ModelConfig, n_tokens: int) -> Callable:
         return tokens
 
     return jax.jit(generate)
+
+
+def _filter_logits(logits_V: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
+    logits_V = logits_V / jnp.maximum(temperature, 1e-6)
+    if top_k > 0:
+        kth = jax.lax.top_k(logits_V, top_k)[0][-1]
+        logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
+    return logits_V
+
+
+def make_sampler(cfg: ModelConfig, n_prompt: int, n_new: int, top_k: int = 0) -> Callable:
+    """sample(params, prompt (P,), key, temperature) -> n_new tokens: the prompt fed through the cached decoder
+    (generate.decoder), then one token at a time; temperature 0 is greedy. One jitted function per shape."""
+    init, step = decoder(cfg)
+
+    def sample(params, prompt_P, key, temperature):
+        def feed(cache, token_pos):
+            logits_V, cache = step(params, cache, *token_pos)
+            return cache, logits_V
+
+        cache, logits_PxV = jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(n_prompt)))
+
+        def body(carry, pos):
+            cache, logits_V, key = carry
+            key, sub = jax.random.split(key)
+            drawn = jax.random.categorical(sub, _filter_logits(logits_V, temperature, top_k))
+            token = jnp.where(temperature > 0, drawn, jnp.argmax(logits_V)).astype(jnp.int32)
+            logits_V, cache = step(params, cache, token, pos)
+            return (cache, logits_V, key), token
+
+        _, new_N = jax.lax.scan(body, (cache, logits_PxV[-1], key), jnp.arange(n_prompt, n_prompt + n_new))
+        return new_N
+
+    return jax.jit(sample)
 
 
 def latency_per_token(cfg: ModelConfig, n_tokens: int | None = None, repeats: int = 5) -> dict[str, float]:

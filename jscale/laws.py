@@ -218,6 +218,18 @@ _FORMULAS: dict[str, Callable] = {
 # Bootstrap.
 
 
+def _progress(iterable, what: str):
+    """A progress bar where someone watches (a terminal or a notebook) and the loop is long enough to wait on."""
+    import sys
+
+    watched = "ipykernel" in sys.modules or sys.stderr.isatty()
+    if not watched or len(iterable) < 200:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=what, unit="fit", leave=False)
+
+
 def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, n_resamples: int, seed: int,
               level: float = 0.95) -> tuple[dict[str, tuple[float, float]], dict[str, np.ndarray]]:
     """Percentile intervals: refit on n_resamples resamples (with replacement) of n_units units.
@@ -228,7 +240,7 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
     failed = 0
-    for _ in range(n_resamples):
+    for _ in _progress(range(n_resamples), "bootstrap"):
         idx = rng.integers(0, n_units, n_units)
         try:
             out = fit_once(idx)

@@ -21,7 +21,7 @@ import numpy as np
 
 from jscale import config, data
 from jscale.config import Config, ConfigError
-from jscale.generate import decoder
+from jscale.generate import make_sampler
 from jscale.models import build
 
 
@@ -112,40 +112,6 @@ def tokenizer_of(cfg: Config):
     return data.make_tokenizer(d)
 
 
-def _filter_logits(logits_V: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
-    logits_V = logits_V / jnp.maximum(temperature, 1e-6)
-    if top_k > 0:
-        kth = jax.lax.top_k(logits_V, top_k)[0][-1]
-        logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
-    return logits_V
-
-
-def make_sampler(cfg: Config, n_prompt: int, n_new: int, top_k: int):
-    """sample(params, prompt (P,), key, temperature) -> n_new tokens: the prompt fed through the cached decoder
-    (generate.decoder), then one token at a time; temperature 0 is greedy. One jitted function per shape."""
-    init, step = decoder(cfg.model)
-
-    def sample(params, prompt_P, key, temperature):
-        def feed(cache, token_pos):
-            logits_V, cache = step(params, cache, *token_pos)
-            return cache, logits_V
-
-        cache, logits_PxV = jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(n_prompt)))
-
-        def body(carry, pos):
-            cache, logits_V, key = carry
-            key, sub = jax.random.split(key)
-            drawn = jax.random.categorical(sub, _filter_logits(logits_V, temperature, top_k))
-            token = jnp.where(temperature > 0, drawn, jnp.argmax(logits_V)).astype(jnp.int32)
-            logits_V, cache = step(params, cache, token, pos)
-            return (cache, logits_V, key), token
-
-        _, new_N = jax.lax.scan(body, (cache, logits_PxV[-1], key), jnp.arange(n_prompt, n_prompt + n_new))
-        return new_N
-
-    return jax.jit(sample)
-
-
 def sample(model: TrainedModel, prompt: str, n_tokens: int = 200, temperature: float = 1.0, top_k: int = 0,
            seed: int = 0) -> str:
     """The text the model writes after `prompt` (an empty prompt starts a new document)."""
@@ -161,7 +127,7 @@ def sample(model: TrainedModel, prompt: str, n_tokens: int = 200, temperature: f
     if cfg.model.kind in ("transformer", "universal") and len(prompt_ids) + n_tokens > cfg.model.n_ctx:
         raise ConfigError(f"--tokens: the prompt's {len(prompt_ids)} tokens and {n_tokens} new ones exceed the "
                           f"model's context, model.n_ctx = {cfg.model.n_ctx} (learned positions)")
-    sampler = make_sampler(cfg, len(prompt_ids), n_tokens, top_k)
+    sampler = make_sampler(cfg.model, len(prompt_ids), n_tokens, top_k)
     new = sampler(model.params, jnp.asarray(prompt_ids), jax.random.key(seed), jnp.float32(temperature))
     return tokenizer.decode(np.asarray(new))
 
