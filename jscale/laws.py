@@ -424,8 +424,10 @@ def fit_kaplan_ns(N, S_min, loss, n_bootstrap: int = 1000, seed: int = 0,
                         convention)
 
 
-def _critical_batch_arrays(S, E, target, L_target):
-    """Per loss target, fit (S/S_min - 1)(E/E_min - 1) = 1, then B_crit = E_min / S_min = B_* / L^(1/alpha_B)."""
+def critical_batch_rows(S, E, target, L_target) -> list[tuple[float, float, float, float]]:
+    """Per loss target, (L, S_min, E_min, B_crit): (S/S_min - 1)(E/E_min - 1) = 1 fitted to the batch sizes' S and E,
+    B_crit = E_min / S_min."""
+    S, E, target, L_target = map(np.asarray, (S, E, target, L_target))
     rows = []
     for t in np.unique(target):
         m = target == t
@@ -445,6 +447,12 @@ def _critical_batch_arrays(S, E, target, L_target):
             raise LawFitError(f"critical batch: the S-E hyperbola did not converge at loss target {t:g}")
         smin, emin = np.exp(res.x)
         rows.append((float(L_target[m][0]), smin, emin, emin / smin))
+    return rows
+
+
+def _critical_batch_arrays(S, E, target, L_target):
+    """Per loss target, fit (S/S_min - 1)(E/E_min - 1) = 1, then B_crit = E_min / S_min = B_* / L^(1/alpha_B)."""
+    rows = critical_batch_rows(S, E, target, L_target)
     Ls, smins, emins, bcrit = map(np.asarray, zip(*rows))
     if len(Ls) < 2:
         raise LawFitError("critical batch: need at least 2 loss targets to fit B_crit(L)")

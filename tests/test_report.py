@@ -202,7 +202,9 @@ COMPUTE = {"name": "compute", "base": {"model": {"n_ctx": 32}, "train": {**TRAIN
 ])
 def test_compute_allocation_verdict_contradicts_or_stays_inconclusive(tmp_path, monkeypatch, alpha, beta, noise_sd,
                                                                       outcome):
-    monkeypatch.setattr(report, "xla_flops_per_token", lambda cfg: 1.0)  # the FLOP-count table is tested below
+    from jscale.report import compute
+
+    monkeypatch.setattr(compute, "xla_flops_per_token", lambda cfg: 1.0)  # the FLOP-count table is tested below
     rng = np.random.default_rng(3)
     law = lambda N, tokens: 1.0 + 50.0 / N ** alpha + 80.0 / tokens ** beta
     curve = lambda r: [(int(r["steps"] * f), law(r["N_total"], r["tokens"] * f) / law(r["N_total"], r["tokens"]))

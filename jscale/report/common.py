@@ -1,0 +1,322 @@
+"""What every report section shares: the experiment as read from its results database, the section it fills, the
+one verdict rule applied to it (jscale.verdicts), intervals from seeds and windows (jscale.noise), the measurement
+table with each run's regime, and plotting styles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jscale import laws, noise, plots, regime, results, tuning
+from jscale.config import JscaleError
+from jscale.verdicts import Region, Verdict, decide
+
+# Kaplan et al. 2020 (and Hoffmann et al. 2022) numbers the sections compare against; reference/scaling.md.
+KAPLAN = {"alpha_N": 0.076, "alpha_D": 0.095, "alpha_C_min": 0.050, "alpha_C_naive": 0.057, "nd_alpha_N": 0.076,
+          "nd_alpha_D": 0.103, "overfit_exponent": 0.74, "a_kaplan": 0.73}
+CHINCHILLA_A = {"approach 1 (envelope)": 0.50, "approach 2 (IsoFLOP)": 0.49, "approach 3 (parametric)": 0.46}
+N_BOOTSTRAP = 1000
+
+
+@dataclasses.dataclass
+class Section:
+    name: str
+    title: str
+    claim: str
+    scale: str | None
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> matplotlib Figure
+    numbers: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)  # quantity, ours, CI, paper
+    verdicts: list[str] = dataclasses.field(default_factory=list)
+    decisions: list[Verdict] = dataclasses.field(default_factory=list)  # the verdicts as decided (tests read them)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    tables: list[tuple[list[str], list[list[str]]]] = dataclasses.field(default_factory=list)  # header, rows
+
+
+@dataclasses.dataclass
+class Experiment:
+    path: Path
+    info: dict[str, Any]  # sweep.json
+    runs: Any  # DataFrame of finished runs, with "loss" (final test loss) and config columns
+    curves: Any
+    positions: Any
+    n_planned: int  # runs in the sweep, finished or not
+    windows: dict = dataclasses.field(default_factory=dict)  # run_id -> test per-window losses (W,)
+    grids: dict = dataclasses.field(default_factory=dict)  # run_id -> test per-window per-position losses (W, T)
+    tuning: Any = None
+    evals: Any = None  # one row per evaluation and evaluation set (run_id, step, split, loss, se, ...)
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name", self.path.name)
+
+def pd_errors() -> type[Exception]:
+    import pandas as pd
+
+    return pd.errors.DatabaseError
+
+def find_experiments(root: Path) -> list[Experiment]:
+    dirs = [root] if (root / results.DB_NAME).exists() else sorted(
+        p.parent for p in root.glob(f"*/{results.DB_NAME}"))
+    if not dirs:
+        raise JscaleError(f"{root}: no jscale sweep directories here (no {results.DB_NAME} in it or its "
+                          f"subdirectories)")
+    out = []
+    for d in dirs:
+        info_path = d / "sweep.json"
+        try:
+            info = json.loads(info_path.read_text()) if info_path.exists() else {"name": d.name, "analysis": d.name}
+        except json.JSONDecodeError as e:
+            raise JscaleError(f"{info_path}: not valid JSON ({e})") from None
+        try:
+            tables = results.load(d)
+        except (sqlite3.DatabaseError, pd_errors()) as e:
+            raise JscaleError(f"{d / results.DB_NAME}: not a readable jscale results database ({e})") from None
+        runs = tables["runs"]
+        runs = runs[runs["role"].fillna("final") != "pilot"]  # a tuning pilot selects; it is never reported
+        done = runs[runs["status"] == "done"].copy()
+        done["loss"] = done["final_test_loss"]
+        done["point"] = [p if isinstance(p, str) and p else r for p, r in zip(done["point"], done["run_id"])]
+        done = regime.table(done, tables["curves"])
+        done["tags_"] = [json.loads(t) for t in done["tags"]]
+        done["config_"] = [json.loads(c) for c in done["config"]]
+        done["reuse"] = [c["model"].get("reuse", 1) for c in done["config_"]]
+        done["mem_len"] = [c["model"].get("mem_len", 0) for c in done["config_"]]
+        done["n_kv_heads"] = [c["model"].get("n_kv_heads") or c["model"]["n_heads"] for c in done["config_"]]
+        done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
+        done["C_6N"] = 6.0 * done["N"] * done["tokens_trained"]
+        done["C_exact"] = done["flops_per_token_exact"] * done["tokens_trained"]
+        test = tables["windows"][tables["windows"]["split"] == "test"]
+        windows = dict(zip(test["run_id"], test["losses"]))
+        grids = {r: g for r, g in zip(test["run_id"], test.get("positions", [None] * len(test))) if g is not None}
+        out.append(Experiment(d, info, done, tables["curves"], tables["positions"], len(runs), windows, grids,
+                              tables["tuning"], tables["evals"]))
+    return sorted(out, key=lambda e: e.name)  # jscale.report puts them in its sections' order
+
+def interval_text(fitted: laws.FittedLaw, key: str, fmt: str = ".3f") -> str:
+    lo_hi = fitted.intervals.get(key)
+    return f"{lo_hi[0]:{fmt}} to {lo_hi[1]:{fmt}}" if lo_hi else "-"
+
+def in_interval(fitted: laws.FittedLaw, key: str, value: float) -> bool:
+    lo_hi = fitted.intervals.get(key)
+    return bool(lo_hi) and lo_hi[0] <= value <= lo_hi[1]
+
+def fit_power(X, loss, variable="N", bootstrap: int = N_BOOTSTRAP) -> laws.FittedLaw:
+    return laws.fit_power(np.asarray(X, float), np.asarray(loss, float), variable=variable, n_bootstrap=bootstrap)
+
+def points_of(exp: Experiment, runs) -> tuple[Any, list[np.ndarray]]:
+    """The runs as measured points (seed replicas of one config pooled): a table with one row per point (the
+    first replica's columns, its mean loss, its seed count) and per point an array (seeds, windows) of per-window
+    test losses for noise.hierarchical_bootstrap; without stored windows (older results) each replica's final
+    loss stands in, (seeds, 1), and only seed noise is in the interval."""
+    rows, losses = [], []
+    ids = list(runs["run_id"])
+    have_windows = all(r in exp.windows for r in ids) and len({len(exp.windows[r]) for r in ids}) == 1
+    for _, g in runs.groupby("point", sort=False):
+        first = g.iloc[0].copy()
+        if have_windows:
+            arr = np.stack([exp.windows[r] for r in g["run_id"]]).astype(float)
+        else:
+            arr = g["loss"].to_numpy(float)[:, None]
+        first["loss"], first["seeds"] = float(arr.mean()), len(g)
+        rows.append(first)
+        losses.append(arr)
+    import pandas as pd
+
+    return pd.DataFrame(rows).reset_index(drop=True), losses
+
+def verdict(sec: Section, claim: str, est: noise.Estimate | None, region: Region, regime_problem: str | None,
+            estimate: float | None = None, interval=None, n_points: int | None = None) -> Verdict:
+    """One verdict by the one rule, recorded in the section."""
+    if est is not None:
+        v = decide(claim, est.value, est.interval, region, est.n_points, est.failed, est.resamples, regime_problem)
+    else:
+        v = decide(claim, estimate, interval, region, n_points, regime_problem=regime_problem)
+    sec.decisions.append(v)
+    sec.verdicts.append(v.sentence())
+    return v
+
+def law_estimate(fit: laws.FittedLaw, key: str) -> noise.Estimate:
+    """A fitted law's parameter as an Estimate (its bootstrap over points or runs)."""
+    value = fit.params.get(key, fit.derived.get(key))
+    boot = fit.info.get("bootstrap", {})
+    return noise.Estimate(float(value), fit.intervals.get(key), boot.get("resamples", 0), boot.get("failed", 0),
+                          fit.n_points)
+
+def measurement_table(exp: Experiment, sec: Section, baselines: dict[int, float] | None) -> None:
+    """Each run's regime and noise, and its loss against the n-gram baselines on the same windows."""
+    runs = exp.runs.sort_values(["N", "name"])
+    if not len(runs):
+        return
+    header = ["run", "N", "seed", "tokens/param", "epochs", "val improvement, last 30%", "regime",
+              "test loss ± SE"] + ([f"vs {n}-gram" for n in (2, 3, 5)] if baselines else [])
+    rows = []
+    for r in runs.itertuples():
+        se = r.final_test_se if r.final_test_se is not None and np.isfinite(r.final_test_se) else float("nan")
+        row = [r.name, f"{r.N:,}", f"{r.seed}", f"{r.tokens_per_param:.3g}",
+               "-" if not np.isfinite(r.epochs) else f"{r.epochs:.3g}", f"{100 * r.late_improvement:.2f}%",
+               r.regime, f"{r.loss:.4f} ± {se:.4f}"]
+        if baselines:
+            row += [f"{100 * (r.loss / baselines[n] - 1):+.1f}%" for n in (2, 3, 5)]
+        rows.append(row)
+    sec.tables.append((header, rows))
+    counts = runs["regime"].value_counts().to_dict()
+    sec.notes.append("Regimes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+                     f" (converged: validation improved < {100 * regime.CONVERGED_IMPROVEMENT:.0f}% over the last "
+                     f"{100 * regime.LATE_FRACTION:.0f}%; overfitting: validation rose > {regime.RISE_SE:g} SE "
+                     f"above its best).")
+    if baselines:
+        sec.notes.append("n-gram baselines (Witten-Bell, counted on the train split, scored on the same test "
+                         "windows): " + ", ".join(f"{n}-gram {v:.3f}" for n, v in sorted(baselines.items())) +
+                         " nats/token.")
+    if exp.tuning is not None and len(exp.tuning):
+        trows = []
+        for t in exp.tuning.itertuples():
+            trows.append([t.point, tuning.values_text(json.loads(t.chosen)), t.note,
+                          tuning.pilots_text(json.loads(t.losses))])
+        sec.tables.append((["tuned point", "chosen (validation)", "bracketing", "pilot validation losses"], trows))
+
+def corpus_baselines(exp: Experiment) -> dict[int, float] | None:
+    """n-gram baselines for the sweep's corpus and windows (when every run shares them), cached with the corpus."""
+    from jscale import config, data, ngram
+
+    cfgs = {json.dumps([c["data"], c["model"]["n_ctx"]], sort_keys=True) for c in exp.runs["config_"]}
+    if len(cfgs) != 1:
+        return None
+    d, n_ctx = json.loads(cfgs.pop())
+    d = config.DataConfig(**{k: v for k, v in d.items() if k in config.DataConfig.__dataclass_fields__})
+    try:
+        corpus = data.prepare(d)
+        return ngram.cached_scores(corpus, "test", config.eval_window_counts(d, n_ctx)[0], n_ctx)
+    except (JscaleError, OSError):
+        return None
+
+def rel_percent(loss, predicted) -> np.ndarray:
+    """Loss above a prediction, in percent."""
+    return 100.0 * (np.asarray(loss, float) / np.asarray(predicted, float) - 1.0)
+
+def series_style(i: int) -> dict[str, Any]:
+    """Series i: marker, line style and grey level, distinguishable in black-and-white print."""
+    greys = ("0.0", "0.45", "0.25", "0.6", "0.1", "0.35", "0.5")
+    return {"marker": plots.MARKERS[i % len(plots.MARKERS)], "linestyle": plots.LINESTYLES[i % len(plots.LINESTYLES)],
+            "color": greys[i % len(greys)], "mfc": "none" if i % 2 else greys[i % len(greys)]}
+
+def loglines(ax, x, y, label, i, fit_x=None, fit_y=None):
+    st = series_style(i)
+    order = np.argsort(x)
+    ax.plot(np.asarray(x)[order], np.asarray(y)[order], marker=st["marker"], linestyle="none", color=st["color"],
+            mfc=st["mfc"], label=label)
+    if fit_x is not None:
+        ax.plot(fit_x, fit_y, linestyle=st["linestyle"], color=st["color"], lw=1)
+
+def units_note(runs) -> str:
+    """Kaplan's constants are in WebText2 GPT-2-BPE tokens: say so when these runs count other tokens."""
+    toks = {c["data"].get("tokenizer", "bytes") for c in runs["config_"]}
+    return ("published values are per GPT-2 BPE token of WebText2; these runs count "
+            f"{'bytes' if toks == {'bytes'} else ', '.join(sorted(toks)) + ' tokens'} of another corpus, so the "
+            f"numbers are not comparable and no verdict compares them")
+
+def power_estimate(points, losses, variable: str, n_bootstrap: int) -> noise.Estimate:
+    return noise.hierarchical_bootstrap(losses, noise.log_slope(points[variable].to_numpy(float)), n_bootstrap)
+
+def log_binned(t, loss, n_bins: int = 12):
+    """Mean loss in log-spaced position bins (per-position losses of few windows are noisy)."""
+    edges = np.unique(np.round(np.geomspace(1, t.max() + 1, n_bins + 1)).astype(int))
+    centers, means = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (t >= lo) & (t < hi)
+        if m.any():
+            centers.append(np.exp(np.log(t[m]).mean()))
+            means.append(loss[m].mean())
+    return np.array(centers), np.array(means)
+
+def paired_windows(a_WxT: np.ndarray, b_WxT: np.ndarray, statistic, n_resamples: int, seed: int = 0
+                   ) -> noise.Estimate:
+    """statistic(a, b) of two runs scored on the same windows, windows resampled jointly (paired)."""
+    value = float(statistic(a_WxT, b_WxT))
+    if not n_resamples:
+        return noise.Estimate(value, None, 0, 0, 2)
+    rng = np.random.default_rng(seed)
+    W = len(a_WxT)
+    draws = [statistic(a_WxT[w], b_WxT[w]) for w in (rng.integers(0, W, W) for _ in range(n_resamples))]
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return noise.Estimate(value, (float(lo), float(hi)), n_resamples, 0, W)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning curves: when a run first reaches a loss, with the curve's own evaluation noise.
+
+
+def crossing_step(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
+    """The first step at which a learning curve reaches `target`, interpolated in (log step, log loss) between the
+    evaluations around it; NaN if it never does."""
+    below = np.flatnonzero(losses <= target)
+    if not len(below):
+        return float("nan")
+    i = below[0]
+    if i == 0:
+        return float(steps[0])
+    x0, x1, y0, y1 = np.log(steps[i - 1]), np.log(steps[i]), np.log(losses[i - 1]), np.log(losses[i])
+    return float(np.exp(x0 + (np.log(target) - y0) * (x1 - x0) / (y1 - y0))) if y1 != y0 else float(steps[i])
+
+
+def reachable_targets(curves_by_run: dict[str, tuple[np.ndarray, np.ndarray]], count: int = 4,
+                      margin: float = 0.01) -> np.ndarray:
+    """count loss levels, log-spaced, that every run's validation curve crosses after its first evaluation: from
+    just above the worst final loss up to just below the best first-evaluation loss."""
+    highest_final = max(v[-1] for _, v in curves_by_run.values())
+    lowest_first = min(v[0] for _, v in curves_by_run.values())
+    hi, lo = lowest_first * (1 - margin), highest_final * (1 + margin)
+    if hi <= lo:
+        return np.array([])
+    return np.geomspace(hi, lo, count)
+
+
+def validation_curves(exp: Experiment, run_ids) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """run_id -> (steps, validation loss, its standard error) of each evaluation."""
+    c = exp.curves[exp.curves["run_id"].isin(list(run_ids))].sort_values(["run_id", "step"])
+    return {r: (g["step"].to_numpy(float), g["val_loss"].to_numpy(float),
+                np.nan_to_num(g["val_se"].to_numpy(float))) for r, g in c.groupby("run_id")}
+
+
+def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0
+                    ) -> noise.Estimate:
+    """statistic(curves picked per group) -> float, with an interval from resampling each group's seed replicas
+    and drawing every evaluation again from its standard error over windows (the two noises of a curve).
+    groups: per point (a size, a batch size), the run ids of its seed replicas."""
+    value = float(statistic([[curves[r][:2] for r in g] for g in groups]))
+    if not n_resamples or len(groups) < 2:
+        return noise.Estimate(value, None, 0, 0, len(groups))
+    rng = np.random.default_rng(seed)
+    draws, failed = [], 0
+    for _ in range(n_resamples):
+        picked = []
+        for g in groups:
+            runs = [g[i] for i in rng.integers(0, len(g), len(g))]
+            picked.append([(curves[r][0], np.maximum(curves[r][1] + rng.normal(0, 1, len(curves[r][1])) * curves[r][2],
+                                                     1e-6)) for r in runs])
+        try:
+            v = float(statistic(picked))
+        except (laws.LawFitError, ValueError, FloatingPointError):
+            v = float("nan")
+        if np.isfinite(v):
+            draws.append(v)
+        else:
+            failed += 1
+    if len(draws) < 0.9 * n_resamples:
+        return noise.Estimate(value, None, n_resamples, failed, len(groups))
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return noise.Estimate(value, (float(lo), float(hi)), n_resamples, failed, len(groups))
+
+
+def overfitting_problem(runs) -> str | None:
+    """For claims about learning curves (compute-limited training): none of the runs may be overfitting."""
+    over = runs[runs["regime"] == "overfitting"]
+    if len(over):
+        return f"{len(over)} of {len(runs)} runs overfit (validation rose above its best), so their curves are not " \
+               f"compute-limited"
+    return None

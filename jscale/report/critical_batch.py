@@ -1,0 +1,99 @@
+"""The critical batch size (Kaplan Sec. 5.1, Fig. 18, Eq. 5.1): one model trained at several batch sizes (each
+with its own tuned learning rate); for each loss target the steps S and tokens E each batch size needed lie on
+(S / S_min - 1)(E / E_min - 1) = 1, and B_crit = E_min / S_min grows as the loss falls, B_crit(L) = B_* / L^(1/alpha_B).
+Learning curves in the compute-limited regime: no run may overfit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jscale import laws, plots
+from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, overfitting_problem,
+                                  reachable_targets, series_style, validation_curves, verdict)
+from jscale.verdicts import Region
+
+KAPLAN_B = {"B_star": 2e8, "alpha_B": 0.21}  # tokens, WebText2 GPT-2 BPE (Kaplan Eq. 5.3)
+
+
+def crossings(picked, batch_tokens: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(S, E, target) for every batch size that reaches each target: the steps (geometric mean over seeds) and
+    tokens it took."""
+    S, E, T = [], [], []
+    for runs, b in zip(picked, batch_tokens):
+        for t in targets:
+            s = np.exp(np.mean([np.log(crossing_step(st, v, t)) for st, v in runs]))
+            if np.isfinite(s):
+                S.append(s), E.append(s * b), T.append(t)
+    return np.array(S), np.array(E), np.array(T)
+
+
+def bcrit_slope(picked, batch_tokens: np.ndarray, targets: np.ndarray) -> float:
+    """d log B_crit / d log L over the targets (negative: B_crit grows as the loss falls); NaN where Eq. 5.1
+    cannot be fitted."""
+    try:
+        S, E, T = crossings(picked, batch_tokens, targets)
+        rows = laws.critical_batch_rows(S, E, T, T)
+    except laws.LawFitError:
+        return float("nan")
+    if len(rows) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log([r[0] for r in rows]), np.log([r[3] for r in rows]), 1)[0])
+
+
+def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
+    runs = exp.runs.copy()
+    runs["B_tokens"] = runs["batch_size"] * runs["n_ctx"]
+    batches = sorted(runs["B_tokens"].unique())
+    groups = [list(runs.loc[runs["B_tokens"] == b, "run_id"]) for b in batches]
+    curves = validation_curves(exp, runs["run_id"])
+    if len(batches) < 3 or any(r not in curves for g in groups for r in g):
+        sec.notes.append("Needs learning curves at 3 or more batch sizes.")
+        return
+    targets = reachable_targets({r: curves[r][:2] for g in groups for r in g}, count=3)
+    if not len(targets):
+        sec.notes.append("No validation loss is reached at every batch size.")
+        return
+    b = np.asarray(batches, float)
+    try:
+        fit = laws.fit_critical_batch(*crossings([[curves[r][:2] for r in g] for g in groups], b, targets),
+                                      n_bootstrap=0)
+    except laws.LawFitError as e:
+        sec.notes.append(f"B_crit(L) not fitted: {e}")
+        fit = None
+    slope = curve_bootstrap(groups, curves, lambda picked: bcrit_slope(picked, b, targets), n_bootstrap)
+    if fit is not None:
+        rows = [[f"{r['loss']:.3f}", f"{r['S_min']:,.0f}", f"{r['E_min']:.3g}", f"{r['B_crit']:,.0f}"]
+                for r in fit.info["per_target"]]
+        sec.tables.append((["loss target", "S_min (steps)", "E_min (tokens)", "B_crit (tokens)"], rows))
+        sec.numbers.append(("alpha_B of B_crit(L) = B_* / L^(1/alpha_B)", f"{fit.params['alpha_B']:.3f}", "-",
+                            f"{KAPLAN_B['alpha_B']} (WebText2, BPE tokens: not comparable)"))
+    sec.numbers.append(("d log B_crit / d log L (seeds and evaluation noise resampled)", f"{slope.value:.2f}",
+                        slope.text(".2f").split("(", 1)[1].rstrip(")"), f"-1/alpha_B = {-1 / KAPLAN_B['alpha_B']:.1f}"))
+
+    fig, (ax_c, ax_se) = plots.figure(2)
+    for i, (bt, g) in enumerate(zip(batches, groups)):
+        st = series_style(i)
+        for j, r in enumerate(g):
+            steps, val = curves[r][:2]
+            ax_c.plot(steps * bt, val, color=st["color"], linestyle=st["linestyle"], lw=1,
+                      label=f"B = {bt:,.0f} tokens" if j == 0 else None)
+    ax_c.set_xscale("log"), ax_c.set_yscale("log")
+    ax_c.set_xlabel("tokens seen"), ax_c.set_ylabel("validation loss (nats/token)")
+    ax_c.legend(frameon=False, fontsize=7)
+    for k, t in enumerate(targets):
+        st = series_style(k)
+        S = np.array([np.exp(np.mean([np.log(crossing_step(*curves[r][:2], t)) for r in g])) for g in groups])
+        ax_se.plot(S, S * b, marker=st["marker"], color=st["color"], mfc=st["mfc"], linestyle=st["linestyle"],
+                   label=f"L = {t:.3f}")
+    ax_se.set_xscale("log"), ax_se.set_yscale("log")
+    ax_se.set_xlabel("steps S"), ax_se.set_ylabel("tokens E")
+    ax_se.legend(frameon=False, fontsize=7)
+    sec.figures["critical_batch"] = plots.tidy(fig)
+    verdict(sec, "The critical batch size grows as the loss falls (d log B_crit / d log L < 0; Kaplan Fig. 18)",
+            slope, Region.below(0.0), overfitting_problem(runs))
+
+
+ANALYSIS = "critical_batch"  # the sweep's `analysis` (sweep.json) this section reads
+TITLE = "The critical batch size against the loss"
+POSITION = 55  # order in the report
+analyse = critical_batch_section

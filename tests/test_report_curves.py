@@ -1,0 +1,94 @@
+"""The report's learning-curve sections (sample efficiency, critical batch size) and the generalisation section,
+on sweep directories whose curves follow known laws: each verdict takes each of its three values."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from test_report import outcomes, synthetic_sweep, verdicts
+
+STEPS = 400
+TRAIN = {"batch_size": 4, "steps": STEPS, "warmup_steps": 4, "eval_every": 20, "checkpoint_every": 20}
+EVAL_STEPS = [20, 30, 45, 70, 100, 150, 220, 300, 360]
+
+
+def curve(loss_at, overfit=False):
+    """curve_of for synthetic_sweep: loss_at(step) at the evaluation steps, relative to the final loss; an
+    overfitting run's curve dips 1% (10 standard errors) below its final loss on the way."""
+    def of(r):
+        final = loss_at(r, STEPS)
+        points = [(s, loss_at(r, s) / final) for s in EVAL_STEPS]
+        if overfit:
+            points[-1] = (EVAL_STEPS[-1], 0.99)
+        return points
+    return of
+
+
+SAMPLE = {"name": "sample_efficiency", "analysis": "sample_efficiency", "seeds": 2,
+          "base": {"model": {"n_ctx": 32, "n_layer": 2}, "train": TRAIN},
+          "axis": [{"zip": {"model.d_model": [16, 24, 32, 48, 64], "model.n_heads": [2, 2, 2, 2, 2]}}]}
+
+
+@pytest.mark.parametrize("exponent, overfit, outcome", [(0.3, False, "supports"), (-0.1, False, "contradicts"),
+                                                         (0.3, True, "inconclusive")])
+def test_sample_efficiency_verdict_takes_all_three_values(tmp_path, exponent, overfit, outcome):
+    # L(N, S) = 2 (1e4 / N)^exponent + 8 / S^0.5: bigger models lower at every step when exponent > 0.
+    loss_at = lambda r, s: 2 * (1e4 / r["N"]) ** exponent + 8 / s ** 0.5
+    synthetic_sweep(tmp_path / "se", SAMPLE, lambda r: loss_at(r, STEPS), curve_of=curve(loss_at, overfit))
+    sec = verdicts(tmp_path / "se", tmp_path)["sample_efficiency"]
+    assert outcomes(sec, "fewer steps") == [outcome], sec.verdicts
+    if outcome == "inconclusive":
+        assert "overfit" in sec.decisions[0].reason
+    else:
+        assert any(h[0] == "N" and h[1].startswith("steps to L") for h, _ in sec.tables)
+
+
+def batch_curve(scale, power):
+    """Eq. 5.1's curves: at batch B (tokens) a run needs S = S_min(L) (1 + B_crit(L) / B) steps to reach L, with
+    S_min(L) = (10 / (L - 2))^2 and B_crit(L) = scale L^power tokens (power < 0: B_crit grows as L falls; S falls
+    with L for any power < 2, so each curve is one loss per step)."""
+    def loss_at(r, s):
+        B = r["batch_size"] * r["n_ctx"]
+        L = np.linspace(2.05, 12, 20000)
+        S = (10 / (L - 2)) ** 2 * (1 + scale * L ** power / B)
+        return float(np.interp(s, S[::-1], L[::-1]))
+    return loss_at
+
+
+BATCH = {"name": "critical_batch", "analysis": "critical_batch", "seeds": 2,
+         "base": {"model": {"n_ctx": 32, "n_layer": 2, "d_model": 32, "n_heads": 2}, "train": TRAIN},
+         "axis": [{"key": "train.batch_size", "values": [1, 2, 4, 8, 16, 32]}]}
+
+
+@pytest.mark.parametrize("scale, power, overfit, outcome", [(300, -3.0, False, "supports"),
+                                                             (30, 1.5, False, "contradicts"),
+                                                             (300, -3.0, True, "inconclusive")])
+def test_critical_batch_verdict_takes_all_three_values(tmp_path, scale, power, overfit, outcome):
+    loss_at = batch_curve(scale, power)
+    synthetic_sweep(tmp_path / "cb", BATCH, lambda r: loss_at(r, STEPS), curve_of=curve(loss_at, overfit))
+    sec = verdicts(tmp_path / "cb", tmp_path)["critical_batch"]
+    assert outcomes(sec, "critical batch size grows") == [outcome], sec.verdicts
+    if outcome == "supports":  # B_crit recovered from the curves: 300 L^-3 tokens at each target
+        header, rows = next(t for t in sec.tables if t[0][0] == "loss target")
+        for row in rows:
+            L, bcrit = float(row[0]), float(row[3].replace(",", ""))
+            assert bcrit == pytest.approx(300 * L ** -3, rel=0.1)
+
+
+SIZES = {"name": "size", "base": {"model": {"n_ctx": 32}, "train": {**TRAIN, "steps": 40}},
+         "axis": [{"zip": {"model.d_model": [16, 24, 32, 48, 64, 96], "model.n_heads": [2, 2, 2, 2, 2, 2]}}]}
+
+
+@pytest.mark.parametrize("slope, outcome", [(1.0, "supports"), (2.0, "contradicts"), (1.25, "inconclusive")])
+def test_generalisation_verdict_takes_all_three_values(tmp_path, slope, outcome):
+    loss = lambda r: 3.0 * (1e4 / r["N"]) ** 0.2
+    synthetic_sweep(tmp_path / "size", SIZES, loss)
+    rng = np.random.default_rng(1)
+    with sqlite3.connect(tmp_path / "size" / "results.sqlite") as c:  # a prose set scored beside test
+        rows = c.execute("SELECT run_id, step, loss, se FROM evals WHERE split = 'test'").fetchall()
+        se = 0.02 if outcome == "inconclusive" else 0.002
+        c.executemany("INSERT INTO evals VALUES (?, ?, 'prose', ?, ?, ?, '[]')",
+                      [(r, s, 0.5 + slope * (l - 2.5) + 2.5 + rng.normal(0, se), se, 1.0) for r, s, l, _ in rows])
+    sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
+    assert outcomes(sec, "slope near 1") == [outcome], sec.verdicts
