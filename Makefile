@@ -29,7 +29,7 @@ quickstart: $(VENV)/.installed
 
 # Every experiment of experiments/ at one scale (cpu, gpu or full), then their report (re-running resumes).
 SCALE ?= cpu
-EXPERIMENTS := size shape lstm recurrent compute data efficiency
+EXPERIMENTS := size sample_efficiency shape lstm recurrent compute critical_batch data efficiency
 experiments: $(VENV)/.installed
 	for e in $(EXPERIMENTS); do $(BIN)/jscale run experiments/$$e.toml --scale $(SCALE) --out runs/$(SCALE)/$$e || exit 1; done
 	$(BIN)/jscale report runs/$(SCALE) --out experiments/results/$(SCALE)

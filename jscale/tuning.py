@@ -33,6 +33,7 @@ from jscale.config import Config, ConfigError
 # batch size, whose pilots form one group per batch size, each at the same tokens (apply).
 TUNABLE = ("train.lr", "train.b1", "train.b2", "train.warmup_steps", "train.weight_decay", "train.decay_fraction",
            "train.final_lr_fraction", "train.batch_size")
+PILOT_EVAL_SHARE = 4  # a pilot's final evaluation holds 1/4 of the windows of the final runs'
 EXTENDABLE = ("train.lr", "train.warmup_steps", "train.batch_size")  # keys whose grid can grow geometrically
 
 
@@ -103,7 +104,12 @@ def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
     steps = max(2, round(tune.fraction * t.steps))
     train = dataclasses.replace(t, steps=steps, eval_every=steps, checkpoint_every=steps,
                                 warmup_steps=min(t.warmup_steps, steps // 2))
-    return dataclasses.replace(cfg, train=train).resolve()
+    # A pilot's one evaluation is a quarter of the final runs' size: the pilots of a point are scored on the same
+    # windows, so their differences (what the choice reads) are far less noisy than each loss's standard error.
+    d = cfg.data
+    d = (dataclasses.replace(d, eval_windows=max(1, d.eval_windows // PILOT_EVAL_SHARE)) if d.eval_windows else
+         dataclasses.replace(d, eval_tokens=max(1, d.eval_tokens // PILOT_EVAL_SHARE)))
+    return dataclasses.replace(cfg, train=train, data=d).resolve()
 
 
 def apply(cfg: Config, values: dict[str, float]) -> Config:

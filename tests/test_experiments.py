@@ -7,7 +7,8 @@ import pytest
 from conftest import REPO, jscale_cmd
 from jscale import report, sweep, train
 
-EXPERIMENTS = ("shape", "size", "lstm", "recurrent", "compute", "data", "efficiency")
+EXPERIMENTS = ("shape", "size", "sample_efficiency", "lstm", "recurrent", "compute", "critical_batch", "data",
+               "efficiency")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -22,7 +23,7 @@ def test_every_scale_plans_and_every_run_can_start(name):
             train.check_runnable(run.cfg)
         sizes[scale] = max(r.cfg.model.d_model for r in sw.runs)
     assert sizes["cpu"] < sizes["gpu"] < sizes["full"]
-    assert name in report.SECTIONS or name == "efficiency"
+    assert name in report.SECTIONS
 
 
 def test_plan_prints_the_scale_and_rejects_an_unknown_one():
