@@ -98,11 +98,11 @@ def _plan(args) -> None:
     if args.ensemble_size is None:
         print(f"(groups shown at up to {members} members; `jscale run` measures whether this backend trains them "
               f"faster as ensembles or one by one, and how many fit in memory)")
-    if not args.no_estimate:
+    if not args.no_estimate or sw.budget_minutes:
         from jscale import throughput
 
-        measured = throughput.table(log=lambda line: print(line, flush=True))
-        print(throughput.describe(groups, measured))
+        measured = throughput.for_device(sw.device, log=lambda line: print(line, flush=True))
+        print(throughput.describe(groups, measured, sw.budget_minutes))
 
 
 def _run(args) -> None:
@@ -110,6 +110,10 @@ def _run(args) -> None:
 
     shard = grid.parse_shard(args.shard)
     sw = sweep.load(args.sweep, args.overrides, args.scale)  # validated before any device work
+    if sw.budget_minutes:
+        from jscale import throughput
+
+        throughput.check_budget(sw, sw.groups(args.ensemble_size or grid.MAX_MEMBERS), args.force)
     interrupts.check()
     grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.sweep).stem + (f"-{sw.scale}" if sw.scale else ""))
@@ -305,6 +309,7 @@ def _main(argv: list[str] | None) -> int:
                                                        "measured per backend, limited by memory")
     p.add_argument("--scale", help=SCALE_HELP)
     p.add_argument("--shard", help="i/n: train only this job's share of the groups (jobs share one --out)")
+    p.add_argument("--force", action="store_true", help="run a scale whose estimated time exceeds its budget")
     p.add_argument("--coordinator", help="multi-host: coordinator address host:port (jax.distributed)")
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, help="multi-host: this process's index")

@@ -86,6 +86,16 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
         curve_table[["run", "N", "D", "C", "loss", "step"]]
 
 
+def sweep_regime(path: str | Path, law: str) -> tuple[str, bool]:
+    """Whether a sweep's finished runs are in the regime the law is about (jscale.regime), as one line."""
+    from jscale import regime, results
+
+    tables = results.load(path)
+    runs = tables["runs"]
+    runs = runs[(runs["role"].fillna("final") != "pilot") & (runs["status"] == "done")]
+    return regime.statement(regime.table(runs.copy(), tables["curves"]), law)
+
+
 def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "exact"):
     """(runs, curves) DataFrames from a CSV file, a sweep directory or a directory of single runs. A CSV's rows
     serve as both."""
@@ -238,6 +248,10 @@ def _run(args) -> None:
                                n_bootstrap=args.bootstrap, seed=args.seed, drop_highest=args.drop_highest,
                                convention=convention, b_star=args.b_star, alpha_b=args.alpha_b)
     print(fitted.table())
+    if Path(args.input).is_dir() and (Path(args.input) / "results.sqlite").exists():
+        line, ok = sweep_regime(args.input, args.law)
+        print(line)
+        fitted.info["regime"] = {"statement": line, "in_regime": ok}
     # By default the fit goes next to its input (inside a sweep or runs directory, beside a CSV file).
     source = Path(args.input)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"fit-{args.law}.json"

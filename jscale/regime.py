@@ -76,8 +76,29 @@ def problem(runs, need: str = "converged") -> str | None:
         bad = runs[runs["regime"] == "overfitting"]
     if not len(bad):
         return None
-    improving = bad["late_improvement"]
+    improving = bad["late_improvement"].to_numpy(float)
     what = ("runs not converged at this scale" if need == "converged" else "runs overfitting")
-    return (f"{len(bad)} of {len(runs)} {what} (validation still falling up to {100 * np.nanmax(improving):.1f}% "
-            f"over the last 30%; {np.nanmin(bad['tokens_per_param']):.3g} to "
+    falling = (f"validation still falling up to {100 * np.nanmax(improving):.1f}% over the last 30%; "
+               if np.isfinite(improving).any() else "")
+    return (f"{len(bad)} of {len(runs)} {what} ({falling}{np.nanmin(bad['tokens_per_param']):.3g} to "
             f"{np.nanmax(bad['tokens_per_param']):.3g} tokens per parameter)")
+
+
+# What regime each law's claim is about, for `jscale fit` on a sweep: converged models, or learning curves.
+LAW_REGIME = {"kaplan-n": "converged", "kaplan-d": "converged", "kaplan-nd": "not-overfitting",
+              "chinchilla": "converged", "isoflop": "converged", "kaplan-c": "not-overfitting",
+              "frontier": "not-overfitting", "envelope": "not-overfitting", "kaplan-ns": "not-overfitting"}
+
+
+def statement(runs, law: str) -> tuple[str, bool]:
+    """One line for `jscale fit`: the runs' regimes and whether they are in the regime the law is about."""
+    counts = runs["regime"].value_counts().to_dict()
+    need = LAW_REGIME.get(law, "converged")
+    why = problem(runs, need)
+    head = (f"regime: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} of {len(runs)} runs "
+            f"({np.nanmin(runs['tokens_per_param']):.3g} to {np.nanmax(runs['tokens_per_param']):.3g} tokens per "
+            f"parameter)")
+    if why is None:
+        return f"{head}; {law} is about {need} runs and these are in that regime", True
+    return f"{head}; {law} is about {need} runs: NOT in that regime ({why}), so read this fit as a description " \
+           f"of these runs, not as the law", False

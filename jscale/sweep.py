@@ -107,6 +107,8 @@ class Sweep:
     analysis: str = ""  # the report section for its results
     tune: tuning.Tune | None = None  # a per-point pilot ([tune]); its final runs' tuned keys are set after it
     seeds: int = 1  # replicas of every point over train.seed (init and data order)
+    device: str = ""  # the device a scale is sized for ([scale.NAME] device = "H100"): whose throughput estimates it
+    budget_minutes: float = 0.0  # the scale's budget on that device; `jscale run` refuses more without --force
 
     def describe(self) -> dict[str, Any]:
         """What sweep.json records in the sweep directory."""
@@ -267,8 +269,8 @@ def _isoflop(spec, run, where):
     if not isinstance(sizes, dict):
         raise ConfigError(f"{where}.sizes: expected a table like {{N_min = 1e4, N_max = 1e6, count = 5}}")
     convention = spec.get("convention", "all")
-    if convention not in ("all", "non_embedding"):
-        raise ConfigError(f"{where}.convention: {convention!r} is not one of all, non_embedding")
+    if convention not in ("all", "non_embedding", "exact"):
+        raise ConfigError(f"{where}.convention: {convention!r} is not one of all, non_embedding, exact")
     min_steps, evals = spec.get("min_steps", 20), spec.get("evals", 4)
     base = _resolve(run, where)
     tokens_per_step = base.train.batch_size * base.model.n_ctx
@@ -277,8 +279,9 @@ def _isoflop(spec, run, where):
         for shape in _sizes(sizes, run, f"{where}.sizes"):
             cfg = _resolve({**run, **shape}, where)
             acc = accounting.account(cfg.model)
-            N = acc.N_total if convention == "all" else acc.N
-            steps = round(C / (6 * N * tokens_per_step))
+            # FLOPs per training token: 6 N_total or 6 N (C = 6ND), or the exact count (attention and unembedding in)
+            per_token = {"all": 6 * acc.N_total, "non_embedding": 6 * acc.N, "exact": acc.train_flops_exact}[convention]
+            steps = round(C / (per_token * tokens_per_step))
             if steps < min_steps:
                 continue  # this size cannot spend the budget in a meaningful run
             out.append({**shape, "train.steps": steps, "train.warmup_steps": min(base.train.warmup_steps, steps // 5),
@@ -373,6 +376,8 @@ def _axis_points(axis: dict, index: int, run: dict[str, Any]) -> list[Point]:
 
 
 SWEEP_KEYS = ("name", "claim", "analysis", "base", "axis", "scale", "seeds", "tune")
+SCALE_BUDGET_KEYS = ("device", "budget_minutes")  # in a [scale.NAME] table beside its overrides
+REFERENCE_DEVICES = ("H100", "cpu")  # jscale.throughput.REFERENCE
 
 
 def _no_other_fields(axis: dict, allowed: tuple[str, ...], where: str) -> None:
@@ -400,10 +405,13 @@ def apply_scale(spec: dict, scale: str | None) -> tuple[dict, str | None]:
                           f"({', '.join(names) if names else 'it defines no [scale.NAME] tables'})")
     base = {k: dict(v) if isinstance(v, dict) else v for k, v in spec.get("base", {}).items()}
     axes = [dict(a) if isinstance(a, dict) else a for a in spec.get("axis", [])]
+    budget = {}
     for path, value in spec["scale"][scale].items():
         where = f'scale.{scale}."{path}"'
         parts = path.split(".")
-        if parts[0] == "axis":
+        if path in SCALE_BUDGET_KEYS:
+            budget[path] = value
+        elif parts[0] == "axis":
             if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(axes):
                 raise ConfigError(f"{where}: expected axis.I.FIELD with I from 0 to {len(axes) - 1}")
             if not isinstance(axes[int(parts[1])], dict):
@@ -412,8 +420,16 @@ def apply_scale(spec: dict, scale: str | None) -> tuple[dict, str | None]:
         elif len(parts) == 2 and parts[0] in config.SECTIONS:
             base.setdefault(parts[0], {})[parts[1]] = value
         else:
-            raise ConfigError(f"{where}: expected section.key (one of {', '.join(config.SECTIONS)}) or axis.I.FIELD")
-    return {**spec, "base": base, "axis": axes}, scale
+            raise ConfigError(f"{where}: expected section.key (one of {', '.join(config.SECTIONS)}), axis.I.FIELD, "
+                              f"device or budget_minutes")
+    if "budget_minutes" in budget and (isinstance(budget["budget_minutes"], bool) or
+                                       not isinstance(budget["budget_minutes"], (int, float)) or
+                                       budget["budget_minutes"] <= 0):
+        raise ConfigError(f"scale.{scale}.budget_minutes: must be a positive number of minutes")
+    if "device" in budget and budget["device"] not in REFERENCE_DEVICES:
+        raise ConfigError(f"scale.{scale}.device: {budget['device']!r} has no reference throughput (known: "
+                          f"{', '.join(REFERENCE_DEVICES)})")
+    return {**spec, "base": base, "axis": axes, "_budget": budget}, scale
 
 
 def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale: str | None = None) -> Sweep:
@@ -459,8 +475,10 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
     if tune is not None:
         out += pilot_runs(out, tune)
     name = str(spec.get("name", Path(source).stem))
+    budget = spec.get("_budget", {})
     return Sweep(name=name, claim=str(spec.get("claim", "")), runs=tuple(out), source=source, scale=scale,
-                 analysis=str(spec.get("analysis", name)), tune=tune, seeds=seeds)
+                 analysis=str(spec.get("analysis", name)), tune=tune, seeds=seeds, device=budget.get("device", ""),
+                 budget_minutes=float(budget.get("budget_minutes", 0.0)))
 
 
 def pilot_runs(finals: list[Run], tune: tuning.Tune, grid: dict[str, list] | None = None,

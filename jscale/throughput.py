@@ -88,6 +88,49 @@ def table(measure_if_missing: bool = True, log=print) -> dict | None:
     return cached[key]
 
 
+def _reference_h100() -> dict:
+    """Throughput measured on one H100 (bf16, JAX 0.11.2, flax 0.12.10) by the session that took the performance
+    anchors of shared/reference/scaling.md section 7, as probe rows (cuDNN attention where it was measured, as
+    model.attention = "auto" picks it there). Compile time was not measured: estimates from it leave it out."""
+    anchors = [("transformer", 4, 128, 512, 64, 4.0e6), ("transformer", 8, 512, 512, 128, 1.50e6),
+               ("transformer", 12, 768, 1024, 32, 0.60e6), ("lstm", 2, 512, 256, 64, 0.51e6),
+               ("lstm", 2, 1024, 256, 64, 0.30e6)]
+    rows = []
+    for kind, n_layer, d_model, n_ctx, batch, tokens_per_s in anchors:
+        m = ModelConfig(kind=kind, n_layer=n_layer, d_model=d_model, n_ctx=n_ctx,
+                        n_heads=max(1, d_model // 64) if kind != "lstm" else ModelConfig.n_heads)
+        rows.append({"kind": kind, "n_layer": n_layer, "d_model": d_model, "n_ctx": n_ctx, "batch": batch,
+                     "flops_per_step": batch * n_ctx * accounting.account(m).train_flops_exact,
+                     "seconds_per_step": batch * n_ctx / tokens_per_s, "compile_s": 0.0})
+    return {"date": "shared/reference/scaling.md section 7", "device": "gpu:NVIDIA H100", "probes": rows}
+
+
+# Devices a scale can be sized for ([scale.NAME] device = ...) without being on them.
+REFERENCE = {"H100": _reference_h100}
+
+
+def for_device(device: str, log=print) -> dict:
+    """The throughput table an estimate for `device` uses: a reference device's, or ("cpu", or none named) this
+    device's own measurement."""
+    if device in REFERENCE:
+        return REFERENCE[device]()
+    return table(log=log)
+
+
+def check_budget(sweep, groups, force: bool, log=print) -> None:
+    """Refuse (one line) a sweep whose estimated time on its scale's device exceeds the scale's budget, unless
+    forced; a sweep without a budget passes."""
+    from jscale.config import ConfigError
+
+    if not sweep.budget_minutes:
+        return
+    e = estimate(groups, for_device(sweep.device, log))
+    minutes = e["total"] / 60
+    if minutes > sweep.budget_minutes and not force:
+        raise ConfigError(f"--scale {sweep.scale}: estimated {minutes:.1f} min on {sweep.device or device_key()}, "
+                          f"over the scale's budget of {sweep.budget_minutes:g} min; shrink the sweep or pass --force")
+
+
 def _fit(rows: list[dict]) -> tuple[float, float]:
     """(overhead seconds, FLOP/s) of step time = overhead + flops / rate, from one or more probes."""
     x = np.array([r["flops_per_step"] for r in rows], float)
@@ -122,8 +165,16 @@ def estimate(groups, measured: dict) -> dict[str, float]:
     return {"train": train_s, "eval": eval_s, "compile": compile_s, "total": train_s + eval_s + compile_s}
 
 
-def describe(groups, measured: dict) -> str:
+def describe(groups, measured: dict, budget_minutes: float = 0.0) -> str:
     e = estimate(groups, measured)
     fmt = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
-    return (f"estimated wall time on {device_key()}: {fmt(e['total'])} (train {fmt(e['train'])}, eval "
-            f"{fmt(e['eval'])}, compile {fmt(e['compile'])}), from throughput measured {measured['date']}")
+    where = measured.get("device", device_key())
+    compile_text = f", compile {fmt(e['compile'])}" if any(r["compile_s"] for r in measured["probes"]) else \
+        ", compile not included (not measured there)"
+    budget = ""
+    if budget_minutes:
+        over = e["total"] / 60 > budget_minutes
+        budget = (f"; the scale's budget is {budget_minutes:g} min"
+                  + (": OVER it, `jscale run` refuses without --force" if over else ": within it"))
+    return (f"estimated wall time on {where}: {fmt(e['total'])} (train {fmt(e['train'])}, eval "
+            f"{fmt(e['eval'])}{compile_text}), from throughput measured {measured['date']}{budget}")

@@ -131,6 +131,15 @@ def test_lstm_verdicts_take_all_three_values(tmp_path, growth, converged, outcom
     assert outcomes(sec, "deficit") == [outcome], sec.verdicts
     # Where both families improve alike over the context, the paired difference is zero, outside "> 0".
     assert outcomes(sec, "keep improving later") == [outcome]
+    # The paired difference by log-spaced position bin, against the planted per-position curves: the window
+    # content multiplies both models alike, so the ratio of bin means is the ratio of the planted curves.
+    header, rows = next(tbl for tbl in sec.tables if tbl[0][0].startswith("position"))
+    assert [r[0] for r in rows] == ["1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127", "128"]
+    stop = 20 if growth > 0 else 10_000
+    for row, (lo, hi) in zip(rows, [(1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 127), (128, 128)]):
+        tt = t[lo - 1:hi]
+        expect = 100 * (np.mean(np.minimum(tt, stop) ** -0.1) / np.mean(tt ** -0.1) - 1)
+        assert float(row[1].rstrip("%")) == pytest.approx(expect, abs=0.02)
 
 
 RECURRENT = {"name": "recurrent", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
@@ -158,16 +167,24 @@ DATA = {"name": "data", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
                  {"generator": "data_sizes", "values": [3000, 10000, 30000, 100000]}]}
 
 
-@pytest.mark.parametrize("alpha_n, alpha_d, converged, outcome", [
+def stops_early(r):
+    """A validation curve that reaches its best at 40% of the run, then rises at the next three evaluations."""
+    S = r["steps"]
+    return [(S // 5, 1.10), ((2 * S) // 5, 0.98), (S // 2, 0.99), ((3 * S) // 5, 0.995), ((4 * S) // 5, 0.998)]
+
+
+@pytest.mark.parametrize("alpha_n, alpha_d, stops, outcome", [
     (0.076, 0.103, True, "supports"),  # N^0.74
     (0.15, 0.08, True, "contradicts"),  # N^1.9
-    (0.076, 0.103, False, "inconclusive"),  # no run stopped improving: not the data-limited corner
+    (0.076, 0.103, False, "inconclusive"),  # no run stopped early: not the data-limited corner
 ])
-def test_data_verdict_takes_all_three_values(tmp_path, alpha_n, alpha_d, converged, outcome):
+def test_data_verdict_takes_all_three_values(tmp_path, alpha_n, alpha_d, stops, outcome):
     law = lambda r: ((1e7 / r["N"]) ** (alpha_n / alpha_d) + 1e4 / r["D"]) ** alpha_d
-    synthetic_sweep(tmp_path / "data", DATA, law, converged=converged)
+    synthetic_sweep(tmp_path / "data", DATA, law, converged=False, curve_of=stops_early if stops else None)
     sec = verdicts(tmp_path / "data", tmp_path)["data"]
     assert outcomes(sec, "sub-linearly") == [outcome], sec.verdicts
+    header, rows = next(t for t in sec.tables if t[0][0] == "run" and "early stop" in t[0][3])
+    assert all(row[3] == ("16" if stops else "did not stop") for row in rows)  # 40% of 40 steps
 
 
 def test_data_section_stops_early_on_validation_not_test(tmp_path):

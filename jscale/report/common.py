@@ -320,3 +320,20 @@ def overfitting_problem(runs) -> str | None:
         return f"{len(over)} of {len(runs)} runs overfit (validation rose above its best), so their curves are not " \
                f"compute-limited"
     return None
+
+
+PATIENCE = 3  # early stopping: validation risen at this many evaluations in a row
+
+
+def stopping_step(steps: np.ndarray, val: np.ndarray, patience: int = PATIENCE) -> float:
+    """Early stopping applied to a finished curve: the best validation step before the first run of `patience`
+    consecutive evaluations above it; NaN when validation never rose that long."""
+    best, since = 0, 0
+    for i in range(1, len(val)):
+        if val[i] < val[best]:
+            best, since = i, 0
+        else:
+            since += 1
+            if since >= patience:
+                return float(steps[best])
+    return float("nan")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots, results
-from jscale.report.common import Experiment, Section, interval_text, law_estimate, series_style, units_note, verdict
+from jscale.report.common import (PATIENCE, Experiment, Section, interval_text, law_estimate, series_style,
+                                  stopping_step, units_note, validation_curves, verdict)
 from jscale.verdicts import Region
 
 
@@ -14,8 +15,15 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     runs = exp.runs[exp.runs["D"] > 0].copy()
     # Early stopping reads validation: each run's test loss at its best validation step (test is only reported).
     runs["best"] = results.test_at_best_validation(runs, exp.curves)
-    stopped = runs[runs["regime"].isin(["overfitting", "converged"])]
+    curves = validation_curves(exp, runs["run_id"])
+    runs["stop_step"] = [stopping_step(*curves[r][:2]) if r in curves else np.nan for r in runs["run_id"]]
+    stopped = runs[np.isfinite(runs["stop_step"])]
     fit_runs = stopped if len(stopped) >= 4 else runs
+    rows = [[r.name, f"{r.N:,}", f"{r.D:.2g}", f"{r.stop_step:,.0f}" if np.isfinite(r.stop_step) else "did not stop",
+             f"{r.stop_step * r.batch_size * r.n_ctx / r.D:.2g}" if np.isfinite(r.stop_step) else "-", f"{r.best:.4f}"]
+            for r in runs.sort_values(["N", "D"]).itertuples()]
+    sec.tables.append((["run", "N", "D (tokens)", f"early stop (validation up {PATIENCE} evaluations in a row)",
+                        "epochs at the stop", "test loss there"], rows))
     fit = laws.fit_kaplan_nd(fit_runs["N"], fit_runs["D"], fit_runs["best"], n_bootstrap=n_bootstrap,
                              convention={"N": "non_embedding"})
     p = fit.params
@@ -32,8 +40,8 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     sec.numbers.append(("tokens that keep overfitting under 2% (Eq. 1.5 fitted here), at the sizes run",
                         ", ".join(f"N = {n:.2g}: D = {d_2pct(n):.2g}" for n in Ns), "-", "-"))
     sec.notes.append(units_note(runs) + " (Kaplan's 5e3 N^0.74 token bound is one of these constants).")
-    problem = None if len(stopped) >= 4 else (f"{len(stopped)} of {len(runs)} runs stopped improving on "
-                                               f"validation; Eq. 1.5 needs the data-limited corner")
+    problem = None if len(stopped) >= 4 else (f"{len(stopped)} of {len(runs)} runs stopped early (validation "
+                                               f"rising); Eq. 1.5 needs the data-limited corner")
     verdict(sec, "The data needed to avoid overfitting grows sub-linearly with N (alpha_N / alpha_D < 1; Kaplan "
                  "Eq. 1.5)", est, Region.below(1.0), problem)
     fig1 = plots.loss_nd_curves(fit, fit_runs["N"].to_numpy(), fit_runs["D"].to_numpy(), fit_runs["best"].to_numpy())

@@ -19,6 +19,43 @@ def _late_gain(grid_WxT: np.ndarray) -> float:
     return float(100 * (early - per_position[t > 3 * T / 4].mean()) / early)
 
 
+def position_bins(T: int) -> list[tuple[int, int]]:
+    """Log-spaced bins of context positions (1-based, inclusive): [1], [2, 3], [4, 7], ..., up to T."""
+    out, lo = [], 1
+    while lo <= T:
+        out.append((lo, min(2 * lo - 1, T)))
+        lo *= 2
+    return out
+
+
+def binned_paired_difference(tf_WxT: np.ndarray, other_WxT: np.ndarray, n_resamples: int, seed: int = 0
+                             ) -> list[tuple[int, int, float, tuple[float, float] | None]]:
+    """Per log-spaced position bin, the other model's loss above the Transformer's (percent) on the same windows,
+    with a 95% interval from resampling windows (paired: both models keep the same windows)."""
+    bins = position_bins(tf_WxT.shape[1])
+    a_WxK = np.stack([tf_WxT[:, lo - 1:hi].mean(axis=1) for lo, hi in bins], axis=1).astype(float)
+    b_WxK = np.stack([other_WxT[:, lo - 1:hi].mean(axis=1) for lo, hi in bins], axis=1).astype(float)
+    value_K = 100 * (b_WxK.mean(0) / a_WxK.mean(0) - 1)
+    intervals: list = [None] * len(bins)
+    if n_resamples:
+        rng = np.random.default_rng(seed)
+        W = len(a_WxK)
+        draws_RxK = np.stack([100 * (b_WxK[w].mean(0) / a_WxK[w].mean(0) - 1)
+                              for w in (rng.integers(0, W, W) for _ in range(n_resamples))])
+        lo_K, hi_K = np.quantile(draws_RxK, [0.025, 0.975], axis=0)
+        intervals = list(zip(lo_K.tolist(), hi_K.tolist()))
+    return [(lo, hi, float(v), ci) for (lo, hi), v, ci in zip(bins, value_K, intervals)]
+
+
+def point_grid(exp: Experiment, run) -> np.ndarray | None:
+    """Per-window per-position test losses of a run's point: the mean over its seed replicas (same windows)."""
+    ids = exp.runs.loc[exp.runs["point"] == run.point, "run_id"]
+    grids = [exp.grids[r].astype(np.float32) for r in ids if r in exp.grids]
+    if not grids or len({g.shape for g in grids}) > 1:
+        return None
+    return np.mean(grids, axis=0)
+
+
 def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """LSTMs against Transformers: loss against N and against context position (Kaplan Fig. 7)."""
     points, losses = points_of(exp, exp.runs)
@@ -89,11 +126,17 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     for fam, r in largest.items():
         if fam == "Transformer" or tf_run is None:
             continue
-        a, b = exp.grids.get(tf_run.run_id), exp.grids.get(r.run_id)
+        a, b = point_grid(exp, tf_run), point_grid(exp, r)
         if a is None or b is None or a.shape != b.shape:
             sec.notes.append(f"{fam}: no per-window per-position losses stored for a paired comparison.")
             continue
         T = a.shape[1]
+        rows = [[f"{lo}" if lo == hi else f"{lo}-{hi}", f"{v:+.2f}%",
+                 "-" if ci is None else f"{ci[0]:+.2f} to {ci[1]:+.2f}"]
+                for lo, hi, v, ci in binned_paired_difference(a, b, n_bootstrap)]
+        sec.tables.append(([f"position (largest models, N {tf_run.N:.2g} and {r.N:.2g})",
+                            f"{fam} above the Transformer, same windows (seeds averaged)", "95% interval (windows)"],
+                           rows))
         gain = paired_windows(a, b, lambda x, y: _late_gain(x) - _late_gain(y), n_bootstrap)
         sec.numbers.append((f"late-context gain (positions {T // 8}-{T // 4} to the last quarter), Transformer "
                             f"minus {fam}, largest models", f"{gain.value:+.2f} points",
