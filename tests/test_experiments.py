@@ -38,3 +38,47 @@ def test_plan_prints_the_scale_and_rejects_an_unknown_one():
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "jscale: error: --scale: 'huge' is not a scale of this sweep (cpu, gpu, full)"
+
+
+BUDGETED = """
+name = "budgeted"
+[base.model]
+n_layer = 2
+d_model = 64
+n_ctx = 256
+[base.train]
+batch_size = 64
+steps = 3000
+warmup_steps = 10
+[scale.cpu]
+[scale.gpu]
+device = "H100"
+budget_minutes = {budget}
+"""
+
+
+def test_a_scale_over_its_budget_is_refused_without_force_and_plan_says_so(tmp_path):
+    (tmp_path / "over.toml").write_text(BUDGETED.format(budget=0.01))
+    (tmp_path / "within.toml").write_text(BUDGETED.format(budget=60))
+    plan = subprocess.run(jscale_cmd("plan", str(tmp_path / "over.toml"), "--scale", "gpu"), capture_output=True,
+                          text=True)
+    assert plan.returncode == 0, plan.stderr
+    last = plan.stdout.strip().splitlines()[-1]
+    assert last.startswith("estimated wall time on gpu:NVIDIA H100") and "OVER it" in last
+    run = subprocess.run(jscale_cmd("run", str(tmp_path / "over.toml"), "--scale", "gpu", "--out",
+                                    str(tmp_path / "out")), capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert "over the scale's budget of 0.01 min" in run.stderr and "--force" in run.stderr
+    assert not (tmp_path / "out").exists()
+    within = subprocess.run(jscale_cmd("plan", str(tmp_path / "within.toml"), "--scale", "gpu"),
+                            capture_output=True, text=True)
+    assert "within it" in within.stdout
+
+
+@pytest.mark.parametrize("old, new, names", [("budget_minutes = 10", "budget_minutes = -1", "budget_minutes"),
+                                             ('device = "H100"', 'device = "TPU v9"', "device")])
+def test_scale_budget_keys_are_checked(tmp_path, old, new, names):
+    (tmp_path / "bad.toml").write_text(BUDGETED.format(budget=10).replace(old, new))
+    r = subprocess.run(jscale_cmd("plan", str(tmp_path / "bad.toml"), "--scale", "gpu", "--no-estimate"),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and names in r.stderr
