@@ -55,6 +55,8 @@ def table(runs, curves):
     found = []
     for r in runs.itertuples():
         c = curves[curves["run_id"] == r.run_id]
+        if "val_curve" in c:  # the same windows at every evaluation (results.load)
+            c = c.assign(val_loss=c["val_curve"], val_se=c["val_curve_se"])
         if "val_loss" not in c or c["val_loss"].isna().all():  # written before validation was recorded
             found.append(Regime(np.nan, np.nan, np.nan, "unknown"))
             continue

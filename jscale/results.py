@@ -351,5 +351,40 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     # A group claimed by a live process is being trained even before its first evaluation is recorded.
     live = {c.group_id for c in claims.itertuples() if _alive(c.host, int(c.pid), float(c.heartbeat))}
     runs.loc[runs["group_id"].isin(live) & (runs["status"] == "pending"), "status"] = "running"
+    curves = _comparable_curves(curves, runs, windows)
     return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,
             "tuning": tuning}
+
+
+def curve_subset(n_windows: int, n_curve: int) -> np.ndarray:
+    """Which of a set's n_windows final-evaluation windows the evaluations before the last one score
+    (data.curve_eval_windows = n_curve; 0 = all): evenly spaced, the same for every run of a corpus and context."""
+    n = min(n_curve, n_windows) if n_curve else n_windows
+    return np.unique(np.linspace(0, n_windows - 1, n).round().astype(np.int64))
+
+
+def _comparable_curves(curves, runs, windows):
+    """curves with val_curve / val_curve_se: validation loss on the same windows at every evaluation. The
+    evaluations before the last score an evenly spaced subset of the final evaluation's windows, so the final
+    value on all windows is not comparable with them (a different sample of text); its value on that subset is
+    recomputed from the stored per-window losses. Regimes, early stopping and learning-curve analyses read these;
+    a run's best validation step is recomputed from them."""
+    curves = curves.copy()
+    curves["val_curve"], curves["val_curve_se"] = curves["val_loss"], curves["val_se"]
+    if not len(curves) or not len(windows):
+        return curves
+    val = windows[windows["split"] == "validation"].set_index("run_id")
+    n_curve = {r.run_id: json.loads(r.config)["data"].get("curve_eval_windows", 0) for r in runs.itertuples()}
+    last = curves.groupby("run_id")["step"].transform("max") == curves["step"]
+    for i in curves.index[last]:
+        run_id, step = curves.at[i, "run_id"], curves.at[i, "step"]
+        if run_id not in val.index or int(val.at[run_id, "step"]) != int(step):
+            continue
+        losses = np.asarray(val.at[run_id, "losses"], float)
+        pick = losses[curve_subset(len(losses), n_curve.get(run_id, 0))]
+        curves.at[i, "val_curve"] = float(pick.mean())
+        curves.at[i, "val_curve_se"] = float(pick.std(ddof=1) / np.sqrt(len(pick))) if len(pick) > 1 else np.nan
+    best = curves.sort_values(["run_id", "val_curve", "step"]).groupby("run_id").head(1).set_index("run_id")
+    runs["best_val_step"] = runs["run_id"].map(best["step"]).astype(float)
+    runs["best_val_loss"] = runs["run_id"].map(best["val_curve"])
+    return curves

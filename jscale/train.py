@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jscale import accounting, config, data, interrupts, sharding, tracking
+from jscale import accounting, config, data, interrupts, results, sharding, tracking
 from jscale.config import Config, ConfigError, ResourceError, TrainConfig, eval_window_counts, resource_error
 from jscale.models import build, has_memory
 from jscale.sweep import MEMBER_KEYS
@@ -613,7 +613,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
         n_final = min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model)))
     eval_sets = {split: corpus.eval_windows(n_final, n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
-    curve_subset = {split: np.unique(np.linspace(0, len(w) - 1, min(n_curve, len(w))).round().astype(np.int64))
+    curve_subset = {split: results.curve_subset(len(w), n_curve)
                     for split, w in eval_sets.items()}  # what the evaluations before the last score
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)

@@ -97,3 +97,30 @@ def test_fit_says_whether_a_sweeps_runs_are_in_the_laws_regime(tmp_path, converg
     assert "kaplan-n is about converged runs" in line and expect in line
     fit = json.loads((tmp_path / "size" / "fit-kaplan-n.json").read_text())
     assert fit["info"]["regime"]["in_regime"] is converged
+
+
+def test_a_final_evaluation_on_more_windows_is_compared_on_the_curves_windows(tmp_path):
+    """Evaluations before the last score a subset of the final one's windows. A final loss on all windows that
+    is higher only because the other windows hold harder text must not read as validation rising (overfitting),
+    nor move the best step: the final value is recomputed on the subset from the stored per-window losses."""
+    from test_report import TRAIN, record
+
+    spec = {"name": "size", "base": {"model": {"n_ctx": 32}, "data": {"curve_eval_windows": 16},
+                                     "train": TRAIN}, "axis": [{"key": "model.d_model", "values": [32]}]}
+    sw = sweep.expand(spec)
+    grid.check_sweep_dir(sw, tmp_path)
+    row = sweep.run_row(sw.runs[0], "g")
+    subset = results.curve_subset(64, 16)
+    windows = np.full(64, 3.3, np.float32)
+    windows[subset] = 2.9  # the curve's windows are easier text than the rest
+    with results.ResultsDB(tmp_path) as db:
+        db.add_runs([row])
+        for step, loss in ((10, 3.2), (20, 3.0), (30, 2.95)):
+            db.record_eval([record(row, loss, step=step)])
+        db.record_eval([record(row, float(windows.mean()), windows=windows)])  # step 40, all 64 windows
+    tables = results.load(tmp_path)
+    curve = tables["curves"].set_index("step")
+    assert curve.loc[40, "val_loss"] == pytest.approx(windows.mean()) and curve.loc[40, "val_curve"] == pytest.approx(2.9)
+    runs = regime.table(tables["runs"], tables["curves"])
+    assert runs["regime"].item() != "overfitting"
+    assert tables["runs"]["best_val_step"].item() == 40

@@ -284,6 +284,14 @@ def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path):
     assert "multi-query attention loses no more than 1%" in md and "**inconclusive**" in md  # +1.06% ± noise
     assert "![efficiency pareto](figures/efficiency-pareto.png)" in md and (out / "figures/efficiency-pareto.png").exists()
     assert (out / "efficiency-runs.csv").read_text().count("\n") == 5
+    # the FLOP-accounting section (no sweep of its own): the smallest transformer's 6N, exact and XLA counts
+    flops = md.split("FLOP accounting against the compiled step")[1]
+    row = next(line for line in flops.splitlines() if line.startswith("| transformer |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    six_n, exact, xla = (float(cells[i].replace(",", "")) for i in (5, 6, 7))
+    assert six_n == 6 * float(cells[4].replace(",", "")) and exact > six_n  # attention and unembedding added
+    assert float(cells[8]) == pytest.approx(xla / six_n, abs=0.01) and float(cells[9]) == pytest.approx(xla / exact,
+                                                                                                         abs=0.001)
     latencies = json.loads((out / "latency.json").read_text())
     assert len(latencies) == 4 and all(v["seconds_per_token"] > 0 for v in latencies.values())
 

@@ -277,10 +277,12 @@ def reachable_targets(curves_by_run: dict[str, tuple[np.ndarray, np.ndarray]], c
 
 
 def validation_curves(exp: Experiment, run_ids) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """run_id -> (steps, validation loss, its standard error) of each evaluation."""
+    """run_id -> (steps, validation loss, its standard error) of each evaluation, on the same windows at every
+    evaluation (results.load's val_curve)."""
     c = exp.curves[exp.curves["run_id"].isin(list(run_ids))].sort_values(["run_id", "step"])
-    return {r: (g["step"].to_numpy(float), g["val_loss"].to_numpy(float),
-                np.nan_to_num(g["val_se"].to_numpy(float))) for r, g in c.groupby("run_id")}
+    val, se = ("val_curve", "val_curve_se") if "val_curve" in c else ("val_loss", "val_se")
+    return {r: (g["step"].to_numpy(float), g[val].to_numpy(float), np.nan_to_num(g[se].to_numpy(float)))
+            for r, g in c.groupby("run_id")}
 
 
 def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0
