@@ -215,7 +215,8 @@ def test_tfds_corpus_read_through_data_source_without_the_builder(tmp_path):
     code = ("import json, sys; from jscale import data, config; "
             "c = data.prepare(config.DataConfig(corpus='tfds:tiny_stories', tfds_data_dir=sys.argv[1], "
             "cache_dir=sys.argv[2])); print(json.dumps(c.meta)); "
-            "print(bytes(c.test[:60]).decode()); print('tensorflow' in sys.modules)")
+            "print(bytes(c.test[:60]).decode()); print('tensorflow' in sys.modules); "
+            "print(bytes(c.test).hex())")
     r = subprocess.run([sys.executable, "-c", code, str(data_dir), str(tmp_path / "cache")], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
@@ -224,7 +225,12 @@ def test_tfds_corpus_read_through_data_source_without_the_builder(tmp_path):
     assert meta["train_documents"] + meta["validation_documents"] == 200  # validation held out of its train split
     assert 0 < meta["validation_documents"] < 30
     assert "story 10" in r.stdout.splitlines()[1]  # the test split is TFDS's own test split
-    assert r.stdout.splitlines()[-1] == "False"  # read without importing TensorFlow
+    assert r.stdout.splitlines()[-2] == "False"  # read without importing TensorFlow
+    # the tokens of the same text through the file source: every document, each ended by a newline (in the order
+    # TFDS stores them, which is not the order they were generated in)
+    docs = bytes.fromhex(r.stdout.splitlines()[-1]).decode().split("\n")
+    assert docs[-1] == "" and sorted(docs[:-1]) == sorted(f"story {i + 1000}: once upon a time the loss fell. " * 5
+                                                          for i in range(20))
 
 
 def test_n_ctx_longer_than_the_data_is_a_config_error(tmp_path, text_corpus):
