@@ -40,6 +40,19 @@ def bcrit_slope(picked, batch_tokens: np.ndarray, targets: np.ndarray) -> float:
     return float(np.polyfit(np.log([r[0] for r in rows]), np.log([r[3] for r in rows]), 1)[0])
 
 
+def overlapping_batches(batches: list, groups: list[list[str]], curves: dict) -> tuple[list, list, np.ndarray]:
+    """The most batch sizes, adjacent in size, whose evaluated validation curves share a range of losses, and 3
+    loss targets in it. (A large batch's few steps may never reach the loss a small batch has passed at its first
+    evaluation; such a batch size is left out, and the section says so.)"""
+    for k in range(len(batches), 2, -1):
+        for start in range(len(batches) - k + 1):
+            chosen = groups[start:start + k]
+            targets = reachable_targets({r: curves[r][:2] for g in chosen for r in g}, count=3)
+            if len(targets):
+                return batches[start:start + k], chosen, targets
+    return batches, groups, np.array([])
+
+
 def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     runs = exp.runs.copy()
     runs["B_tokens"] = runs["batch_size"] * runs["n_ctx"]
@@ -49,10 +62,15 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
     if len(batches) < 3 or any(r not in curves for g in groups for r in g):
         sec.notes.append("Needs learning curves at 3 or more batch sizes.")
         return
-    targets = reachable_targets({r: curves[r][:2] for g in groups for r in g}, count=3)
+    batches, groups, targets = overlapping_batches(batches, groups, curves)
     if not len(targets):
-        sec.notes.append("No validation loss is reached at every batch size.")
+        sec.notes.append("No validation loss is reached within the evaluated curves of 3 or more batch sizes.")
         return
+    left_out = sorted(set(runs["B_tokens"]) - set(batches))
+    if left_out:
+        sec.notes.append(f"Left out: batch size{'s' if len(left_out) > 1 else ''} of "
+                         f"{', '.join(f'{x:,.0f}' for x in left_out)} tokens, whose validation curves share no "
+                         f"range of losses with the others' evaluated curves.")
     b = np.asarray(batches, float)
     try:
         fit = laws.fit_critical_batch(*crossings([[curves[r][:2] for r in g] for g in groups], b, targets),
