@@ -92,3 +92,16 @@ def test_generalisation_verdict_takes_all_three_values(tmp_path, slope, outcome)
                       [(r, s, 0.5 + slope * (l - 2.5) + 2.5 + rng.normal(0, se), se, 1.0) for r, s, l, _ in rows])
     sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
     assert outcomes(sec, "slope near 1") == [outcome], sec.verdicts
+
+
+def test_a_batch_size_whose_curve_shares_no_losses_with_the_others_is_left_out():
+    from jscale.report.critical_batch import overlapping_batches
+
+    steps = np.array([10.0, 20, 40, 80])
+    curves = {"b1": (steps, np.array([3.0, 2.6, 2.3, 2.1])), "b2": (steps, np.array([3.1, 2.7, 2.4, 2.2])),
+              "b3": (steps, np.array([3.2, 2.8, 2.5, 2.3])), "b4": (steps, np.array([5.0, 4.0, 3.6, 3.4]))}
+    batches, groups, targets = overlapping_batches([1, 2, 4, 8], [["b1"], ["b2"], ["b3"], ["b4"]], curves)
+    assert batches == [1, 2, 4] and groups == [["b1"], ["b2"], ["b3"]]
+    assert len(targets) == 3 and targets.min() > 2.3 and targets.max() < 3.0  # within every kept curve's range
+    _, _, none = overlapping_batches([1, 8], [["b1"], ["b4"]], curves)
+    assert len(none) == 0
