@@ -75,7 +75,7 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
 
     timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
     seeds = jnp.arange(members, dtype=jnp.uint32)
-    init = lambda s: train.init_state(model, opt, T, s)
+    init = lambda s: train.init_state(model, opt, T, s, B)  # (a Transformer-XL memory per batch row)
     single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
                    jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)

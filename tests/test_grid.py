@@ -166,3 +166,14 @@ def test_status_shows_a_claimed_group_as_running_before_its_first_evaluation(tmp
     with results.ResultsDB(tmp_path / "s") as db:
         db.release(groups[0].group_id)
     assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"pending"}
+
+
+def test_the_ensemble_measurement_runs_on_a_transformer_xl():
+    """A Transformer-XL's state holds a memory per batch row: the measurement must build it for the batch."""
+    from jscale import config
+
+    cfg = config.from_dict({"model": {"kind": "transformer_xl", "n_layer": 1, "d_model": 16, "n_heads": 2,
+                                      "n_ctx": 16, "mem_len": 16},
+                            "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}).resolve()
+    m = grid.measure_vmap_speedup(cfg, members=2, steps=1)
+    assert m["speedup"] > 0 and m["mode"] in ("vmap", "map")
