@@ -23,7 +23,8 @@ def xla_flops_per_token(cfg_dict: dict) -> float:
     cfg = config.from_dict(cfg_dict).resolve()
     model, opt = build(cfg.model), train.make_optimizer(cfg.train)
     step = jax.jit(train.make_train_step(model))
-    state = jax.eval_shape(lambda: train.init_state(model, opt, cfg.model.n_ctx, jnp.uint32(0)))
+    state = jax.eval_shape(lambda: train.init_state(model, opt, cfg.model.n_ctx, jnp.uint32(0),
+                                                    cfg.train.batch_size))  # (a Transformer-XL's memory per row)
     hp = {k: jnp.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.model.n_ctx + 1), jnp.int32)
     lowered = step.lower(state, batch, hp)
