@@ -38,8 +38,12 @@ MEASURED = {"date": "2026-11-28", "probes": [
 
 
 def test_the_estimate_follows_the_work(repo):
-    sw = sweep.load(repo / "experiments" / "quickstart.toml")
-    twice = sweep.load(repo / "experiments" / "quickstart.toml", ["train.steps=1000"])
+    spec = {"name": "s", "base": {"model": {"n_ctx": 64}, "data": {"eval_windows": 64, "curve_eval_windows": 0},
+                                  "train": {"batch_size": 32, "steps": 500, "warmup_steps": 30, "eval_every": 100,
+                                            "checkpoint_every": 100}},
+            "axis": [{"generator": "sizes", "N_min": 5e3, "N_max": 2e5, "count": 4, "aspect_ratio": 16, "d_head": 16}]}
+    sw = sweep.expand(spec)
+    twice = sweep.expand(spec, overrides=["train.steps=1000"])
     a = throughput.estimate(sw.groups(1), MEASURED)
     b = throughput.estimate(twice.groups(1), MEASURED)
     assert b["train"] == pytest.approx(2 * a["train"]) and b["eval"] == pytest.approx(2 * a["eval"])
