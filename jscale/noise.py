@@ -53,24 +53,36 @@ def hierarchical_bootstrap(losses: list[np.ndarray], statistic: Callable[[np.nda
     value = float(statistic(point_losses(losses)))
     if len(losses) < min_points or n_resamples == 0:
         return Estimate(value, None, 0, 0, len(losses))
+
+    def draw(rng: np.random.Generator) -> float:
+        windows = rng.integers(0, W, W)
+        return statistic(np.array([x[rng.integers(0, len(x), len(x))][:, windows].mean() for x in losses]))
+
+    return percentile_estimate(value, draw, n_resamples, len(losses), seed, level)
+
+
+def percentile_estimate(value: float, draw: Callable[[np.random.Generator], float], n_resamples: int,
+                        n_points: int, seed: int = 0, level: float = 0.95, min_share: float = 0.5,
+                        errors: tuple[type[BaseException], ...] = ()) -> Estimate:
+    """value with a percentile interval over n_resamples calls of draw(rng). A draw that raises (a statistic that
+    cannot be computed on that resample: ValueError, ArithmeticError, LinAlgError or one of `errors`) or is not
+    finite is counted as failed; fewer than min_share of the resamples succeeding gives no interval."""
     rng = np.random.default_rng(seed)
     draws, failed = [], 0
     for _ in range(n_resamples):
-        windows = rng.integers(0, W, W)
-        resampled = np.array([x[rng.integers(0, len(x), len(x))][:, windows].mean() for x in losses])
         try:
-            v = float(statistic(resampled))
-        except (ValueError, FloatingPointError, ArithmeticError, np.linalg.LinAlgError):
+            v = float(draw(rng))
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, *errors):
             v = float("nan")
         if np.isfinite(v):
             draws.append(v)
         else:
             failed += 1
-    if len(draws) < 0.5 * n_resamples:
-        return Estimate(value, None, n_resamples, failed, len(losses))
+    if not draws or len(draws) < min_share * n_resamples:
+        return Estimate(value, None, n_resamples, failed, n_points)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(draws, [alpha, 1 - alpha])
-    return Estimate(value, (float(lo), float(hi)), n_resamples, failed, len(losses))
+    return Estimate(value, (float(lo), float(hi)), n_resamples, failed, n_points)
 
 
 def paired_difference(a_SxW: np.ndarray, b_SxW: np.ndarray, n_resamples: int = 1000, seed: int = 0,

@@ -293,26 +293,17 @@ def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resample
     value = float(statistic([[curves[r][:2] for r in g] for g in groups]))
     if not n_resamples or len(groups) < 2:
         return noise.Estimate(value, None, 0, 0, len(groups))
-    rng = np.random.default_rng(seed)
-    draws, failed = [], 0
-    for _ in range(n_resamples):
+
+    def draw(rng: np.random.Generator) -> float:
         picked = []
         for g in groups:
             runs = [g[i] for i in rng.integers(0, len(g), len(g))]
             picked.append([(curves[r][0], np.maximum(curves[r][1] + rng.normal(0, 1, len(curves[r][1])) * curves[r][2],
                                                      1e-6)) for r in runs])
-        try:
-            v = float(statistic(picked))
-        except (laws.LawFitError, ValueError, FloatingPointError):
-            v = float("nan")
-        if np.isfinite(v):
-            draws.append(v)
-        else:
-            failed += 1
-    if len(draws) < 0.9 * n_resamples:
-        return noise.Estimate(value, None, n_resamples, failed, len(groups))
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return noise.Estimate(value, (float(lo), float(hi)), n_resamples, failed, len(groups))
+        return statistic(picked)
+
+    return noise.percentile_estimate(value, draw, n_resamples, len(groups), seed, min_share=0.9,
+                                     errors=(laws.LawFitError,))
 
 
 def overfitting_problem(runs) -> str | None:
@@ -339,3 +330,15 @@ def stopping_step(steps: np.ndarray, val: np.ndarray, patience: int = PATIENCE) 
             if since >= patience:
                 return float(steps[best])
     return float("nan")
+
+
+def plot_curves(ax, groups: list[list[str]], curves: dict, tokens_per_step: list[float], labels: list[str]) -> None:
+    """Each group's validation curves (seed replicas alike) against tokens seen, log-log, one label per group."""
+    for i, (g, tokens, label) in enumerate(zip(groups, tokens_per_step, labels)):
+        st = series_style(i)
+        for j, r in enumerate(g):
+            steps, val = curves[r][:2]
+            ax.plot(steps * tokens, val, color=st["color"], linestyle=st["linestyle"], lw=1,
+                    label=label if j == 0 else None)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("tokens seen"), ax.set_ylabel("validation loss (nats/token)")

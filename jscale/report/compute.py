@@ -64,20 +64,13 @@ def drift_estimate(run: np.ndarray, C: np.ndarray, L: np.ndarray, n_bootstrap: i
     runs = np.unique(run)
     if not n_bootstrap:
         return noise.Estimate(value, None, 0, 0, len(runs))
-    rng = np.random.default_rng(seed)
     by_run = [np.flatnonzero(run == r) for r in runs]
-    draws, failed = [], 0
-    for _ in range(n_bootstrap):
+
+    def draw(rng: np.random.Generator) -> float:
         idx = np.concatenate([by_run[i] for i in rng.integers(0, len(runs), len(runs))])
-        v = exponent_drift(C[idx], L[idx])
-        if np.isfinite(v):
-            draws.append(v)
-        else:
-            failed += 1
-    if not draws:
-        return noise.Estimate(value, None, n_bootstrap, failed, len(runs))
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return noise.Estimate(value, (float(lo), float(hi)), n_bootstrap, failed, len(runs))
+        return exponent_drift(C[idx], L[idx])
+
+    return noise.percentile_estimate(value, draw, n_bootstrap, len(runs), seed, min_share=0.0)
 
 
 def tokens_per_param_at(C: float, n_opt: float, runs) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots
-from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, overfitting_problem,
+from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, overfitting_problem, plot_curves,
                                   reachable_targets, series_style, validation_curves, verdict)
 from jscale.verdicts import Region
 
@@ -89,14 +89,7 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
                         slope.text(".2f").split("(", 1)[1].rstrip(")"), f"-1/alpha_B = {-1 / KAPLAN_B['alpha_B']:.1f}"))
 
     fig, (ax_c, ax_se) = plots.figure(2)
-    for i, (bt, g) in enumerate(zip(batches, groups)):
-        st = series_style(i)
-        for j, r in enumerate(g):
-            steps, val = curves[r][:2]
-            ax_c.plot(steps * bt, val, color=st["color"], linestyle=st["linestyle"], lw=1,
-                      label=f"B = {bt:,.0f} tokens" if j == 0 else None)
-    ax_c.set_xscale("log"), ax_c.set_yscale("log")
-    ax_c.set_xlabel("tokens seen"), ax_c.set_ylabel("validation loss (nats/token)")
+    plot_curves(ax_c, groups, curves, list(batches), [f"B = {bt:,.0f} tokens" for bt in batches])
     ax_c.legend(frameon=False, fontsize=7)
     for k, t in enumerate(targets):
         st = series_style(k)

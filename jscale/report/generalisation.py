@@ -47,19 +47,17 @@ def slope_estimate(p: dict[str, np.ndarray], n_resamples: int, seed: int = 0) ->
     n_runs = int(p["run"].max()) + 1
     if not n_resamples:
         return noise.Estimate(value, None, 0, 0, n_runs)
-    rng = np.random.default_rng(seed)
     by_run = [np.flatnonzero(p["run"] == i) for i in range(n_runs)]
-    draws, failed = [], 0
-    for _ in range(n_resamples):
+
+    def draw(rng: np.random.Generator) -> float:
         idx = np.concatenate([by_run[i] for i in rng.integers(0, n_runs, n_runs)])
         x = p["test"][idx] + rng.normal(0, 1, len(idx)) * p["test_se"][idx]
         y = p["other"][idx] + rng.normal(0, 1, len(idx)) * p["other_se"][idx]
         if np.ptp(x) <= 0:
-            failed += 1
-            continue
-        draws.append(np.polyfit(x, y, 1)[0])
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return noise.Estimate(value, (float(lo), float(hi)), n_resamples, failed, n_runs)
+            raise ValueError("one test loss in the resample: no slope")
+        return np.polyfit(x, y, 1)[0]
+
+    return noise.percentile_estimate(value, draw, n_resamples, n_runs, seed, min_share=0.0)
 
 
 def generalisation_section(exps: list[Experiment], sec: Section, out, latency: bool, n_bootstrap: int = 1000,

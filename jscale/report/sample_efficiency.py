@@ -8,7 +8,7 @@ import numpy as np
 
 from jscale import laws, plots
 from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, interval_text,
-                                  overfitting_problem, reachable_targets, series_style, units_note,
+                                  overfitting_problem, plot_curves, reachable_targets, series_style, units_note,
                                   validation_curves, verdict)
 from jscale.verdicts import Region
 
@@ -69,16 +69,9 @@ def sample_efficiency_section(exp: Experiment, sec: Section, n_bootstrap: int) -
         sec.notes.append(f"Eq. 1.6 not fitted: {e}")
 
     fig, (ax_c, ax_s) = plots.figure(2)
-    for i, (n, g) in enumerate(zip(sizes, groups)):
-        st = series_style(i)
-        for j, r in enumerate(g):
-            steps, val = curves[r][:2]
-            ax_c.plot(steps * B_tokens, val, color=st["color"], linestyle=st["linestyle"], lw=1,
-                      label=f"N = {n:,}" if j == 0 else None)
+    plot_curves(ax_c, groups, curves, [B_tokens] * len(groups), [f"N = {n:,}" for n in sizes])
     for t in targets:
         ax_c.axhline(t, color="0.8", lw=0.6)
-    ax_c.set_xscale("log"), ax_c.set_yscale("log")
-    ax_c.set_xlabel("tokens seen"), ax_c.set_ylabel("validation loss (nats/token)")
     ax_c.legend(frameon=False, fontsize=7)
     for k, t in enumerate(targets):
         st = series_style(k)
