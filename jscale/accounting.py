@@ -160,7 +160,7 @@ def eval_cost(cfg) -> dict[str, float]:
 
     m, t = cfg.model, cfg.train
     final, curve = eval_window_counts(cfg.data, m.n_ctx)
-    evals = -(-t.steps // t.eval_every)
+    evals = len(t.eval_steps())
     windows = eval_sets(cfg) * (final + curve * max(evals - 1, 0))
     tokens = windows * m.n_ctx
     flops = tokens * account(m).train_flops_exact / 3  # a forward pass is a third of a training step's FLOPs

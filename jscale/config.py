@@ -163,8 +163,30 @@ class TrainConfig:
     seed: int = 0  # parameter initialisation and dropout
     data_seed: int | None = None  # batch sampling; None = seed
     eval_every: int = 100  # steps between evaluations (and the last step)
+    eval_log_points: int = 0  # > 0: also evaluate at this many log-spaced steps from step 1 (early curve points)
     checkpoint_every: int = 500  # steps between checkpoints (a multiple of eval_every)
     keep_checkpoints: int = 3  # newest checkpoints kept
+
+    def is_eval_step(self, done: int) -> bool:
+        """Whether the run evaluates after `done` steps: every eval_every steps, at the last step, and at the
+        log-spaced steps."""
+        return done % self.eval_every == 0 or done == self.steps or done in log_spaced_steps(self.steps,
+                                                                                             self.eval_log_points)
+
+    def eval_steps(self) -> list[int]:
+        """Every step the run evaluates after, in order."""
+        return sorted(set(range(self.eval_every, self.steps + 1, self.eval_every)) | {self.steps}
+                      | log_spaced_steps(self.steps, self.eval_log_points))
+
+
+@functools.lru_cache(maxsize=64)
+def log_spaced_steps(steps: int, points: int) -> frozenset[int]:
+    """points steps spaced evenly in log(step) from 1 to steps (fewer where small steps coincide)."""
+    if points <= 0:
+        return frozenset()
+    if points == 1:
+        return frozenset({steps})
+    return frozenset(round(steps ** (i / (points - 1))) for i in range(points))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +212,8 @@ class LoggingConfig:
 
 # Keys added after results were first recorded, with the value that reproduces the behaviour from before: a run
 # that leaves them at it keeps the identity (run id, run directory) it had before they existed.
-NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": ""}
+NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": "",
+                      "train.eval_log_points": 0}
 IDENTITY_SECTIONS = ("model", "data", "train", "parallel")  # what a run computes (logging is not)
 
 
@@ -458,6 +481,8 @@ def validate(cfg: Config) -> None:
                     "model.n_ctx", "model.vocab_size", "data.eval_tokens", "train.batch_size", "train.steps",
                     "train.lr", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"])
     _positive(cfg, ["model.n_kv_heads"])
+    if t.eval_log_points < 0:
+        raise ConfigError(f"train.eval_log_points: must be >= 0, got {t.eval_log_points}")
     if m.reuse < 1:
         raise ConfigError(f"model.reuse: must be >= 1, got {m.reuse}")
     for key in ("mem_len", "eval_mem_len"):

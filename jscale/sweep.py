@@ -141,7 +141,7 @@ SHORT = {"model.n_layer": "L", "model.d_model": "D", "model.n_heads": "H", "mode
          "isoflop.budget": "C", "shape.N": "N*", "model.kind": "", "model.n_kv_heads": "KV", "model.reuse": "reuse",
          "model.mem_len": "mem"}
 HIDDEN_TAGS = {"shape.vary", "tune.of", "tune.point", "tune.chosen", "train.checkpoint_every", "train.eval_every",
-               "train.warmup_steps", "model.d_attn", "model.d_ff"}
+               "train.eval_log_points", "train.warmup_steps", "model.d_attn", "model.d_ff"}
 
 
 def _tag_text(key: str, value: Any) -> str:

@@ -164,19 +164,21 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
     return eval_step
 
 
-def evaluate(steps: "GroupSteps", params, windows_WxS: np.ndarray, members: int) -> np.ndarray:
-    """The loss at every position of every window for each member, (M, W, T): the windows in chunks of the
-    compiled size, the last one padded (and its padding dropped)."""
-    C, W = steps.eval_chunk, len(windows_WxS)
-    out = []
-    for i in range(0, W, C):
+def padded_chunks(windows_WxS: np.ndarray, C: int):
+    """The windows in chunks of C rows (a compiled size), the last chunk padded with copies of its first window:
+    yields (chunk, how many of its rows are real)."""
+    for i in range(0, len(windows_WxS), C):
         chunk = windows_WxS[i:i + C]
         n = len(chunk)
-        if n < C:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], C - n, axis=0)])
-        losses = _fetch(steps.eval_step(params, sharding.put(chunk, steps.replicated)))
-        out.append(losses.reshape(members, C, -1)[:, :n])
-    return np.concatenate(out, axis=1)
+        yield (np.concatenate([chunk, np.repeat(chunk[:1], C - n, axis=0)]) if n < C else chunk), n
+
+
+def evaluate(steps: "GroupSteps", params, windows_WxS: np.ndarray, members: int) -> np.ndarray:
+    """The loss at every position of every window for each member, (M, W, T): the windows in chunks of the
+    compiled size (padding dropped)."""
+    C = steps.eval_chunk
+    return np.concatenate([_fetch(steps.eval_step(params, sharding.put(chunk, steps.replicated)))
+                           .reshape(members, C, -1)[:, :n] for chunk, n in padded_chunks(windows_WxS, C)], axis=1)
 
 
 def summarize_eval(losses_MxWxT: np.ndarray) -> dict[str, np.ndarray]:
@@ -582,7 +584,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     times = {} if timings is None else timings
     for key, value in steps.seconds.items():
         times[key] = times.get(key, 0.0) + value
-    mesh, state_sh, batch_sh, replicated = steps.mesh, steps.state_sh, steps.batch_sh, steps.replicated
+    mesh, state_sh, batch_sh = steps.mesh, steps.state_sh, steps.batch_sh
     host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
     host_hp = _stack(host_hp) if stacked else host_hp[0]
     hparams = {k: sharding.put(v, steps.hp_sharding) for k, v in host_hp.items()}
@@ -642,7 +644,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
             losses.append(metrics["loss"])
             grad_norms.append(metrics["grad_norm"])
             done = step + 1
-            if done % t.eval_every == 0 or done == t.steps:
+            if t.is_eval_step(done):
                 interrupts.point("eval")
                 jax.block_until_ready(state)  # the steps dispatched so far count as training, not evaluation
                 eval_start = time.perf_counter()

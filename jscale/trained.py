@@ -157,7 +157,7 @@ def evaluate(model: TrainedModel, corpus: str | None = None, split: str = "test"
     """Loss (nats per token) with its standard error over windows, bits per byte and per-position loss of the
     model on `split` of `corpus` (default: the run's own corpus). windows: how many (0 = as the run's final
     evaluation: data.eval_windows, or data.eval_tokens' worth capped by what the split holds)."""
-    from jscale.train import eval_context, make_eval_step, summarize_eval
+    from jscale.train import eval_context, make_eval_step, padded_chunks, summarize_eval
 
     cfg = model.cfg
     d = eval_data_config(cfg, corpus)
@@ -172,12 +172,8 @@ def evaluate(model: TrainedModel, corpus: str | None = None, split: str = "test"
     if len(windows_WxS) == 0:
         raise ConfigError(f"--split: the {split} split of {d.corpus} is too short for one window of {n_ctx + 1}")
     eval_step = jax.jit(make_eval_step(build(cfg.model)))
-    chunk = 16
-    losses = []
-    for i in range(0, len(windows_WxS), chunk):  # a fixed chunk size: one compile
-        part = windows_WxS[i:i + chunk]
-        padded = np.concatenate([part, np.repeat(part[:1], chunk - len(part), axis=0)]) if len(part) < chunk else part
-        losses.append(np.asarray(eval_step(model.params, jnp.asarray(padded, jnp.int32)))[:len(part)])
+    losses = [np.asarray(eval_step(model.params, jnp.asarray(chunk, jnp.int32)))[:n]
+              for chunk, n in padded_chunks(windows_WxS, 16)]  # a fixed chunk size: one compile
     summary = summarize_eval(np.concatenate(losses)[None])
     loss, se = float(summary["loss"][0]), float(summary["se"][0])
     return {"run": model.source, "step": model.step, "corpus": d.corpus, "split": split, "windows": len(windows_WxS),

@@ -102,7 +102,7 @@ def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
     end; warmup kept, at most half the pilot)."""
     t = apply(cfg, values).train
     steps = max(2, round(tune.fraction * t.steps))
-    train = dataclasses.replace(t, steps=steps, eval_every=steps, checkpoint_every=steps,
+    train = dataclasses.replace(t, steps=steps, eval_every=steps, eval_log_points=0, checkpoint_every=steps,
                                 warmup_steps=min(t.warmup_steps, steps // 2))
     # A pilot's one evaluation is a quarter of the final runs' size: the pilots of a point are scored on the same
     # windows, so their differences (what the choice reads) are far less noisy than each loss's standard error.

@@ -103,10 +103,11 @@ def _losses(run_dir):
 
 
 def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd):
-    cfg = tiny(tmp_path)
+    cfg = tiny(tmp_path, eval_log_points=5)  # and evaluations at 5 log-spaced steps: 40^(i/4) = 1, 3, 6, 16, 40
+    assert cfg.train.eval_steps() == [1, 3, 6, 10, 16, 20, 30, 40]
     train.train(cfg, tmp_path / "straight", progress=False)
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)  # checkpoint at 20, logged 30
-    assert [r[0] for r in _losses(tmp_path / "resumed")] == [10, 20, 30]
+    assert [r[0] for r in _losses(tmp_path / "resumed")] == [1, 3, 6, 10, 16, 20, 30]
     capfd.readouterr()
     train.train(cfg, tmp_path / "resumed", progress=True)
     bar = capfd.readouterr().err
