@@ -93,16 +93,31 @@ def paired_difference(a_SxW: np.ndarray, b_SxW: np.ndarray, n_resamples: int = 1
     stat = (lambda la, lb: 100 * (la / lb - 1)) if relative else (lambda la, lb: la - lb)
     value = float(stat(a.mean(), b.mean()))
     W = a.shape[1]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_resamples):
+    if not n_resamples:
+        return Estimate(value, None, 0, 0, W)
+
+    def draw(rng: np.random.Generator) -> float:
         w = rng.integers(0, W, W)
         la = a[rng.integers(0, len(a), len(a))][:, w].mean()
         lb = b[rng.integers(0, len(b), len(b))][:, w].mean()
-        draws.append(stat(la, lb))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha]) if n_resamples else (np.nan, np.nan)
-    return Estimate(value, None if not n_resamples else (float(lo), float(hi)), n_resamples, 0, W)
+        return stat(la, lb)
+
+    return percentile_estimate(value, draw, n_resamples, W, seed, level)
+
+
+def paired_windows(a_WxT: np.ndarray, b_WxT: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
+                   n_resamples: int, seed: int = 0, level: float = 0.95) -> Estimate:
+    """statistic(a, b) of two runs scored on the same windows (rows), windows resampled jointly (paired)."""
+    value = float(statistic(a_WxT, b_WxT))
+    W = len(a_WxT)
+    if not n_resamples:
+        return Estimate(value, None, 0, 0, 2)
+
+    def draw(rng: np.random.Generator) -> float:
+        w = rng.integers(0, W, W)
+        return statistic(a_WxT[w], b_WxT[w])
+
+    return percentile_estimate(value, draw, n_resamples, W, seed, level)
 
 
 def log_slope(x: np.ndarray) -> Callable[[np.ndarray], float]:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from jscale import noise, verdicts
+from jscale import noise
 from jscale.verdicts import Region, decide
 
 

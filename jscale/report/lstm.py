@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import noise, plots, regime
-from jscale.report.common import (Experiment, Section, fit_power, log_binned, loglines, paired_windows, points_of,
+from jscale.report.common import (Experiment, Section, fit_power, log_binned, loglines, points_of,
                                   rel_percent, series_style, verdict)
 from jscale.verdicts import Region
 
@@ -35,15 +35,11 @@ def binned_paired_difference(tf_WxT: np.ndarray, other_WxT: np.ndarray, n_resamp
     bins = position_bins(tf_WxT.shape[1])
     a_WxK = np.stack([tf_WxT[:, lo - 1:hi].mean(axis=1) for lo, hi in bins], axis=1).astype(float)
     b_WxK = np.stack([other_WxT[:, lo - 1:hi].mean(axis=1) for lo, hi in bins], axis=1).astype(float)
-    value_K = 100 * (b_WxK.mean(0) / a_WxK.mean(0) - 1)
-    intervals: list = [None] * len(bins)
-    if n_resamples:
-        rng = np.random.default_rng(seed)
-        W = len(a_WxK)
-        draws_RxK = np.stack([100 * (b_WxK[w].mean(0) / a_WxK[w].mean(0) - 1)
-                              for w in (rng.integers(0, W, W) for _ in range(n_resamples))])
-        lo_K, hi_K = np.quantile(draws_RxK, [0.025, 0.975], axis=0)
-        intervals = list(zip(lo_K.tolist(), hi_K.tolist()))
+    above = lambda a_W, b_W: 100 * (b_W.mean() / a_W.mean() - 1)
+    # Every bin resamples the same windows (one seed): the bins' intervals are one paired bootstrap.
+    estimates = [noise.paired_windows(a_WxK[:, k], b_WxK[:, k], above, n_resamples, seed) for k in range(len(bins))]
+    value_K = [e.value for e in estimates]
+    intervals = [e.interval for e in estimates]
     return [(lo, hi, float(v), ci) for (lo, hi), v, ci in zip(bins, value_K, intervals)]
 
 
@@ -137,7 +133,7 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         sec.tables.append(([f"position (largest models, N {tf_run.N:.2g} and {r.N:.2g})",
                             f"{fam} above the Transformer, same windows (seeds averaged)", "95% interval (windows)"],
                            rows))
-        gain = paired_windows(a, b, lambda x, y: _late_gain(x) - _late_gain(y), n_bootstrap)
+        gain = noise.paired_windows(a, b, lambda x, y: _late_gain(x) - _late_gain(y), n_bootstrap)
         sec.numbers.append((f"late-context gain (positions {T // 8}-{T // 4} to the last quarter), Transformer "
                             f"minus {fam}, largest models", f"{gain.value:+.2f} points",
                             "-" if gain.interval is None else f"{gain.interval[0]:+.2f} to {gain.interval[1]:+.2f}",
@@ -145,8 +141,9 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         verdict(sec, f"Transformers keep improving later in the context than the {fam} (late-context gain, "
                      f"Transformer minus LSTM, percent points, windows paired; Kaplan Fig. 7)", gain,
                 Region.above(0.0), problem)
-        early = paired_windows(b, a, lambda x, y: 100 * (x[:, :max(1, T // 16)].mean() / y[:, :max(1, T // 16)].mean()
-                                                         - 1), n_bootstrap)
+        first = max(1, T // 16)
+        early = noise.paired_windows(b, a, lambda x, y: 100 * (x[:, :first].mean() / y[:, :first].mean() - 1),
+                                     n_bootstrap)
         verdict(sec, f"On the first {max(1, T // 16)} positions the {fam} matches the Transformer (loss difference "
                      f"within 5%, windows paired)", early, Region.near(0.0, 5.0, "within ±5%"), problem)
 
