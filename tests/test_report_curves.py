@@ -100,8 +100,51 @@ def test_a_batch_size_whose_curve_shares_no_losses_with_the_others_is_left_out()
     steps = np.array([10.0, 20, 40, 80])
     curves = {"b1": (steps, np.array([3.0, 2.6, 2.3, 2.1])), "b2": (steps, np.array([3.1, 2.7, 2.4, 2.2])),
               "b3": (steps, np.array([3.2, 2.8, 2.5, 2.3])), "b4": (steps, np.array([5.0, 4.0, 3.6, 3.4]))}
-    batches, groups, targets = overlapping_batches([1, 2, 4, 8], [["b1"], ["b2"], ["b3"], ["b4"]], curves)
+    batches, groups, targets = overlapping_batches([1, 2, 4, 8], [["b1"], ["b2"], ["b3"], ["b4"]], curves, {})
     assert batches == [1, 2, 4] and groups == [["b1"], ["b2"], ["b3"]]
-    assert len(targets) == 3 and targets.min() > 2.3 and targets.max() < 3.0  # within every kept curve's range
-    _, _, none = overlapping_batches([1, 8], [["b1"], ["b4"]], curves)
+    assert len(targets) == 5 and targets.min() > 2.3 and targets.max() < 3.0  # within every kept curve's range
+    _, _, none = overlapping_batches([1, 8], [["b1"], ["b4"]], curves, {})
     assert len(none) == 0
+    # Targets start after warmup: b1 warms up for 15 steps, so its curve counts from step 20 (loss 2.6).
+    _, _, after = overlapping_batches([1, 2, 4], [["b1"], ["b2"], ["b3"]], curves, {"b1": 15})
+    assert after.max() < 2.6 and after.min() > 2.3
+
+
+DATA_CURVES = {"name": "data", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
+               "axis": [{"zip": {"model.d_model": [16, 32, 64], "model.n_heads": [2, 2, 4]}},
+                        {"generator": "data_sizes", "values": [3000, 10000, 30000, 100000]}]}
+DATA_EVALS = [6, 10, 16, 24, 32, 48, 64, 80, 96, 128, 160, 200, 240, 280, 320, 360]
+
+
+def stopping_curves(mode):
+    """Validation curves on L(N, S) = (1e9/N)^0.08 + (50/S)^0.5 (Eq. 1.6) until a run has seen its D tokens once;
+    at the next evaluation a run that stops ('slow': barely below the evaluation before, so it stops later than
+    Eq. 5.7's bound; 'dip': half-way down to L(N, inf), so it stops sooner than the bound), then validation rises
+    at every later evaluation. 'few': only the smallest D stops (slow); the rest follow the law."""
+    law = lambda r, s: (1e9 / r["N"]) ** 0.08 + (50 / s) ** 0.5
+
+    def losses(r):
+        s_D = r["D"] / (r["batch_size"] * r["n_ctx"])  # the step at which the data starts to repeat
+        steps = DATA_EVALS + [r["steps"]]
+        stop = next((i for i, s in enumerate(steps[:-4]) if s > s_D), None)
+        if stop is None or (mode == "few" and r["D"] > 3000):
+            return [(s, law(r, s)) for s in steps]
+        at_stop = (law(r, steps[stop - 1]) * 0.999 if mode in ("slow", "few")
+                   else (1e9 / r["N"]) ** 0.08 + 0.5 * (50 / steps[stop]) ** 0.5)
+        return ([(s, law(r, s)) for s in steps[:stop]] + [(steps[stop], at_stop)]
+                + [(s, at_stop * (1 + 0.01 * j)) for j, s in enumerate(steps[stop + 1:], 1)])
+
+    return (lambda r: losses(r)[-1][1]), (lambda r: [(s, v / losses(r)[-1][1]) for s, v in losses(r)[:-1]])
+
+
+@pytest.mark.parametrize("mode, outcome", [("slow", "supports"), ("dip", "contradicts"), ("few", "inconclusive")])
+def test_stopping_step_against_eq_5_7_takes_all_three_values(tmp_path, mode, outcome):
+    final, curve_of = stopping_curves(mode)
+    synthetic_sweep(tmp_path / "data", DATA_CURVES, final, curve_of=curve_of)
+    sec = verdicts(tmp_path / "data", tmp_path)["data"]
+    assert outcomes(sec, "Eq. 5.7") == [outcome], sec.verdicts
+    ratio = next(n for n in sec.numbers if n[0].startswith("Eq. 5.7"))
+    if mode == "dip":  # the bound is S_c / (gap / 2)^(1 / 0.5) = 4 x the stopping step
+        assert float(ratio[1]) == pytest.approx(0.25, rel=0.1)
+    if mode == "slow":  # stopped one evaluation after the law's point: 24/16, 80/64, 240/200
+        assert float(ratio[1]) == pytest.approx((1.5 * 1.25 * 1.2) ** (1 / 3), rel=0.1)

@@ -234,19 +234,6 @@ def log_binned(t, loss, n_bins: int = 12):
             means.append(loss[m].mean())
     return np.array(centers), np.array(means)
 
-def paired_windows(a_WxT: np.ndarray, b_WxT: np.ndarray, statistic, n_resamples: int, seed: int = 0
-                   ) -> noise.Estimate:
-    """statistic(a, b) of two runs scored on the same windows, windows resampled jointly (paired)."""
-    value = float(statistic(a_WxT, b_WxT))
-    if not n_resamples:
-        return noise.Estimate(value, None, 0, 0, 2)
-    rng = np.random.default_rng(seed)
-    W = len(a_WxT)
-    draws = [statistic(a_WxT[w], b_WxT[w]) for w in (rng.integers(0, W, W) for _ in range(n_resamples))]
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return noise.Estimate(value, (float(lo), float(hi)), n_resamples, 0, W)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Learning curves: when a run first reaches a loss, with the curve's own evaluation noise.
 
@@ -265,11 +252,16 @@ def crossing_step(steps: np.ndarray, losses: np.ndarray, target: float) -> float
 
 
 def reachable_targets(curves_by_run: dict[str, tuple[np.ndarray, np.ndarray]], count: int = 4,
-                      margin: float = 0.01) -> np.ndarray:
-    """count loss levels, log-spaced, that every run's validation curve crosses after its first evaluation: from
-    just above the worst final loss up to just below the best first-evaluation loss."""
+                      margin: float = 0.01, after: dict[str, float] | None = None) -> np.ndarray:
+    """count loss levels, log-spaced, that every run's validation curve crosses after its first evaluation (or its
+    first evaluation at or after step after[run], e.g. its warmup's end): from just above the worst final loss up
+    to just below the best such starting loss."""
+    def start(run: str, steps: np.ndarray, val: np.ndarray) -> float:
+        i = 0 if after is None else min(int(np.searchsorted(steps, after.get(run, 0))), len(val) - 1)
+        return float(val[i])
+
     highest_final = max(v[-1] for _, v in curves_by_run.values())
-    lowest_first = min(v[0] for _, v in curves_by_run.values())
+    lowest_first = min(start(r, s, v) for r, (s, v) in curves_by_run.items())
     hi, lo = lowest_first * (1 - margin), highest_final * (1 + margin)
     if hi <= lo:
         return np.array([])
@@ -285,21 +277,40 @@ def validation_curves(exp: Experiment, run_ids) -> dict[str, tuple[np.ndarray, n
             for r, g in c.groupby("run_id")}
 
 
-def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0
-                    ) -> noise.Estimate:
+def window_correlation(exp: Experiment, run_ids) -> float:
+    """The mean correlation between runs' per-window test losses at their final evaluations (every run is scored
+    on the same windows): how much of a loss's window noise is the windows themselves, shared by every run and
+    evaluation. 0 when fewer than two runs stored their windows."""
+    ids = [r for r in run_ids if r in exp.windows]
+    if len(ids) < 2 or len({len(exp.windows[r]) for r in ids}) > 1:
+        return 0.0
+    C = np.corrcoef(np.stack([exp.windows[r] for r in ids]).astype(float))
+    return float(np.clip(np.nanmean(C[np.triu_indices(len(ids), 1)]), 0.0, 1.0))
+
+
+def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0,
+                    rho: float = 0.0) -> noise.Estimate:
     """statistic(curves picked per group) -> float, with an interval from resampling each group's seed replicas
     and drawing every evaluation again from its standard error over windows (the two noises of a curve).
-    groups: per point (a size, a batch size), the run ids of its seed replicas."""
+    groups: per point (a size, a batch size), the run ids of its seed replicas.
+
+    rho: the correlation of evaluation errors. Every evaluation of every run scores the same windows, so most of
+    an evaluation's error (which windows were drawn) is shared: each resample draws one error common to all
+    evaluations (weight sqrt(rho)) and one of each evaluation's own (weight sqrt(1 - rho)). window_correlation
+    measures rho between different runs, a lower bound for evaluations of one run; rho = 0 treats every
+    evaluation's error as independent (wider intervals)."""
     value = float(statistic([[curves[r][:2] for r in g] for g in groups]))
     if not n_resamples or len(groups) < 2:
         return noise.Estimate(value, None, 0, 0, len(groups))
+    shared, own = np.sqrt(rho), np.sqrt(1.0 - rho)
 
     def draw(rng: np.random.Generator) -> float:
+        common = rng.normal()
         picked = []
         for g in groups:
             runs = [g[i] for i in rng.integers(0, len(g), len(g))]
-            picked.append([(curves[r][0], np.maximum(curves[r][1] + rng.normal(0, 1, len(curves[r][1])) * curves[r][2],
-                                                     1e-6)) for r in runs])
+            picked.append([(curves[r][0], np.maximum(curves[r][1] + (shared * common + own * rng.normal(
+                0, 1, len(curves[r][1]))) * curves[r][2], 1e-6)) for r in runs])
         return statistic(picked)
 
     return noise.percentile_estimate(value, draw, n_resamples, len(groups), seed, min_share=0.9,

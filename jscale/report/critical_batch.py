@@ -9,7 +9,7 @@ import numpy as np
 
 from jscale import laws, plots
 from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, overfitting_problem, plot_curves,
-                                  reachable_targets, series_style, validation_curves, verdict)
+                                  reachable_targets, series_style, validation_curves, verdict, window_correlation)
 from jscale.verdicts import Region
 
 KAPLAN_B = {"B_star": 2e8, "alpha_B": 0.21}  # tokens, WebText2 GPT-2 BPE (Kaplan Eq. 5.3)
@@ -40,14 +40,16 @@ def bcrit_slope(picked, batch_tokens: np.ndarray, targets: np.ndarray) -> float:
     return float(np.polyfit(np.log([r[0] for r in rows]), np.log([r[3] for r in rows]), 1)[0])
 
 
-def overlapping_batches(batches: list, groups: list[list[str]], curves: dict) -> tuple[list, list, np.ndarray]:
-    """The most batch sizes, adjacent in size, whose evaluated validation curves share a range of losses, and 3
-    loss targets in it. (A large batch's few steps may never reach the loss a small batch has passed at its first
-    evaluation; such a batch size is left out, and the section says so.)"""
+def overlapping_batches(batches: list, groups: list[list[str]], curves: dict, warmup: dict[str, float]
+                        ) -> tuple[list, list, np.ndarray]:
+    """The most batch sizes, adjacent in size, whose evaluated validation curves share a range of losses after
+    their warmups, and 5 loss targets in it. (A large batch's few steps may never reach the loss a small batch has
+    passed at its first evaluation after warmup; such a batch size is left out, and the section says so.) Targets
+    lie after warmup because the learning rate is still rising there, and a small batch spends more steps in it."""
     for k in range(len(batches), 2, -1):
         for start in range(len(batches) - k + 1):
             chosen = groups[start:start + k]
-            targets = reachable_targets({r: curves[r][:2] for g in chosen for r in g}, count=3)
+            targets = reachable_targets({r: curves[r][:2] for g in chosen for r in g}, count=5, after=warmup)
             if len(targets):
                 return batches[start:start + k], chosen, targets
     return batches, groups, np.array([])
@@ -62,7 +64,8 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
     if len(batches) < 3 or any(r not in curves for g in groups for r in g):
         sec.notes.append("Needs learning curves at 3 or more batch sizes.")
         return
-    batches, groups, targets = overlapping_batches(batches, groups, curves)
+    warmup = {r: cfg["train"]["warmup_steps"] for r, cfg in zip(runs["run_id"], runs["config_"])}
+    batches, groups, targets = overlapping_batches(batches, groups, curves, warmup)
     if not len(targets):
         sec.notes.append("No validation loss is reached within the evaluated curves of 3 or more batch sizes.")
         return
@@ -70,7 +73,7 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
     if left_out:
         sec.notes.append(f"Left out: batch size{'s' if len(left_out) > 1 else ''} of "
                          f"{', '.join(f'{x:,.0f}' for x in left_out)} tokens, whose validation curves share no "
-                         f"range of losses with the others' evaluated curves.")
+                         f"range of losses after warmup with the others' evaluated curves.")
     b = np.asarray(batches, float)
     try:
         fit = laws.fit_critical_batch(*crossings([[curves[r][:2] for r in g] for g in groups], b, targets),
@@ -78,7 +81,11 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
     except laws.LawFitError as e:
         sec.notes.append(f"B_crit(L) not fitted: {e}")
         fit = None
-    slope = curve_bootstrap(groups, curves, lambda picked: bcrit_slope(picked, b, targets), n_bootstrap)
+    rho = window_correlation(exp, runs["run_id"])
+    sec.notes.append(f"Intervals redraw every evaluation from its standard error over windows with a correlation "
+                     f"of {rho:.2f} between evaluations: the runs' per-window test losses correlate this much (every "
+                     f"evaluation scores the same windows).")
+    slope = curve_bootstrap(groups, curves, lambda picked: bcrit_slope(picked, b, targets), n_bootstrap, rho=rho)
     if fit is not None:
         rows = [[f"{r['loss']:.3f}", f"{r['S_min']:,.0f}", f"{r['E_min']:.3g}", f"{r['B_crit']:,.0f}"]
                 for r in fit.info["per_target"]]

@@ -5,10 +5,72 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots, results
-from jscale.report.common import (PATIENCE, Experiment, Section, interval_text, law_estimate, series_style,
-                                  stopping_step, units_note, validation_curves, verdict)
+from jscale.report.common import (PATIENCE, Experiment, Section, curve_bootstrap, interval_text, law_estimate,
+                                  series_style, stopping_step, units_note, validation_curves, verdict)
 from jscale.verdicts import Region
 
+
+def stopping_bound_ratios(picked, points: list[dict]) -> tuple[np.ndarray, laws.FittedLaw]:
+    """Eq. 5.7: early stopping comes no sooner than S_c / [L(N, D) - L(N, inf)]^(1/alpha_S). L(N, S) (Eq. 1.6) is
+    fitted to every curve's points after warmup and before its data repeats (epochs <= 1: the infinite-data curve);
+    L(N, D) is the validation loss where a run stops, L(N, inf) = (N_c/N)^alpha_N from the same fit. Returns
+    S_stop / bound for every picked curve that stopped (NaN where the loss at the stop is not above L(N, inf)).
+
+    picked: per (N, D) point, its (steps, validation) curves; points: per point, N, D, tokens per step, warmup."""
+    N, S, L = [], [], []
+    for curves, pt in zip(picked, points):
+        for steps, val in curves:
+            m = (steps > pt["warmup"]) & (steps * pt["tokens_per_step"] <= pt["D"])
+            N.extend([pt["N"]] * int(m.sum())), S.extend(steps[m]), L.extend(val[m])
+    fit = laws.fit_kaplan_ns(np.array(N, float), np.array(S, float), np.array(L, float), n_bootstrap=0)
+    p = fit.params
+    ratios = []
+    for curves, pt in zip(picked, points):
+        for steps, val in curves:
+            stop = stopping_step(steps, val)
+            if np.isfinite(stop):
+                gap = val[np.searchsorted(steps, stop)] - (p["N_c"] / pt["N"]) ** p["alpha_N"]
+                ratios.append(stop / (p["S_c"] / gap ** (1 / p["alpha_S"])) if gap > 0 else np.nan)
+    return np.array(ratios), fit
+
+
+def stopping_bound(runs, curves: dict, sec: Section, n_bootstrap: int, problem: str | None) -> None:
+    """Kaplan Eq. 5.7 (Fig. 16): the stopping step against its lower bound, seed replicas resampled (the bound's fit
+    redone on each resample). Each replica's curve carries its own evaluation noise, which decides where it stops;
+    redrawing that noise on top of it would count it twice and stop resampled curves early, so a resample adds only
+    the error every evaluation shares (the same windows: rho = 1), which moves no stopping step."""
+    keys = sorted({(r.N, r.D) for r in runs.itertuples()})
+    groups = [list(runs.loc[(runs["N"] == n) & (runs["D"] == d), "run_id"]) for n, d in keys]
+    points = [{"N": n, "D": d, "tokens_per_step": float(runs.loc[runs["run_id"] == g[0], "batch_size"].iloc[0]
+                                                            * runs.loc[runs["run_id"] == g[0], "n_ctx"].iloc[0]),
+               "warmup": max(c["train"]["warmup_steps"] for c in runs.loc[runs["run_id"].isin(g), "config_"])}
+              for (n, d), g in zip(keys, groups)]
+    claim = "Early stopping comes no sooner than Eq. 5.7's bound (stopping step / bound > 1; Kaplan Eq. 5.7)"
+    try:
+        ratios, fit = stopping_bound_ratios([[curves[r][:2] for r in g] for g in groups], points)
+    except laws.LawFitError as e:
+        sec.notes.append(f"Eq. 5.7 not compared: Eq. 1.6 could not be fitted to the curves before repetition ({e}).")
+        verdict(sec, claim, None, Region.above(1.0), problem or f"Eq. 1.6 could not be fitted ({e})")
+        return
+
+    def geometric_mean(picked) -> float:
+        r = stopping_bound_ratios(picked, points)[0]
+        return float(np.exp(np.mean(np.log(r)))) if len(r) and np.all(r > 0) else float("nan")
+
+    est = curve_bootstrap(groups, curves, geometric_mean, min(n_bootstrap, 200), rho=1.0)
+    p = fit.params
+    sec.numbers.append(("Eq. 5.7: stopping step / S_c [L(N, D) - L(N, inf)]^(-1/alpha_S), geometric mean over the "
+                        f"{len(ratios)} runs that stopped (seed replicas resampled)",
+                        f"{est.value:.2f}", est.text(".2f").split("(", 1)[1].rstrip(")") if est.interval else "-",
+                        ">~ 1 (a lower bound, Fig. 16)"))
+    sec.notes.append(f"Eq. 5.7's constants come from L(N, S) (Eq. 1.6) fitted here to the validation curves after "
+                     f"warmup and before any token repeats: S_c = {p['S_c']:.3g} steps, alpha_S = {p['alpha_S']:.3f}, "
+                     f"N_c = {p['N_c']:.3g}, alpha_N = {p['alpha_N']:.3f}; S counts steps at the fixed batch "
+                     f"(Kaplan's S_min would need B_crit). Stopping step / bound of each run that stopped: "
+                     f"{', '.join(f'{x:.2f}' for x in ratios) or 'none'}.")
+    if len(ratios) < 4 and problem is None:
+        problem = f"{len(ratios)} runs stopped early; Eq. 5.7 needs the data-limited corner"
+    verdict(sec, claim, est, Region.above(1.0), problem)
 
 def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N, D) with early stopping on validation (Kaplan Eq. 1.5) and the overfitting bound."""
@@ -18,7 +80,9 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     curves = validation_curves(exp, runs["run_id"])
     runs["stop_step"] = [stopping_step(*curves[r][:2]) if r in curves else np.nan for r in runs["run_id"]]
     stopped = runs[np.isfinite(runs["stop_step"])]
-    fit_runs = stopped if len(stopped) >= 4 else runs
+    # Eq. 1.5 is fitted to every run at its early-stopping point (its best validation step: the end for a run that
+    # never overfit); the claim is about the data-limited corner, so the verdict needs runs that stopped there.
+    fit_runs = runs
     rows = [[r.name, f"{r.N:,}", f"{r.D:.2g}", f"{r.stop_step:,.0f}" if np.isfinite(r.stop_step) else "did not stop",
              f"{r.stop_step * r.batch_size * r.n_ctx / r.D:.2g}" if np.isfinite(r.stop_step) else "-", f"{r.best:.4f}"]
             for r in runs.sort_values(["N", "D"]).itertuples()]
@@ -40,10 +104,13 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     sec.numbers.append(("tokens that keep overfitting under 2% (Eq. 1.5 fitted here), at the sizes run",
                         ", ".join(f"N = {n:.2g}: D = {d_2pct(n):.2g}" for n in Ns), "-", "-"))
     sec.notes.append(units_note(runs) + " (Kaplan's 5e3 N^0.74 token bound is one of these constants).")
-    problem = None if len(stopped) >= 4 else (f"{len(stopped)} of {len(runs)} runs stopped early (validation "
-                                               f"rising); Eq. 1.5 needs the data-limited corner")
+    n_D = stopped["D"].nunique()
+    problem = None if len(stopped) >= 4 and n_D >= 2 else (
+        f"{len(stopped)} of {len(runs)} runs stopped early (validation rising), at {n_D} dataset size"
+        f"{'' if n_D == 1 else 's'}; Eq. 1.5 needs the data-limited corner (4 runs at 2 or more sizes)")
     verdict(sec, "The data needed to avoid overfitting grows sub-linearly with N (alpha_N / alpha_D < 1; Kaplan "
                  "Eq. 1.5)", est, Region.below(1.0), problem)
+    stopping_bound(runs, curves, sec, n_bootstrap, problem)
     fig1 = plots.loss_nd_curves(fit, fit_runs["N"].to_numpy(), fit_runs["D"].to_numpy(), fit_runs["best"].to_numpy())
     fig1.axes[0].set_xlabel("dataset size D (tokens; random chunks, repeated as needed)")
     fig1.axes[0].set_ylabel("test loss at the best validation step (nats/token)")
