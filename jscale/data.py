@@ -203,9 +203,12 @@ def _file_corpus(files: list[Path], root: Path, label: str, cfg: DataConfig, chu
                       assigned=tuple(sorted(assigned.items())), extra=extra)
 
 
-def stdlib_files() -> tuple[Path, list[Path]]:
+@functools.lru_cache(maxsize=1)
+def stdlib_files() -> tuple[Path, tuple[Path, ...]]:
+    """The built-in corpus's files: the standard library's Python sources (listed once per process: walking the
+    library takes about a second, and every corpus preparation and report asks)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
+    files = tuple(p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
     return root, files
 
 

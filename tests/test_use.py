@@ -30,11 +30,14 @@ def run(tmp_path_factory):
 
 
 def greedy_by_full_forward(model, prompt_ids, n):
-    """Greedy decoding with no cache: the whole sequence through the model at every step."""
-    net, ids = build(model.cfg.model), list(prompt_ids)
+    """Greedy decoding with no cache: the whole sequence through the model at every step (padded to n_ctx at the
+    end, which a causal model cannot see, so one compiled forward pass serves every length)."""
+    net, ids, n_ctx = build(model.cfg.model), list(prompt_ids), model.cfg.model.n_ctx
+    assert len(ids) + n <= n_ctx
+    forward = jax.jit(lambda params, x: net.apply({"params": params}, x))
     for _ in range(n):
-        logits = net.apply({"params": model.params}, jnp.asarray([ids]))
-        ids.append(int(jnp.argmax(logits[0, -1])))
+        logits = forward(model.params, jnp.asarray([ids + [0] * (n_ctx - len(ids))]))
+        ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
     return ids[len(prompt_ids):]
 
 
