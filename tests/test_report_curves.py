@@ -148,3 +148,29 @@ def test_stopping_step_against_eq_5_7_takes_all_three_values(tmp_path, mode, out
         assert float(ratio[1]) == pytest.approx(0.25, rel=0.1)
     if mode == "slow":  # stopped one evaluation after the law's point: 24/16, 80/64, 240/200
         assert float(ratio[1]) == pytest.approx((1.5 * 1.25 * 1.2) ** (1 / 3), rel=0.1)
+
+
+def test_evaluation_error_shared_by_every_evaluation_cancels_between_curves_on_the_same_windows():
+    """curve_bootstrap's rho: with rho = 1 the redrawn error is one shift shared by every evaluation, which moves two
+    identical curves' crossings together (their ratio stays 1); independent errors (rho = 0) do not. And
+    window_correlation is the mean correlation between runs' per-window losses."""
+    from types import SimpleNamespace
+
+    from jscale.report.common import crossing_step, curve_bootstrap, window_correlation
+
+    steps = np.arange(1.0, 201.0)
+    curve = (steps, 3.0 * steps ** -0.1, np.full(200, 0.02))
+    curves = {"a": curve, "b": curve}
+    log_ratio = lambda picked: np.log(crossing_step(*picked[0][0], 2.0) / crossing_step(*picked[1][0], 2.0))
+    shared = curve_bootstrap([["a"], ["b"]], curves, log_ratio, 200, rho=1.0)
+    independent = curve_bootstrap([["a"], ["b"]], curves, log_ratio, 200, rho=0.0)
+    assert shared.value == 0.0 and shared.interval == pytest.approx((0.0, 0.0), abs=1e-9)
+    assert independent.interval[1] - independent.interval[0] > 0.1
+
+    rng = np.random.default_rng(0)
+    content = rng.normal(0, 1, 500)
+    windows = {r: 3 + content + rng.normal(0, s, 500) for r, s in (("x", 0.3), ("y", 0.5), ("z", 1.0))}
+    C = np.corrcoef(np.stack(list(windows.values())))
+    expect = (C[0, 1] + C[0, 2] + C[1, 2]) / 3
+    assert window_correlation(SimpleNamespace(windows=windows), ["x", "y", "z"]) == pytest.approx(expect)
+    assert window_correlation(SimpleNamespace(windows=windows), ["x"]) == 0.0
