@@ -346,8 +346,15 @@ def fit_power(X, loss, variable: str = "N", irreducible: bool = False, n_bootstr
 
 
 def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndarray,
-                       transform: Callable[[np.ndarray], dict[str, float]], what: str):
-    """Least squares on log L from several starts; the best converged start whose predictions are all finite."""
+                       transform: Callable[[np.ndarray], dict[str, float]], what: str, warm=None):
+    """Least squares on log L from several starts; the best converged start whose predictions are all finite.
+    warm: a solution to start from alone (a bootstrap resample starts at the full data's fit), the starts only if
+    it does not converge."""
+    if warm is not None:
+        try:
+            return _least_squares_log(formula, [warm], logL, transform, what)
+        except LawFitError:
+            pass
     def residual(theta):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             r = np.log(formula(transform(theta))) - logL
@@ -367,23 +374,26 @@ def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndar
     return transform(best.x), float(2 * best.cost)
 
 
-def _kaplan_nd_arrays(N, D, L):
+def _kaplan_nd_arrays(N, D, L, start: dict[str, float] | None = None):
     starts = [(np.log(1e13), np.log(1e13), aN, aD) for aN in (0.05, 0.1, 0.3) for aD in (0.05, 0.1, 0.3)]
     tr = lambda t: {"N_c": float(np.exp(t[0])), "D_c": float(np.exp(t[1])), "alpha_N": float(t[2]),
                     "alpha_D": float(t[3])}
-    return _least_squares_log(lambda p: _kaplan_nd(p, N, D), starts, np.log(L), tr, "kaplan-nd")
+    warm = None if start is None else (np.log(start["N_c"]), np.log(start["D_c"]), start["alpha_N"], start["alpha_D"])
+    return _least_squares_log(lambda p: _kaplan_nd(p, N, D), starts, np.log(L), tr, "kaplan-nd", warm)
 
 
 def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss, n_params: int,
                  n_bootstrap: int, seed: int, convention: dict[str, str] | None) -> FittedLaw:
-    """Fit a law of several variables by least squares on log L (fit_arrays(*variables, L) -> (params, objective)),
-    with residuals and percentile-bootstrap intervals over resampled points."""
+    """Fit a law of several variables by least squares on log L (fit_arrays(*variables, L, start=None) -> (params,
+    objective)), with residuals and percentile-bootstrap intervals over resampled points (each resample starts
+    from the full data's fit)."""
     cols = _columns(n_params, **variables, loss=loss)
     X, L = [cols[k] for k in variables], cols["loss"]
     params, obj = fit_arrays(*X, L)
     fitted = FittedLaw(law, params, tuple(variables), dict(convention or {}), objective=obj, n_points=len(L))
     fitted.residuals = (np.log(L) - np.log(fitted.predict(**{k: cols[k] for k in variables}))).tolist()
-    attach_bootstrap(fitted, lambda i: fit_arrays(*(x[i] for x in X), L[i])[0], len(L), n_bootstrap, seed)
+    attach_bootstrap(fitted, lambda i: fit_arrays(*(x[i] for x in X), L[i], start=params)[0], len(L), n_bootstrap,
+                     seed)
     return fitted
 
 
@@ -391,8 +401,8 @@ def fit_kaplan_nd(N, D, loss, n_bootstrap: int = 1000, seed: int = 0,
                   convention: dict[str, str] | None = None) -> FittedLaw:
     """Kaplan's eq. 1.5, L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D. Derived: overfit_exponent =
     alpha_N / alpha_D, the power of N that the data must grow by to keep overfitting fixed (with its interval)."""
-    def with_ratio(*arrays):
-        params, obj = _kaplan_nd_arrays(*arrays)
+    def with_ratio(*arrays, start=None):
+        params, obj = _kaplan_nd_arrays(*arrays, start=start)
         return {**params, "overfit_exponent": params["alpha_N"] / params["alpha_D"]}, obj
 
     fitted = _fit_log_law("kaplan-nd", with_ratio, {"N": N, "D": D}, loss, 4, n_bootstrap, seed, convention)
@@ -410,11 +420,12 @@ def c_min(C, B, B_crit):
     return np.asarray(C, np.float64) / (1 + np.asarray(B, np.float64) / np.asarray(B_crit, np.float64))
 
 
-def _kaplan_ns_arrays(N, S, L):
+def _kaplan_ns_arrays(N, S, L, start: dict[str, float] | None = None):
     starts = [(np.log(1e13), aN, np.log(2e3), aS) for aN in (0.05, 0.1, 0.3) for aS in (0.3, 0.8, 1.5)]
     tr = lambda t: {"N_c": float(np.exp(t[0])), "alpha_N": float(t[1]), "S_c": float(np.exp(t[2])),
                     "alpha_S": float(t[3])}
-    return _least_squares_log(lambda p: _kaplan_ns(p, N, S), starts, np.log(L), tr, "kaplan-ns")
+    warm = None if start is None else (np.log(start["N_c"]), start["alpha_N"], np.log(start["S_c"]), start["alpha_S"])
+    return _least_squares_log(lambda p: _kaplan_ns(p, N, S), starts, np.log(L), tr, "kaplan-ns", warm)
 
 
 def fit_kaplan_ns(N, S_min, loss, n_bootstrap: int = 1000, seed: int = 0,
