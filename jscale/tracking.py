@@ -12,6 +12,8 @@ duplicate points.
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,11 @@ class Tracker:
         if self.cfg.tensorboard:
             from tensorboardX import SummaryWriter
 
-            # TensorBoard drops events at or after purge_step: those logged after the checkpoint resumed from
-            self._tb = [SummaryWriter(str(d), purge_step=step + 1 if step else None, flush_secs=30)
-                        for d in self.tb_dirs]
+            # TensorBoard drops events at or after purge_step: those logged after the checkpoint resumed from.
+            # tensorboardX names an event file by the second and the host only, so a run resumed within the same
+            # second would overwrite the first file; nanoseconds keep each start's file, in order.
+            self._tb = [SummaryWriter(str(d), purge_step=step + 1 if step else None, flush_secs=30,
+                                      filename_suffix=f".{time.time_ns()}") for d in self.tb_dirs]
         if self.cfg.wandb and self.cfg.wandb_mode != "disabled":
             wandb = _import_wandb()
             for run_id, name, config in zip(self.ids, self.names, self.configs):

@@ -44,6 +44,8 @@ def test_tensorboard_logs_every_evaluation_and_a_resume_leaves_no_duplicates(tmp
     train.train(cfg, tmp_path / "run", progress=False)  # resumes from step 20
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30, 40]
+    # one event file per start, even when both start within the same second (tensorboardX names files by second)
+    assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 2
     tb = read_scalars(tmp_path / "run" / "tb")
     assert {"train/loss_interval_mean", "train/grad_norm_interval_mean", "train/lr", "perf/tokens_per_s",
             "validation/loss", "validation/loss_se", "test/bits_per_byte"} <= set(tb)
