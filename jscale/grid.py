@@ -185,8 +185,8 @@ def log_session(sweep: sweeps.Sweep, out: Path) -> None:
                "device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
                "processes": jax.process_count(), "jax": jax.__version__, "pid": os.getpid()}
     with directory_lock(out):
-        held = _read_json(out / "sweep.json") or sweep.describe()
-        held["sessions"] = held.get("sessions", []) + [session]
+        # The description follows the sweep as run now (a seed added, say); the sessions accumulate.
+        held = {**sweep.describe(), "sessions": (_read_json(out / "sweep.json") or {}).get("sessions", []) + [session]}
         train.write_atomic(out / "sweep.json", json.dumps(held, indent=2))
 
 
