@@ -288,6 +288,15 @@ def window_correlation(exp: Experiment, run_ids) -> float:
     return float(np.clip(np.nanmean(C[np.triu_indices(len(ids), 1)]), 0.0, 1.0))
 
 
+def curve_noise_correlation(exp: Experiment, sec: Section, run_ids) -> float:
+    """window_correlation for curve_bootstrap's rho, stated in the section's notes."""
+    rho = window_correlation(exp, run_ids)
+    sec.notes.append(f"Intervals redraw every evaluation from its standard error over windows with a correlation "
+                     f"of {rho:.2f} between evaluations: the runs' per-window test losses correlate this much (every "
+                     f"evaluation scores the same windows).")
+    return rho
+
+
 def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0,
                     rho: float = 0.0) -> noise.Estimate:
     """statistic(curves picked per group) -> float, with an interval from resampling each group's seed replicas

@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots
-from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, overfitting_problem, plot_curves,
-                                  reachable_targets, series_style, validation_curves, verdict, window_correlation)
+from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, curve_noise_correlation,
+                                  overfitting_problem, plot_curves, reachable_targets, series_style, validation_curves,
+                                  verdict)
 from jscale.verdicts import Region
 
 KAPLAN_B = {"B_star": 2e8, "alpha_B": 0.21}  # tokens, WebText2 GPT-2 BPE (Kaplan Eq. 5.3)
@@ -81,10 +82,7 @@ def critical_batch_section(exp: Experiment, sec: Section, n_bootstrap: int) -> N
     except laws.LawFitError as e:
         sec.notes.append(f"B_crit(L) not fitted: {e}")
         fit = None
-    rho = window_correlation(exp, runs["run_id"])
-    sec.notes.append(f"Intervals redraw every evaluation from its standard error over windows with a correlation "
-                     f"of {rho:.2f} between evaluations: the runs' per-window test losses correlate this much (every "
-                     f"evaluation scores the same windows).")
+    rho = curve_noise_correlation(exp, sec, runs["run_id"])
     slope = curve_bootstrap(groups, curves, lambda picked: bcrit_slope(picked, b, targets), n_bootstrap, rho=rho)
     if fit is not None:
         rows = [[f"{r['loss']:.3f}", f"{r['S_min']:,.0f}", f"{r['E_min']:.3g}", f"{r['B_crit']:,.0f}"]

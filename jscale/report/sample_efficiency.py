@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots
-from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, interval_text,
-                                  overfitting_problem, plot_curves, reachable_targets, series_style, units_note,
-                                  validation_curves, verdict, window_correlation)
+from jscale.report.common import (Experiment, Section, crossing_step, curve_bootstrap, curve_noise_correlation,
+                                  interval_text, overfitting_problem, plot_curves, reachable_targets, series_style,
+                                  units_note, validation_curves, verdict)
 from jscale.verdicts import Region
 
 KAPLAN_NS = {"alpha_N": 0.076, "alpha_S": 0.76}  # Eq. 1.6 on WebText2 (GPT-2 BPE tokens), Kaplan Table 3
@@ -40,10 +40,7 @@ def sample_efficiency_section(exp: Experiment, sec: Section, n_bootstrap: int) -
         sec.notes.append("No validation loss is reached by every run: the sizes' curves do not overlap.")
         return
     logN = np.log(np.asarray(sizes, float))
-    rho = window_correlation(exp, runs["run_id"])
-    sec.notes.append(f"Intervals redraw every evaluation from its standard error over windows with a correlation "
-                     f"of {rho:.2f} between evaluations: the runs' per-window test losses correlate this much (every "
-                     f"evaluation scores the same windows).")
+    rho = curve_noise_correlation(exp, sec, runs["run_id"])
     slope = curve_bootstrap(groups, curves, lambda picked: steps_slope(picked, logN, targets), n_bootstrap, rho=rho)
     B_tokens = float(runs["batch_size"].iloc[0] * runs["n_ctx"].iloc[0])
     header = ["N"] + [f"steps to L = {t:.3f}" for t in targets]
