@@ -25,11 +25,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import optimize
 
 from jscale.config import JscaleError
 
 PF_DAY = 8.64e19
+
+
+def _least_squares(*args, **kwargs):
+    """scipy.optimize.least_squares, imported when a fit first runs: scipy.optimize takes most of a second to
+    import, and every jscale command (training ones too) builds the `fit` command's parser from this module."""
+    from scipy import optimize
+
+    return optimize.least_squares(*args, **kwargs)
 
 
 class LawFitError(JscaleError):
@@ -313,7 +320,7 @@ def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool, start: di
     best = None
     for x0 in starts:
         try:
-            res = optimize.least_squares(residual, x0, bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]),
+            res = _least_squares(residual, x0, bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]),
                                          method="trf")
         except ValueError:
             continue
@@ -366,7 +373,7 @@ def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndar
 
     best = None
     for x0 in starts:
-        res = optimize.least_squares(residual, x0, method="lm", max_nfev=2000)
+        res = _least_squares(residual, x0, method="lm", max_nfev=2000)
         if res.success and finite(res.x) and (best is None or res.cost < best.cost):
             best = res
     if best is None:
@@ -453,7 +460,7 @@ def critical_batch_rows(S, E, target, L_target) -> list[tuple[float, float, floa
             return np.log(emin * (1 + 1 / ratio)) - np.log(e)
 
         x0 = [np.log(0.5 * s.min()), np.log(0.5 * e.min())]
-        res = optimize.least_squares(residual, x0, bounds=([-np.inf, -np.inf], [np.log(s.min()), np.inf]))
+        res = _least_squares(residual, x0, bounds=([-np.inf, -np.inf], [np.log(s.min()), np.inf]))
         if not res.success:
             raise LawFitError(f"critical batch: the S-E hyperbola did not converge at loss target {t:g}")
         smin, emin = np.exp(res.x)

@@ -70,7 +70,8 @@ print("RESULT " + json.dumps(out))
 def test_data_fsdp_tensor_and_ensemble_sharding_match_one_device(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"}
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt"), "specs"], capture_output=True, text=True,
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
