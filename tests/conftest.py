@@ -45,3 +45,32 @@ def text_corpus(tmp_path_factory) -> Path:
 
 def jscale_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "jscale.cli", *args]
+
+
+class Finished:
+    """What a `jscale` command left: its exit status and what it printed (as subprocess.run's result has it)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def jscale_here(capfd, monkeypatch):
+    """Run a `jscale` command in this process: `cli.main`, the console script's own code path, with what it prints
+    read at the file descriptors. For commands whose subject is not the process itself (a re-run after damage, a
+    reference run): no JAX start-up, and compiled steps are shared with the earlier commands of the same shapes.
+    Signals, kills and concurrent jobs stay in real processes (jscale_cmd)."""
+    from jscale import cli
+
+    def run(*args: str, env: dict[str, str] | None = None, check: int | None = None) -> Finished:
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            capfd.readouterr()
+            code = cli.main(list(args))
+            out, err = capfd.readouterr()
+        if check is not None:
+            assert code == check, (code, out[-2000:], err[-3000:])
+        return Finished(code, out, err)
+
+    return run

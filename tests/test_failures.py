@@ -1,6 +1,7 @@
 """Failing cleanly, with real processes and real files: signals at every phase, full and read-only disks, damaged
 checkpoints, results databases and token caches, concurrent jobs. After each, a re-run must end bitwise where an
-uninterrupted run ends."""
+uninterrupted run ends. What is signalled, killed or run concurrently runs in its own process; the re-runs after it,
+the reference runs and the re-runs after damaged files run `jscale.cli.main` in this process (jscale_here)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import jscale_cmd
-from jscale import grid, results, sweep
+from jscale import cli, grid, results, sweep
 
 TRAIN = """
 [model]
@@ -90,7 +91,7 @@ def train_toml(tmp_path_factory) -> Path:
 def reference_run_dir(train_toml, tmp_path_factory) -> Path:
     """A run trained start to end without interruption (tests that damage a finished run copy it)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    assert cli.main(["train", str(train_toml), "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -109,7 +110,7 @@ def sweep_toml(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference_sweep_dir(sweep_toml, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("refsweep") / "sweep"
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    assert cli.main(["run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2"]) == 0
     return out
 
 
@@ -123,7 +124,7 @@ def reference_sweep(reference_sweep_dir) -> list[tuple]:
 @pytest.mark.parametrize("point, signame", [("compile:SIGINT:0.3", "SIGINT"), ("eval:SIGINT:0.01", "SIGINT"),
                                             ("checkpoint:SIGTERM:0.01", "SIGTERM"), ("train:SIGINT:0:2", "SIGINT")])
 def test_a_signal_during_training_stops_cleanly_and_resumes_bitwise(train_toml, reference_run, tmp_path, point,
-                                                                    signame):
+                                                                    signame, jscale_here):
     out = tmp_path / "run"
     p = jscale("train", str(train_toml), "--out", str(out), "--quiet", env={"JSCALE_SIGNAL_AT": point})
     signum = getattr(signal, signame)
@@ -132,7 +133,7 @@ def test_a_signal_during_training_stops_cleanly_and_resumes_bitwise(train_toml, 
     assert len(lines) == 1 and signame in lines[0] and "re-run the same command" in lines[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not list((out / "checkpoints").glob("*tmp*"))  # no half-written checkpoint left behind
-    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    jscale_here("train", str(train_toml), "--out", str(out), "--quiet", check=0)
     assert metrics(out) == reference_run
 
 
@@ -148,7 +149,7 @@ def test_ctrl_c_at_start_up_is_one_line(train_toml, tmp_path):
 
 
 def test_ctrl_c_from_outside_during_a_sweep_stops_at_a_step_and_resumes_bitwise(sweep_toml, reference_sweep,
-                                                                               tmp_path):
+                                                                               tmp_path, jscale_here):
     out = tmp_path / "sweep"
     proc = subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -165,17 +166,17 @@ def test_ctrl_c_from_outside_during_a_sweep_stops_at_a_step_and_resumes_bitwise(
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "re-run the same command" in err
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
     assert curves(out) == reference_sweep
 
 
 def test_a_sigterm_during_a_sweeps_checkpoint_stops_cleanly_and_resumes_bitwise(sweep_toml, reference_sweep,
-                                                                                tmp_path):
+                                                                                tmp_path, jscale_here):
     out = tmp_path / "sweep"
     p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2",
                env={"JSCALE_SIGNAL_AT": "checkpoint:SIGTERM:0.01"})
     assert p.returncode == 143 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-3000:]
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
     assert curves(out) == reference_sweep
 
 
@@ -193,7 +194,7 @@ def _largest_file(directory: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["garbled bytes", "metadata deleted", "step emptied"])
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(train_toml, reference_run_dir, reference_run, tmp_path,
-                                                            damage):
+                                                            damage, jscale_here):
     out = tmp_path / "run"
     shutil.copytree(reference_run_dir, out)
     latest = out / "checkpoints" / "12"
@@ -209,22 +210,22 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(train_toml, referen
     with open(out / "metrics.jsonl") as f:
         kept = [line for line in f if json.loads(line)["step"] <= 8]
     (out / "metrics.jsonl").write_text("".join(kept))  # as if killed before step 12 was logged
-    p = jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    p = jscale_here("train", str(train_toml), "--out", str(out), "--quiet", check=0)
     assert "damaged" in p.stdout + p.stderr or "missing from the results" in p.stdout + p.stderr
     assert metrics(out) == reference_run
 
 
-def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run_dir, reference_run, tmp_path):
+def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run_dir, reference_run, tmp_path, jscale_here):
     out = tmp_path / "run"
     shutil.copytree(reference_run_dir, out)
     (out / "metrics.jsonl").unlink()
-    jscale("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    jscale_here("train", str(train_toml), "--out", str(out), "--quiet", check=0)
     assert metrics(out) == reference_run
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
 def test_a_lost_results_database_is_rebuilt_from_the_sweep(sweep_toml, reference_sweep_dir, reference_sweep, tmp_path,
-                                                           damage):
+                                                           damage, jscale_here):
     out = tmp_path / "sweep"
     shutil.copytree(reference_sweep_dir, out)
     db = out / "results.sqlite"
@@ -232,15 +233,15 @@ def test_a_lost_results_database_is_rebuilt_from_the_sweep(sweep_toml, reference
         side.unlink()
     db.unlink() if damage == "deleted" else db.write_bytes(b"")
     if damage == "deleted":  # status says what is missing and how to get it back, in one line
-        p = jscale("status", str(out), check=2)
+        p = jscale_here("status", str(out), check=2)
         assert len(p.stderr.strip().splitlines()) == 1 and "results.sqlite" in p.stderr
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)
     assert curves(out) == reference_sweep
-    text = jscale("status", str(out), check=0).stdout
+    text = jscale_here("status", str(out), check=0).stdout
     assert "done      4" in text and "100.0% done" in text
 
 
-def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path):
+def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path, jscale_here):
     cache = tmp_path / "cache"
     env = {"JSCALE_CACHE": str(cache)}
     corpus = tmp_path / "corpus"
@@ -248,14 +249,14 @@ def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path):
     for i in range(25):
         (corpus / f"f{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j}\n" for j in range(400)))
     args = ("train", str(train_toml), f"data.corpus={corpus}", "--quiet")
-    jscale(*args, "--out", str(tmp_path / "a"), env=env, check=0)
+    jscale_here(*args, "--out", str(tmp_path / "a"), env=env, check=0)
     token_file = next(cache.rglob("train.bin"))
     _garble(token_file)
-    p = jscale(*args, "--out", str(tmp_path / "b"), env=env, check=0)
+    p = jscale_here(*args, "--out", str(tmp_path / "b"), env=env, check=0)
     assert "damaged" in p.stderr and "rebuilding" in p.stderr
     assert metrics(tmp_path / "b") == metrics(tmp_path / "a")
     token_file.write_bytes(token_file.read_bytes()[:100])  # cut short
-    jscale(*args, "--out", str(tmp_path / "c"), env=env, check=0)
+    jscale_here(*args, "--out", str(tmp_path / "c"), env=env, check=0)
     assert metrics(tmp_path / "c") == metrics(tmp_path / "a")
 
 
@@ -272,7 +273,8 @@ def test_a_finite_but_exploded_loss_is_diverged_and_listed(tmp_path):
     assert "diverged  1" in table and sum(" diverged " in line for line in table.splitlines()[6:]) == 1
 
 
-def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_toml, reference_sweep, tmp_path):
+def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_toml, reference_sweep, tmp_path,
+                                                                      jscale_here):
     out = tmp_path / "sweep"
     jobs = [subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", *extra),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -284,7 +286,7 @@ def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_tom
     groups = len(sweep.load(sweep_toml).groups(next(iter(decision.values()))["members"]))
     assert trained == groups  # no group trained twice
     assert len(json.loads((out / "sweep.json").read_text())["sessions"]) == 3
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)  # finishes whatever a job skipped
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)  # finishes whatever a job skipped
     assert sorted(curves(out)) == sorted(reference_sweep) or len(curves(out)) == len(reference_sweep)
 
 
@@ -312,7 +314,7 @@ def _fill(disk: Path, leave_bytes: int) -> Path:
 
 @pytest.mark.parametrize("leave_kb", [32, 600])
 def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes_bitwise(sweep_toml, reference_sweep,
-                                                                                 small_disk, leave_kb):
+                                                                                 small_disk, leave_kb, jscale_here):
     out = small_disk / "sweep"
     filler = _fill(small_disk, leave_kb * 1024)
     p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2")
@@ -321,18 +323,19 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes_bitwise
     assert len(lines) == 1 and lines[0].startswith("jscale: error: "), p.stderr[-3000:]
     assert "space" in lines[0] or "full" in lines[0], lines[0]
     filler.unlink()
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
     assert curves(out) == reference_sweep
 
 
-def test_a_read_only_directory_is_one_line_and_status_still_reads_it(sweep_toml, reference_sweep, small_disk):
+def test_a_read_only_directory_is_one_line_and_status_still_reads_it(sweep_toml, reference_sweep, small_disk,
+                                                                    jscale_here):
     out = small_disk / "sweep"
-    jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", "train.steps=4", check=0)
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", "train.steps=4", check=0)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    p = jscale("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2")
+    p = jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2")
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-3000:]
     assert "read-only" in p.stderr.lower() or "readonly" in p.stderr.lower()
-    assert jscale("status", str(out), check=0).stdout.count("done") >= 1
+    assert jscale_here("status", str(out), check=0).stdout.count("done") >= 1
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
