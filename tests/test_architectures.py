@@ -255,15 +255,11 @@ def test_xl_learns_what_only_the_previous_segment_holds():
     assert with_memory < 0.45 * np.log(V)
 
 
-def test_cudnn_lstm_without_a_gpu_is_a_one_line_error(tmp_path, repo):
-    import subprocess
-
-    from conftest import jscale_cmd
-
+def test_cudnn_lstm_without_a_gpu_is_a_one_line_error(tmp_path, repo, jscale_here):
     if jax.default_backend() == "gpu":
         pytest.skip("this machine has a GPU")
-    r = subprocess.run(jscale_cmd("train", str(repo / "experiments" / "train_small.toml"), "model.kind=lstm",
-                                  "model.lstm_impl=cudnn", "--out", str(tmp_path / "run")), capture_output=True, text=True)
+    r = jscale_here("train", str(repo / "experiments" / "train_small.toml"), "model.kind=lstm", "model.lstm_impl=cudnn",
+                    "--out", str(tmp_path / "run"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == ("jscale: error: model.lstm_impl: cudnn needs a GPU (this backend is "
                                                  "cpu); use scan")

@@ -1,10 +1,8 @@
 """Configs: typed TOML with overrides; every bad input is one line naming the key, exit status 2, nothing run."""
 
-import subprocess
 
 import pytest
 
-from conftest import jscale_cmd
 from jscale import config
 from jscale.config import ConfigError
 
@@ -43,33 +41,31 @@ def test_bad_config_is_one_line_naming_the_key(overrides, message):
     assert "\n" not in str(e.value)
 
 
-def test_cli_reports_config_errors_in_one_line_and_exits_2(tmp_path):
+def test_cli_reports_config_errors_in_one_line_and_exits_2(tmp_path, jscale_here):
     p = tmp_path / "c.toml"
     p.write_text("[model]\nd_model = 100\nn_heads = 3\n")
     for cmd in (["train", str(p), "--out", str(tmp_path / "run")], ["info", str(p)]):
-        r = subprocess.run(jscale_cmd(*cmd), capture_output=True, text=True)
+        r = jscale_here(*cmd)
         assert r.returncode == 2
         assert r.stderr.strip() == "jscale: error: model.n_heads: d_attn = 100 is not divisible by n_heads = 3"
     assert not (tmp_path / "run").exists()  # nothing was written
-    r = subprocess.run(jscale_cmd("train", str(tmp_path / "missing.toml")), capture_output=True, text=True)
+    r = jscale_here("train", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "missing.toml: config file not found" in r.stderr
     p.write_text("[model\n")
-    r = subprocess.run(jscale_cmd("info", str(p)), capture_output=True, text=True)
+    r = jscale_here("info", str(p))
     assert r.returncode == 2 and "not valid TOML" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_cli_n_ctx_longer_than_the_data(tmp_path, text_corpus):
+def test_cli_n_ctx_longer_than_the_data(tmp_path, text_corpus, jscale_here):
     p = tmp_path / "c.toml"
     p.write_text(f'[model]\nn_ctx = 200000\n[data]\ncorpus = "{text_corpus / "doc00.txt"}"\n')
-    r = subprocess.run(jscale_cmd("train", str(p), "--out", str(tmp_path / "run")), capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
+    r = jscale_here("train", str(p), "--out", str(tmp_path / "run"), check=2)
     assert r.stderr.startswith("jscale: error: model.n_ctx: 200000 is longer than the") and r.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_info_prints_the_counts(repo):
-    r = subprocess.run(jscale_cmd("info", str(repo / "experiments" / "train_small.toml")), capture_output=True,
-                       text=True, check=True)
+def test_cli_info_prints_the_counts(repo, jscale_here):
+    r = jscale_here("info", str(repo / "experiments" / "train_small.toml"), check=0)
     assert "N (non-embedding)             393,216" in r.stdout
     assert "N_total (all parameters)      445,952" in r.stdout
     assert "train FLOPs per token, 6N     2,359,296" in r.stdout

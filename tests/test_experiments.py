@@ -1,11 +1,10 @@
 """The experiment suite: every experiment plans at every scale, with valid configs, and names its claim."""
 
-import subprocess
 
 import jax
 import pytest
 
-from conftest import REPO, jscale_cmd
+from conftest import REPO
 from jscale import report, sweep, train
 
 EXPERIMENTS = ("shape", "size", "sample_efficiency", "lstm", "recurrent", "compute", "critical_batch", "data",
@@ -29,13 +28,10 @@ def test_every_scale_plans_and_every_run_can_start(name):
     assert name in report.SECTIONS
 
 
-def test_plan_prints_the_scale_and_rejects_an_unknown_one():
-    ok = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full",
-                                   "--no-estimate"),
-                        capture_output=True, text=True, cwd=REPO)
+def test_plan_prints_the_scale_and_rejects_an_unknown_one(jscale_here):
+    ok = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full", "--no-estimate")
     assert ok.returncode == 0 and "sweep shape at scale full" in ok.stdout
-    bad = subprocess.run(jscale_cmd("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "huge"),
-                         capture_output=True, text=True, cwd=REPO)
+    bad = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "huge")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "jscale: error: --scale: 'huge' is not a scale of this sweep (cpu, gpu, full)"
 
@@ -57,28 +53,23 @@ budget_minutes = {budget}
 """
 
 
-def test_a_scale_over_its_budget_is_refused_without_force_and_plan_says_so(tmp_path):
+def test_a_scale_over_its_budget_is_refused_without_force_and_plan_says_so(tmp_path, jscale_here):
     (tmp_path / "over.toml").write_text(BUDGETED.format(budget=0.01))
     (tmp_path / "within.toml").write_text(BUDGETED.format(budget=60))
-    plan = subprocess.run(jscale_cmd("plan", str(tmp_path / "over.toml"), "--scale", "gpu"), capture_output=True,
-                          text=True)
-    assert plan.returncode == 0, plan.stderr
+    plan = jscale_here("plan", str(tmp_path / "over.toml"), "--scale", "gpu", check=0)
     last = plan.stdout.strip().splitlines()[-1]
     assert last.startswith("estimated wall time on gpu:NVIDIA H100") and "OVER it" in last
-    run = subprocess.run(jscale_cmd("run", str(tmp_path / "over.toml"), "--scale", "gpu", "--out",
-                                    str(tmp_path / "out")), capture_output=True, text=True)
+    run = jscale_here("run", str(tmp_path / "over.toml"), "--scale", "gpu", "--out", str(tmp_path / "out"))
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "over the scale's budget of 0.01 min" in run.stderr and "--force" in run.stderr
     assert not (tmp_path / "out").exists()
-    within = subprocess.run(jscale_cmd("plan", str(tmp_path / "within.toml"), "--scale", "gpu"),
-                            capture_output=True, text=True)
+    within = jscale_here("plan", str(tmp_path / "within.toml"), "--scale", "gpu")
     assert "within it" in within.stdout
 
 
 @pytest.mark.parametrize("old, new, names", [("budget_minutes = 10", "budget_minutes = -1", "budget_minutes"),
                                              ('device = "H100"', 'device = "TPU v9"', "device")])
-def test_scale_budget_keys_are_checked(tmp_path, old, new, names):
+def test_scale_budget_keys_are_checked(tmp_path, old, new, names, jscale_here):
     (tmp_path / "bad.toml").write_text(BUDGETED.format(budget=10).replace(old, new))
-    r = subprocess.run(jscale_cmd("plan", str(tmp_path / "bad.toml"), "--scale", "gpu", "--no-estimate"),
-                       capture_output=True, text=True)
+    r = jscale_here("plan", str(tmp_path / "bad.toml"), "--scale", "gpu", "--no-estimate")
     assert r.returncode == 2 and names in r.stderr

@@ -83,7 +83,7 @@ def test_a_diverging_member_is_frozen_and_the_others_are_unaffected(tmp_path):
     assert "diverged  1" in text and "done      2" in text
 
 
-def test_results_load_and_fit_from_a_sweep(tmp_path):
+def test_results_load_and_fit_from_a_sweep(tmp_path, jscale_here):
     sw = make({"key": "model.d_model", "values": [16, 32, 48]}, {"key": "model.n_heads", "values": [1]})
     grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
     tables = results.load(tmp_path / "s")
@@ -92,21 +92,20 @@ def test_results_load_and_fit_from_a_sweep(tmp_path):
     assert sorted(runs["N"]) == [12 * 16 ** 2, 12 * 32 ** 2, 12 * 48 ** 2]
     assert len(curves_df) == 12 and set(curves_df.columns) >= {"run_id", "step", "tokens", "flops_6N", "test_loss"}
     assert len(positions) == 12 * 32 and positions["position"].max() == 32
-    r = subprocess.run(jscale_cmd("fit", str(tmp_path / "s"), "--law", "kaplan-n", "--n-convention", "non_embedding",
-                                  "--bootstrap", "10", "--out", str(tmp_path / "f.json")), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = jscale_here("fit", str(tmp_path / "s"), "--law", "kaplan-n", "--n-convention", "non_embedding",
+                    "--bootstrap", "10", "--out", str(tmp_path / "f.json"), check=0)
     assert "power fit on 3 points (N: non_embedding" in r.stdout
-    r = subprocess.run(jscale_cmd("fit", str(tmp_path / "s"), "--law", "frontier", "--bootstrap", "0",
-                                  "--out", str(tmp_path / "g.json")), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    jscale_here("fit", str(tmp_path / "s"), "--law", "frontier", "--bootstrap", "0", "--out", str(tmp_path / "g.json"),
+                check=0)
 
 
-def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path):
-    """Real processes, SIGKILLed at random moments, then the same command until it finishes."""
+def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path, jscale_here):
+    """Real processes, SIGKILLed at random moments, then the same command until it finishes (the uninterrupted
+    sweep and the re-runs after the kills run in this process)."""
     spec = tmp_path / "tiny.toml"
     spec.write_text(SWEEP_TOML.format(steps=60))
-    cmd = lambda out: jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--ensemble-size", "2")
-    straight = subprocess.Popen(cmd(tmp_path / "straight"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = lambda out: ("run", str(spec), "--out", str(out), "--quiet", "--ensemble-size", "2")
+    cmd = lambda out: jscale_cmd(*args(out))
     rng = random.Random(0)
     kills = 0
     for _ in range(2):
@@ -117,17 +116,16 @@ def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_p
             kills += 1
         proc.wait()
     assert kills >= 1
-    assert straight.wait() == 0, straight.stderr.read()
-    subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
+    jscale_here(*args(tmp_path / "straight"), check=0)
+    jscale_here(*args(tmp_path / "killed"), check=0)
     assert curves(tmp_path / "killed") == curves(tmp_path / "straight")  # bitwise, on CPU
     with sqlite3.connect(tmp_path / "killed" / "results.sqlite") as c:
         assert c.execute("SELECT DISTINCT status FROM runs").fetchall() == [("done",)]
     # A finished sweep trains nothing when run again.
-    r = subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True, text=True)
-    assert "0 trained now" in r.stdout
+    assert "0 trained now" in jscale_here(*args(tmp_path / "killed"), check=0).stdout
 
 
-def test_shards_split_the_groups_between_jobs_sharing_one_directory(tmp_path):
+def test_shards_split_the_groups_between_jobs_sharing_one_directory(tmp_path, jscale_here):
     spec = tmp_path / "tiny.toml"
     spec.write_text(SWEEP_TOML.format(steps=20))
     out = tmp_path / "shared"
@@ -140,8 +138,7 @@ def test_shards_split_the_groups_between_jobs_sharing_one_directory(tmp_path):
     assert sum(trained) == 2  # two groups (d_model 16 and 32), each trained by exactly one job
     runs = results.load(out)["runs"]
     assert len(runs) == 4 and (runs["status"] == "done").all()
-    r = subprocess.run(jscale_cmd("run", str(spec), "--out", str(out), "--shard", "2/2"), capture_output=True,
-                       text=True)
+    r = jscale_here("run", str(spec), "--out", str(out), "--shard", "2/2")
     assert r.returncode == 2 and "--shard: need 0 <= i < n" in r.stderr
 
 

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -373,12 +372,10 @@ def test_a_fit_where_no_start_converges_says_so(monkeypatch, chinchilla_data):
         laws.fit_chinchilla(df.N, df.D, df.loss, n_bootstrap=0)
 
 
-def test_cli_fit_writes_json_and_figures(tmp_path):
+def test_cli_fit_writes_json_and_figures(tmp_path, jscale_here):
     out = tmp_path / "fit.json"
-    r = subprocess.run([sys.executable, "-m", "jscale.cli", "fit", str(reference_data.CHINCHILLA_CSV), "--law",
-                        "chinchilla", "--drop-highest", "5", "--bootstrap", "20", "--out", str(out), "--plot",
-                        str(tmp_path / "fig")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = jscale_here("fit", str(reference_data.CHINCHILLA_CSV), "--law", "chinchilla", "--drop-highest", "5",
+                    "--bootstrap", "20", "--out", str(out), "--plot", str(tmp_path / "fig"), check=0)
     assert "alpha" in r.stdout and "95% bootstrap interval" in r.stdout
     fit = laws.FittedLaw.load(out)
     assert fit.params["alpha"] == pytest.approx(0.3473, abs=5e-4)
@@ -392,9 +389,8 @@ def test_cli_fit_writes_json_and_figures(tmp_path):
     (["--law", "frontier"], "no column for run"),
     (["--law", "chinchilla", "--drop-highest", "-1"], "--drop-highest: must be >= 0"),
 ])
-def test_cli_fit_errors_are_one_line(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jscale.cli", "fit", str(reference_data.CHINCHILLA_CSV), *args,
-                        "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
+def test_cli_fit_errors_are_one_line(args, message, tmp_path, jscale_here):
+    r = jscale_here("fit", str(reference_data.CHINCHILLA_CSV), *args, "--out", str(tmp_path / "x.json"))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
     assert not (tmp_path / "x.json").exists()

@@ -2,13 +2,11 @@
 
 import json
 import math
-import subprocess
 from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
-from conftest import jscale_cmd
 from jscale import grid, ngram, regime, results, sweep
 
 TRAIN = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 20, "schedule": "constant"}
@@ -86,13 +84,11 @@ def test_ngram_baselines_match_a_direct_count():
 
 
 @pytest.mark.parametrize("converged, expect", [(True, "are in that regime"), (False, "NOT in that regime")])
-def test_fit_says_whether_a_sweeps_runs_are_in_the_laws_regime(tmp_path, converged, expect):
+def test_fit_says_whether_a_sweeps_runs_are_in_the_laws_regime(tmp_path, converged, expect, jscale_here):
     from test_report import SIZE, synthetic_sweep
 
     synthetic_sweep(tmp_path / "size", SIZE, lambda r: (1e9 / r["N"]) ** 0.08, converged=converged)
-    r = subprocess.run(jscale_cmd("fit", str(tmp_path / "size"), "--law", "kaplan-n", "--bootstrap", "20"),
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = jscale_here("fit", str(tmp_path / "size"), "--law", "kaplan-n", "--bootstrap", "20", check=0)
     line = next(x for x in r.stdout.splitlines() if x.startswith("regime:"))
     assert "kaplan-n is about converged runs" in line and expect in line
     fit = json.loads((tmp_path / "size" / "fit-kaplan-n.json").read_text())

@@ -3,12 +3,10 @@ verdicts must recover them. (The notebooks run the report on real training runs.
 
 import json
 import re
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import jscale_cmd
 from jscale import grid, report, results, sweep
 
 TRAIN = {"batch_size": 4, "steps": 40, "warmup_steps": 4, "eval_every": 20, "checkpoint_every": 20}
@@ -282,13 +280,11 @@ def test_efficiency_attention_verdict_takes_all_three_values(tmp_path, mqa_cost,
     assert outcomes(sec, "multi-query attention loses no more than 1%") == [outcome] * 2, sec.verdicts
 
 
-def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path):
+def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path, jscale_here):
     synthetic_sweep(tmp_path / "runs" / "efficiency", EFFICIENCY,
                     lambda r: 3.0 - 0.01 * r["d_model"] + (0.03 if "KV=1" in r["name"] else 0.0))
     out = tmp_path / "report"
-    proc = subprocess.run(jscale_cmd("report", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50",
-                                     "--no-baselines"), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    jscale_here("report", str(tmp_path / "runs"), "--out", str(out), "--bootstrap", "50", "--no-baselines", check=0)
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 and 'src="figures/' not in page
     # rendered from report.md by a Markdown library: no markup leaks into the page as text
@@ -327,8 +323,8 @@ def test_measurement_table_sets_each_run_beside_the_ngram_baselines(tmp_path, te
     assert not any(r[0].startswith("pilot") for r in rows)
 
 
-def test_report_on_a_directory_without_sweeps_is_one_line(tmp_path):
-    proc = subprocess.run(jscale_cmd("report", str(tmp_path)), capture_output=True, text=True)
+def test_report_on_a_directory_without_sweeps_is_one_line(tmp_path, jscale_here):
+    proc = jscale_here("report", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"jscale: error: {tmp_path}: no jscale sweep directories here (no results.sqlite "
                                    f"in it or its subdirectories)")

@@ -1,11 +1,9 @@
 """Sweep specs: axes, generators, grouping into ensembles, the plan, and one-line errors."""
 
 import math
-import subprocess
 
 import pytest
 
-from conftest import jscale_cmd
 from jscale import accounting, sweep
 from jscale.config import ConfigError
 
@@ -107,13 +105,12 @@ def test_invalid_specs_name_the_key(spec, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_plan_cli(tmp_path, repo):
-    r = subprocess.run(jscale_cmd("plan", str(repo / "experiments" / "quickstart.toml"), "--no-estimate"),
-                       capture_output=True, text=True, check=True)
+def test_plan_cli(tmp_path, repo, jscale_here):
+    r = jscale_here("plan", str(repo / "experiments" / "quickstart.toml"), "--no-estimate", check=0)
     assert "estimated compute" in r.stdout and "PF-days" in r.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[[axis]]\nkey = "model.n_layer"\nvalues = [0]\n')
-    r = subprocess.run(jscale_cmd("plan", str(bad)), capture_output=True, text=True)
+    r = jscale_here("plan", str(bad))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "model.n_layer: must be positive, got 0" in r.stderr
 

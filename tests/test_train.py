@@ -115,15 +115,16 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd):
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
 
 
-def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path):
-    """A real process, killed with SIGKILL right after its first checkpoint, then the same command again."""
+def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path, jscale_here):
+    """A real process, killed with SIGKILL right after its first checkpoint, then the same command again (in this
+    process, as the uninterrupted run)."""
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text('[model]\nn_layer = 1\nd_model = 32\nn_heads = 2\nn_ctx = 32\n'
                         '[data]\neval_windows = 8\n'
                         '[train]\nbatch_size = 8\nsteps = 200\nlr = 3e-3\nwarmup_steps = 5\neval_every = 10\n'
                         'checkpoint_every = 10\n')
-    cmd = jscale_cmd("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "killed"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "killed"))
+    proc = subprocess.Popen(jscale_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.isdigit() for p in checkpoints.glob("*")):
@@ -133,9 +134,8 @@ def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     steps_at_kill = [r[0] for r in _losses(tmp_path / "killed")]
     assert steps_at_kill and steps_at_kill[-1] < 200  # it really died part-way
-    subprocess.run(cmd, check=True, capture_output=True)
-    subprocess.run(jscale_cmd("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "straight")), check=True,
-                   capture_output=True)
+    jscale_here(*args, check=0)
+    jscale_here("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "straight"), check=0)
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "straight")
 
 

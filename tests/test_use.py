@@ -4,14 +4,12 @@ Hugging Face layout (checked by a NumPy GPT-2 written here from its definition) 
 import json
 import math
 import sqlite3
-import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jscale_cmd
 from jscale import config, grid, hf_gpt2, sweep, train, trained
 from jscale.config import ConfigError
 from jscale.models import build
@@ -52,16 +50,14 @@ def test_greedy_sampling_matches_decoding_without_a_cache(run):
     assert a == b
 
 
-def test_sample_command_prints_the_prompt_and_its_continuation(run):
-    r = subprocess.run(jscale_cmd("sample", str(run[0]), "--prompt", "class ", "--tokens", "8", "--temperature",
-                                  "0"), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+def test_sample_command_prints_the_prompt_and_its_continuation(run, jscale_here):
+    r = jscale_here("sample", str(run[0]), "--prompt", "class ", "--tokens", "8", "--temperature", "0", check=0)
     model = trained.load(run[0])
     assert r.stdout == "class " + bytes(greedy_by_full_forward(model, list(b"class "), 8)).decode(
         "utf-8", errors="replace") + "\n"
 
 
-def test_eval_reproduces_the_runs_final_validation_and_reads_another_corpus(run, text_corpus, tmp_path):
+def test_eval_reproduces_the_runs_final_validation_and_reads_another_corpus(run, text_corpus, tmp_path, jscale_here):
     out, final = run
     model = trained.load(out)
     same = trained.evaluate(model, split="validation")
@@ -73,9 +69,8 @@ def test_eval_reproduces_the_runs_final_validation_and_reads_another_corpus(run,
     assert other["bits_per_byte"] == pytest.approx(other["loss"] / math.log(2))  # byte tokens
     bins = trained.position_bins(other["per_position"])
     assert [(lo, hi) for lo, hi, _ in bins] == [(1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 32)]
-    r = subprocess.run(jscale_cmd("eval", str(out), "--data", str(text_corpus), "--windows", "8", "--out",
-                                  str(tmp_path / "e.json")), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = jscale_here("eval", str(out), "--data", str(text_corpus), "--windows", "8", "--out", str(tmp_path / "e.json"),
+                    check=0)
     assert json.loads((tmp_path / "e.json").read_text())["loss"] == pytest.approx(other["loss"], rel=1e-5)
     assert "loss by position: 1: " in r.stdout
 
@@ -114,11 +109,9 @@ def gpt2_numpy(directory, ids):
     return norm(x, "ln_f") @ head.T
 
 
-def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tmp_path):
+def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tmp_path, jscale_here):
     out, final = run
-    r = subprocess.run(jscale_cmd("export", str(out), "--to", "hf", str(tmp_path / "hf")), capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr
+    jscale_here("export", str(out), "--to", "hf", str(tmp_path / "hf"), check=0)
     model = trained.load(out)
     ids = np.frombuffer(b"def power_law(n, alpha):\n    ret", np.uint8).astype(np.int64)  # 30 of n_ctx 32
     ours = np.asarray(build(model.cfg.model).apply({"params": model.params}, jnp.asarray(ids[None])))[0]
@@ -128,9 +121,7 @@ def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tm
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model.params)):
         np.testing.assert_array_equal(a, np.asarray(b))
     # `jscale import hf` writes the model section; a run from it starts where the export left off
-    r = subprocess.run(jscale_cmd("import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "start.toml")),
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    jscale_here("import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "start.toml"), check=0)
     raw = config.read_toml(tmp_path / "start.toml")
     assert raw["model"]["init_from"] == f"hf:{(tmp_path / 'hf').resolve()}" and raw["model"]["n_layer"] == 2
     raw.update({"data": {"eval_windows": 16},
@@ -176,9 +167,9 @@ def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_pat
     np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
 
 
-def test_sampling_a_run_without_a_checkpoint_is_one_line(tmp_path):
+def test_sampling_a_run_without_a_checkpoint_is_one_line(tmp_path, jscale_here):
     (tmp_path / "empty").mkdir()
     cfg = config.from_dict({"model": MODEL}).resolve()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(cfg.to_dict()))
-    r = subprocess.run(jscale_cmd("sample", str(tmp_path / "empty")), capture_output=True, text=True)
+    r = jscale_here("sample", str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no checkpoint to load" in r.stderr
