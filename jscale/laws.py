@@ -390,13 +390,14 @@ def _kaplan_nd_arrays(N, D, L, start: dict[str, float] | None = None):
 
 
 def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss, n_params: int,
-                 n_bootstrap: int, seed: int, convention: dict[str, str] | None) -> FittedLaw:
+                 n_bootstrap: int, seed: int, convention: dict[str, str] | None,
+                 start: dict[str, float] | None = None) -> FittedLaw:
     """Fit a law of several variables by least squares on log L (fit_arrays(*variables, L, start=None) -> (params,
     objective)), with residuals and percentile-bootstrap intervals over resampled points (each resample starts
-    from the full data's fit)."""
+    from the full data's fit). start: a solution to try first (the fixed starts only if it does not converge)."""
     cols = _columns(n_params, **variables, loss=loss)
     X, L = [cols[k] for k in variables], cols["loss"]
-    params, obj = fit_arrays(*X, L)
+    params, obj = fit_arrays(*X, L, start=start)
     fitted = FittedLaw(law, params, tuple(variables), dict(convention or {}), objective=obj, n_points=len(L))
     fitted.residuals = (np.log(L) - np.log(fitted.predict(**{k: cols[k] for k in variables}))).tolist()
     attach_bootstrap(fitted, lambda i: fit_arrays(*(x[i] for x in X), L[i], start=params)[0], len(L), n_bootstrap,
@@ -436,10 +437,11 @@ def _kaplan_ns_arrays(N, S, L, start: dict[str, float] | None = None):
 
 
 def fit_kaplan_ns(N, S_min, loss, n_bootstrap: int = 1000, seed: int = 0,
-                  convention: dict[str, str] | None = None) -> FittedLaw:
-    """L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S; pass S_min = s_min(S, B, B_crit(L))."""
+                  convention: dict[str, str] | None = None, start: dict[str, float] | None = None) -> FittedLaw:
+    """L(N, S_min) = (N_c/N)^alpha_N + (S_c/S_min)^alpha_S; pass S_min = s_min(S, B, B_crit(L)). start: a
+    solution to try first (a refit on resampled curves starts from the full data's)."""
     return _fit_log_law("kaplan-ns", _kaplan_ns_arrays, {"N": N, "S_min": S_min}, loss, 4, n_bootstrap, seed,
-                        convention)
+                        convention, start)
 
 
 def critical_batch_rows(S, E, target, L_target) -> list[tuple[float, float, float, float]]:

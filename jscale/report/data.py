@@ -10,19 +10,21 @@ from jscale.report.common import (PATIENCE, Experiment, Section, curve_bootstrap
 from jscale.verdicts import Region
 
 
-def stopping_bound_ratios(picked, points: list[dict]) -> tuple[np.ndarray, laws.FittedLaw]:
+def stopping_bound_ratios(picked, points: list[dict], start: dict[str, float] | None = None
+                          ) -> tuple[np.ndarray, laws.FittedLaw]:
     """Eq. 5.7: early stopping comes no sooner than S_c / [L(N, D) - L(N, inf)]^(1/alpha_S). L(N, S) (Eq. 1.6) is
     fitted to every curve's points after warmup and before its data repeats (epochs <= 1: the infinite-data curve);
     L(N, D) is the validation loss where a run stops, L(N, inf) = (N_c/N)^alpha_N from the same fit. Returns
     S_stop / bound for every picked curve that stopped (NaN where the loss at the stop is not above L(N, inf)).
 
-    picked: per (N, D) point, its (steps, validation) curves; points: per point, N, D, tokens per step, warmup."""
+    picked: per (N, D) point, its (steps, validation) curves; points: per point, N, D, tokens per step, warmup;
+    start: Eq. 1.6's constants to start the fit from (a resample starts from the full data's fit)."""
     N, S, L = [], [], []
     for curves, pt in zip(picked, points):
         for steps, val in curves:
             m = (steps > pt["warmup"]) & (steps * pt["tokens_per_step"] <= pt["D"])
             N.extend([pt["N"]] * int(m.sum())), S.extend(steps[m]), L.extend(val[m])
-    fit = laws.fit_kaplan_ns(np.array(N, float), np.array(S, float), np.array(L, float), n_bootstrap=0)
+    fit = laws.fit_kaplan_ns(np.array(N, float), np.array(S, float), np.array(L, float), n_bootstrap=0, start=start)
     p = fit.params
     ratios = []
     for curves, pt in zip(picked, points):
@@ -54,7 +56,7 @@ def stopping_bound(runs, curves: dict, sec: Section, n_bootstrap: int, problem: 
         return
 
     def geometric_mean(picked) -> float:
-        r = stopping_bound_ratios(picked, points)[0]
+        r = stopping_bound_ratios(picked, points, start=fit.params)[0]
         return float(np.exp(np.mean(np.log(r)))) if len(r) and np.all(r > 0) else float("nan")
 
     est = curve_bootstrap(groups, curves, geometric_mean, min(n_bootstrap, 200), rho=1.0)
