@@ -62,6 +62,17 @@ MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_f
                ("data", "max_train_tokens"), ("data", "subset_seed"), ("data", "subset_chunk")}
 
 
+def shared_config(cfg: Config) -> dict[str, Any]:
+    """What runs of one ensemble share, and what their compiled steps depend on: the config less MEMBER_KEYS, with
+    model sizes left to their defaults written out (d_ff None and d_ff = 4 d_model are one shape)."""
+    d = cfg.to_dict()
+    for section, key in MEMBER_KEYS:
+        d[section].pop(key)
+    m = cfg.model
+    d["model"].update(d_ff=m.d_ff_, d_attn=m.d_attn_, n_kv_heads=m.n_kv_heads_)
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     run_id: str  # a stable hash of the resolved config
@@ -81,10 +92,7 @@ class Run:
 
     @property
     def group_key(self) -> str:
-        d = self.cfg.to_dict()
-        for section, key in MEMBER_KEYS:
-            d[section].pop(key)
-        return json.dumps(d, sort_keys=True)
+        return json.dumps(shared_config(self.cfg), sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ import optax
 from jscale import accounting, config, data, interrupts, results, sharding, tracking
 from jscale.config import Config, ConfigError, ResourceError, TrainConfig, eval_window_counts, resource_error
 from jscale.models import build, has_memory
-from jscale.sweep import MEMBER_KEYS
+from jscale.sweep import shared_config
 
 Hparams = dict[str, jax.Array]
 
@@ -445,10 +445,8 @@ _INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisati
 def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
     """What a group's compiled steps depend on: the config less the per-member hyperparameters, the member count,
     and the devices."""
-    d = cfgs[0].to_dict()
-    for section, key in MEMBER_KEYS:
-        d[section].pop(key)
-    return json.dumps([d, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+    return json.dumps([shared_config(cfgs[0]), len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]],
+                      sort_keys=True)
 
 
 def _single_init(model, optimizer, cfg: Config) -> Callable:
