@@ -21,14 +21,20 @@ KINDS = {
 
 
 def _logits(model, params, tokens, memory=None):
-    out = model.apply({"params": params}, tokens, memory) if model.cfg.kind == "transformer_xl" else \
-        model.apply({"params": params}, tokens)
+    out = _jit(model.apply)({"params": params}, tokens, memory) if model.cfg.kind == "transformer_xl" else \
+        _jit(model.apply)({"params": params}, tokens)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _jit(fn):
+    """The models' functions compiled whole (one XLA compilation) rather than run op by op, which compiles every
+    primitive at every new shape: the same numbers, in a fraction of the suite's time."""
+    return jax.jit(fn)
 
 
 def _init(cfg):
     model = build(cfg)
-    return model, model.init(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
+    return model, _jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -191,24 +197,26 @@ def test_xl_two_segments_with_memory_equal_one_causal_pass():
     """Dai et al.: with mem_len = segment length, segment 2 after segment 1 gives the outputs of one causal pass
     over both segments with the same relative encoding."""
     model, params = _init(XL)
+    apply = _jit(model.apply)
     tokens = jax.random.randint(jax.random.key(5), (2, 16), 0, 64)
-    one_pass, _ = build(ModelConfig(**{**XL.__dict__, "n_ctx": 16, "mem_len": 0})).apply({"params": params}, tokens)
-    first, memory = model.apply({"params": params}, tokens[:, :8])
-    second, _ = model.apply({"params": params}, tokens[:, 8:], memory)
+    one_pass, _ = _jit(build(ModelConfig(**{**XL.__dict__, "n_ctx": 16, "mem_len": 0})).apply)({"params": params},
+                                                                                                tokens)
+    first, memory = apply({"params": params}, tokens[:, :8])
+    second, _ = apply({"params": params}, tokens[:, 8:], memory)
     np.testing.assert_allclose(first, one_pass[:, :8], atol=1e-5)
     np.testing.assert_allclose(second, one_pass[:, 8:], atol=1e-5)
     assert [m.shape for m in memory] == [(2, 8, 32)] * 2
     # The memory matters: without it the second segment's outputs differ.
-    alone, _ = model.apply({"params": params}, tokens[:, 8:])
+    alone, _ = apply({"params": params}, tokens[:, 8:])
     assert not np.allclose(alone, second, atol=1e-3)
 
 
 def test_xl_no_gradient_reaches_the_memory():
     model, params = _init(XL)
     tokens = jax.random.randint(jax.random.key(6), (2, 17), 0, 64)
-    _, memory = model.apply({"params": params}, tokens[:, :8])
+    _, memory = _jit(model.apply)({"params": params}, tokens[:, :8])
     loss = lambda p, mem: train.per_position_loss(model, p, tokens[:, 8:], memory=mem)[0].mean()
-    g_params, g_memory = jax.grad(loss, argnums=(0, 1))(params, memory)
+    g_params, g_memory = _jit(jax.grad(loss, argnums=(0, 1)))(params, memory)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in g_memory)
     assert float(jnp.abs(g_params["h_0"]["attn"]["r_net"]["kernel"]).max()) > 0
 
@@ -226,7 +234,7 @@ def test_xl_without_memory_is_an_ordinary_causal_lm():
     assert longer.N == acc.N and acc.params["position_keys"] == 2 * 32 * 32
 
 
-def test_xl_learns_what_only_the_previous_segment_holds():
+def test_xl_learns_what_only_the_previous_segment_holds(optimized):
     """Token streams made of random blocks of one segment, each repeated once: the second copy is predictable only
     from the memory. Transformer-XL learns it; the same model without memory stays at chance (ln 16)."""
     T, B, V, steps = 8, 16, 16, 600
@@ -246,8 +254,9 @@ def test_xl_learns_what_only_the_previous_segment_holds():
         for k in range(steps):  # consecutive segments of the same streams, memory carried in the state
             state, _ = step(state, jnp.asarray(data[:, k * T:k * T + T + 1]), hp)
         test = jnp.asarray(streams(1, 2))
-        _, memory = train.per_position_loss(model, state.params, test[:, :T + 1])
-        second, _ = train.per_position_loss(model, state.params, test[:, T:2 * T + 1], memory=memory)
+        loss = _jit(lambda params, windows, memory: train.per_position_loss(model, params, windows, memory=memory))
+        _, memory = loss(state.params, test[:, :T + 1], None)
+        second, _ = loss(state.params, test[:, T:2 * T + 1], memory)
         return float(second[:, :-1].mean())  # the last target starts a new random block
 
     with_memory, without = copy_loss(T), copy_loss(0)

@@ -13,8 +13,9 @@ CFG = ModelConfig(n_layer=2, d_model=32, n_heads=4, n_ctx=16, vocab_size=64)
 
 
 def _init(cfg):
+    """(The models' functions run compiled whole in these tests: op by op, every primitive compiles at every shape.)"""
     model = build(cfg)
-    return model, model.init(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -24,8 +25,8 @@ def test_changing_token_t_leaves_earlier_logits_unchanged(tie):
     tokens = jax.random.randint(jax.random.key(1), (2, cfg.n_ctx), 0, cfg.vocab_size)
     t = 9
     changed = tokens.at[:, t].set((tokens[:, t] + 1) % cfg.vocab_size)
-    a = model.apply({"params": params}, tokens)
-    b = model.apply({"params": params}, changed)
+    apply = jax.jit(model.apply)
+    a, b = apply({"params": params}, tokens), apply({"params": params}, changed)
     np.testing.assert_array_equal(a[:, :t], b[:, :t])
     assert not np.allclose(a[:, t:], b[:, t:])
 
@@ -71,10 +72,10 @@ def test_attention_implementation_choice(monkeypatch):
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     cfg = ModelConfig(**{**CFG.__dict__, "dtype": "bfloat16"})
     model, params = _init(cfg)
-    logits = model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    logits = jax.jit(model.apply)({"params": params}, jnp.zeros((1, 8), jnp.int32))
     assert logits.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    f32 = build(CFG).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    f32 = jax.jit(build(CFG).apply)({"params": params}, jnp.zeros((1, 8), jnp.int32))
     np.testing.assert_allclose(logits, f32, atol=0.1)
 
 
