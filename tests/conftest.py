@@ -23,17 +23,6 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]).strip()
 
 
-@pytest.fixture
-def optimized():
-    """XLA's optimisations back on, for a test that runs hundreds of steps of one shape: its steps then run ~3x
-    faster (2.7 ms against 7.6 ms for the Transformer-XL copy test's), which pays for the longer compile."""
-    import jax
-
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
-
-
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -234,7 +234,7 @@ def test_xl_without_memory_is_an_ordinary_causal_lm():
     assert longer.N == acc.N and acc.params["position_keys"] == 2 * 32 * 32
 
 
-def test_xl_learns_what_only_the_previous_segment_holds(optimized):
+def test_xl_learns_what_only_the_previous_segment_holds():
     """Token streams made of random blocks of one segment, each repeated once: the second copy is predictable only
     from the memory. Transformer-XL learns it; the same model without memory stays at chance (ln 16)."""
     T, B, V, steps = 8, 16, 16, 600
