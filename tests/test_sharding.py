@@ -116,7 +116,7 @@ values = [0, 1]
 """
 
 
-def test_two_processes_train_one_sweep_and_only_process_0_writes(tmp_path):
+def test_two_processes_train_one_sweep_and_only_process_0_writes(tmp_path, jscale_here):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP)
     port = _free_port()
@@ -128,8 +128,7 @@ def test_two_processes_train_one_sweep_and_only_process_0_writes(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     assert "done:" in outs[0][0] and "done:" not in outs[1][0]  # process 1 prints and writes nothing
-    subprocess.run(jscale_cmd("run", str(spec), "--out", str(tmp_path / "single"), "--quiet", "--ensemble-size", "2"),
-                   check=True, capture_output=True, env=env)
+    jscale_here("run", str(spec), "--out", str(tmp_path / "single"), "--quiet", "--ensemble-size", "2", check=0)
     q = "SELECT run_id, step, train_loss, test_loss FROM curves ORDER BY run_id, step"
     with sqlite3.connect(tmp_path / "multi" / "results.sqlite") as a, \
             sqlite3.connect(tmp_path / "single" / "results.sqlite") as b:
