@@ -32,7 +32,7 @@ steps = {steps}
 lr = 3e-3
 warmup_steps = 5
 eval_every = 10
-checkpoint_every = 10
+checkpoint_every = 20
 [[axis]]
 key = "train.seed"
 values = [0, 1]

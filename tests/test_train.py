@@ -116,13 +116,13 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd):
 
 
 def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path, jscale_here):
-    """A real process, killed with SIGKILL right after its first checkpoint, then the same command again (in this
-    process, as the uninterrupted run)."""
+    """A real process, killed with SIGKILL right after its first checkpoint (step 50 of 200), then the same command
+    again (in this process, as the uninterrupted run)."""
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text('[model]\nn_layer = 1\nd_model = 32\nn_heads = 2\nn_ctx = 32\n'
                         '[data]\neval_windows = 8\n'
                         '[train]\nbatch_size = 8\nsteps = 200\nlr = 3e-3\nwarmup_steps = 5\neval_every = 10\n'
-                        'checkpoint_every = 10\n')
+                        'checkpoint_every = 50\n')
     args = ("train", str(cfg_path), "--quiet", "--out", str(tmp_path / "killed"))
     proc = subprocess.Popen(jscale_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
