@@ -320,8 +320,7 @@ def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool, start: di
     best = None
     for x0 in starts:
         try:
-            res = _least_squares(residual, x0, bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]),
-                                         method="trf")
+            res = _least_squares(residual, x0, bounds=([0, -np.inf, 1e-6], [L.min(), np.inf, 10]), method="trf")
         except ValueError:
             continue
         if res.success and (best is None or res.cost < best.cost):
