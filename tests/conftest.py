@@ -59,7 +59,8 @@ def jscale_here(capfd, monkeypatch):
     """Run a `jscale` command in this process: `cli.main`, the console script's own code path, with what it prints
     read at the file descriptors. For commands whose subject is not the process itself (a re-run after damage, a
     reference run): no JAX start-up, and compiled steps are shared with the earlier commands of the same shapes.
-    Signals, kills and concurrent jobs stay in real processes (jscale_cmd)."""
+    Signals, kills, concurrent jobs and commands whose checkpoint write is meant to fail (cli.main then ends the
+    process at once, orbax's threads still failing) stay in real processes (jscale_cmd)."""
     from jscale import cli
 
     def run(*args: str, env: dict[str, str] | None = None, check: int | None = None) -> Finished:
