@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,13 +48,6 @@ def jscale_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "jscale.cli", *args]
 
 
-class Finished:
-    """What a `jscale` command left: its exit status and what it printed (as subprocess.run's result has it)."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
 def jscale_here(capfd, monkeypatch):
     """Run a `jscale` command in this process: `cli.main`, the console script's own code path, with what it prints
@@ -63,7 +57,7 @@ def jscale_here(capfd, monkeypatch):
     process at once, orbax's threads still failing) stay in real processes (jscale_cmd)."""
     from jscale import cli
 
-    def run(*args: str, env: dict[str, str] | None = None, check: int | None = None) -> Finished:
+    def run(*args: str, env: dict[str, str] | None = None, check: int | None = None) -> subprocess.CompletedProcess:
         with monkeypatch.context() as m:
             for key, value in (env or {}).items():
                 m.setenv(key, value)
@@ -72,6 +66,6 @@ def jscale_here(capfd, monkeypatch):
             out, err = capfd.readouterr()
         if check is not None:
             assert code == check, (code, out[-2000:], err[-3000:])
-        return Finished(code, out, err)
+        return subprocess.CompletedProcess(["jscale", *args], code, out, err)  # as a process's would read
 
     return run

@@ -20,21 +20,19 @@ KINDS = {
 }
 
 
+# The models' functions run jitted in these tests (one XLA compilation) rather than op by op, which compiles every
+# primitive at every new shape: the same numbers, in a fraction of the suite's time.
+
+
 def _logits(model, params, tokens, memory=None):
-    out = _jit(model.apply)({"params": params}, tokens, memory) if model.cfg.kind == "transformer_xl" else \
-        _jit(model.apply)({"params": params}, tokens)
+    out = jax.jit(model.apply)({"params": params}, tokens, memory) if model.cfg.kind == "transformer_xl" else \
+        jax.jit(model.apply)({"params": params}, tokens)
     return out[0] if isinstance(out, tuple) else out
-
-
-def _jit(fn):
-    """The models' functions compiled whole (one XLA compilation) rather than run op by op, which compiles every
-    primitive at every new shape: the same numbers, in a fraction of the suite's time."""
-    return jax.jit(fn)
 
 
 def _init(cfg):
     model = build(cfg)
-    return model, _jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"]
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -197,10 +195,10 @@ def test_xl_two_segments_with_memory_equal_one_causal_pass():
     """Dai et al.: with mem_len = segment length, segment 2 after segment 1 gives the outputs of one causal pass
     over both segments with the same relative encoding."""
     model, params = _init(XL)
-    apply = _jit(model.apply)
+    apply = jax.jit(model.apply)
     tokens = jax.random.randint(jax.random.key(5), (2, 16), 0, 64)
-    one_pass, _ = _jit(build(ModelConfig(**{**XL.__dict__, "n_ctx": 16, "mem_len": 0})).apply)({"params": params},
-                                                                                                tokens)
+    one_segment = build(ModelConfig(**{**XL.__dict__, "n_ctx": 16, "mem_len": 0}))
+    one_pass, _ = jax.jit(one_segment.apply)({"params": params}, tokens)
     first, memory = apply({"params": params}, tokens[:, :8])
     second, _ = apply({"params": params}, tokens[:, 8:], memory)
     np.testing.assert_allclose(first, one_pass[:, :8], atol=1e-5)
@@ -214,9 +212,9 @@ def test_xl_two_segments_with_memory_equal_one_causal_pass():
 def test_xl_no_gradient_reaches_the_memory():
     model, params = _init(XL)
     tokens = jax.random.randint(jax.random.key(6), (2, 17), 0, 64)
-    _, memory = _jit(model.apply)({"params": params}, tokens[:, :8])
+    _, memory = jax.jit(model.apply)({"params": params}, tokens[:, :8])
     loss = lambda p, mem: train.per_position_loss(model, p, tokens[:, 8:], memory=mem)[0].mean()
-    g_params, g_memory = _jit(jax.grad(loss, argnums=(0, 1)))(params, memory)
+    g_params, g_memory = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, memory)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in g_memory)
     assert float(jnp.abs(g_params["h_0"]["attn"]["r_net"]["kernel"]).max()) > 0
 
@@ -254,7 +252,7 @@ def test_xl_learns_what_only_the_previous_segment_holds():
         for k in range(steps):  # consecutive segments of the same streams, memory carried in the state
             state, _ = step(state, jnp.asarray(data[:, k * T:k * T + T + 1]), hp)
         test = jnp.asarray(streams(1, 2))
-        loss = _jit(lambda params, windows, memory: train.per_position_loss(model, params, windows, memory=memory))
+        loss = jax.jit(lambda params, windows, memory: train.per_position_loss(model, params, windows, memory=memory))
         _, memory = loss(state.params, test[:, :T + 1], None)
         second, _ = loss(state.params, test[:, T:2 * T + 1], memory)
         return float(second[:, :-1].mean())  # the last target starts a new random block

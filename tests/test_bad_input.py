@@ -1,10 +1,10 @@
 """Every bad input is one line on stderr naming the key or file, a known exit status, and nothing written.
 
 One table of cases across config files, overrides, sweep files, CLI arguments, data sources, results directories
-and fit inputs. Each runs `jscale.cli.main` in this process (the same code path as the console script, without a
-JAX start-up per case) in a work directory, and checks: the exit status; exactly one line on stderr (at the file
-descriptor, so nothing printed by C++ or a library slips past); the key or file named in it; and the work
-directory unchanged byte for byte.
+and fit inputs. Each runs `jscale.cli.main` in this process (conftest's jscale_here: the console script's code
+path, without a JAX start-up per case) in a work directory, and checks: the exit status; exactly one line on stderr
+(at the file descriptor, so nothing printed by C++ or a library slips past); the key or file named in it; and the
+work directory unchanged byte for byte.
 """
 
 import hashlib
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from jscale import cli
 
 TINY = """
 [model]
@@ -208,11 +207,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv, status, names", CASES, ids=[" ".join(c[0])[:60] for c in CASES])
-def test_bad_input_is_one_line_naming_it_and_writes_nothing(work, capfd, monkeypatch, argv, status, names):
-    monkeypatch.setenv("JSCALE_OFFLINE", "1")  # no download attempts, on any machine
+def test_bad_input_is_one_line_naming_it_and_writes_nothing(work, jscale_here, argv, status, names):
     before = snapshot(work)
-    assert cli.main(list(argv)) == status
-    err = capfd.readouterr().err
+    err = jscale_here(*argv, env={"JSCALE_OFFLINE": "1"}, check=status).stderr  # offline: no download attempts
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("jscale: error: ") and names in lines[0], lines[0]
@@ -223,7 +220,7 @@ def test_the_bad_input_table_is_large(work):
     assert len(CASES) >= 40
 
 
-def test_a_locked_database_is_one_line_with_status_1(work, capfd, monkeypatch):
+def test_a_locked_database_is_one_line_with_status_1(work, jscale_here, monkeypatch):
     """A results database held by another writer: `jscale run` waits (JSCALE_DB_TIMEOUT seconds), then says so."""
     monkeypatch.setenv("JSCALE_DB_TIMEOUT", "1")
     (work / "locked").mkdir()
@@ -233,8 +230,7 @@ def test_a_locked_database_is_one_line_with_status_1(work, capfd, monkeypatch):
     holder.execute("BEGIN EXCLUSIVE")
     try:
         before = snapshot(work)
-        assert cli.main(["run", "sweep.toml", "--out", "locked", "--quiet"]) == 1
-        lines = capfd.readouterr().err.strip().splitlines()
+        lines = jscale_here("run", "sweep.toml", "--out", "locked", "--quiet", check=1).stderr.strip().splitlines()
         assert len(lines) == 1 and "results.sqlite" in lines[0] and "locked" in lines[0], lines
         assert snapshot(work) == before
     finally:
