@@ -21,7 +21,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Likewise XLA:CPU's newer fusion emitters: without them a tiny train step compiled in 0.45-0.54 s instead of
 # 1.1-1.2 s (init and eval steps alike), at the same step time (2.2 ms against 2.4 ms for a 1-layer d_model-16 run).
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]).strip()
+if "--xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):  # (pytest-xdist's workers inherit it)
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_use_fusion_emitters=false".strip()
 
 
 @pytest.fixture(scope="session")
