@@ -22,68 +22,73 @@ MAX_ORDER = 5
 _BASE = np.uint64(0x100000001B3)  # odd
 
 
-def _hashes(tokens: np.ndarray, length: int, offset: int, count: int) -> np.ndarray:
-    """Hash of tokens[i + offset : i + offset + length] for i in range(count)."""
-    h = np.zeros(count, np.uint64)
-    with np.errstate(over="ignore"):
-        for m in range(length):
-            h = h * _BASE + (np.asarray(tokens[offset + m:offset + m + count]).astype(np.uint64) + np.uint64(1))
-    return h
+def _index_into(queries: np.ndarray, keys: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Number of distinct queries, each query's index among them, and each key's (-1: not asked about). A hash
+    table (pandas'), not a sort: the keys are train positions, millions of them."""
+    import pandas as pd
 
-
-class _Table:
-    """Sorted unique keys and their counts, for lookups."""
-
-    def __init__(self, keys: np.ndarray, counts: np.ndarray | None = None):
-        if counts is None:
-            keys, counts = np.unique(keys, return_counts=True)
-        self.keys, self.counts = keys, counts
-
-    def get(self, queries: np.ndarray) -> np.ndarray:
-        i = np.clip(np.searchsorted(self.keys, queries), 0, max(len(self.keys) - 1, 0))
-        found = (self.keys[i] == queries) if len(self.keys) else np.zeros(len(queries), bool)
-        return np.where(found, self.counts[i] if len(self.keys) else 0, 0)
-
-
-def _order_tables(train: np.ndarray, n: int) -> tuple[_Table, _Table, _Table]:
-    """For order n (history of n - 1 tokens): c(h w), c(h) and T(h)."""
-    count = len(train) - n + 1
-    with np.errstate(over="ignore"):
-        h = _hashes(train, n - 1, 0, count)
-        hw = h * _BASE + (np.asarray(train[n - 1:n - 1 + count]).astype(np.uint64) + np.uint64(1))
-    hw_keys, first, hw_counts = np.unique(hw, return_index=True, return_counts=True)
-    t_table = _Table(h[first])  # each distinct (h, w) counted once under its h: T(h)
-    return _Table(hw_keys, hw_counts), _Table(h), t_table
+    distinct, query_index = np.unique(queries, return_inverse=True)
+    return len(distinct), query_index.reshape(queries.shape), pd.Index(distinct).get_indexer(keys)
 
 
 def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_order: int = MAX_ORDER,
            per_window: bool = False) -> dict[int, float]:
     """Mean loss (nats/token) of each order's model on the last S - 1 positions of each window (per_window: each
-    window's mean loss, (W,), instead of the mean)."""
+    window's mean loss, (W,), instead of the mean).
+
+    Only the histories and n-grams the windows ask about are counted: each order is one pass over train positions,
+    with no sort of the train split. The positions passed over shrink with the order: an order-n history is an
+    order-(n-1) n-gram, so only positions whose order-(n-1) n-gram was asked about can start one."""
+    import pandas as pd
+
     W, S = windows_WxS.shape
-    targets = windows_WxS[:, 1:].astype(np.uint64)  # (W, T)
     T = S - 1
+    tokens = np.asarray(train)
+    as_hashed = lambda x: np.asarray(x).astype(np.uint64) + np.uint64(1)  # noqa: E731 (0 is the empty history)
     t_index = np.broadcast_to(np.arange(T), (W, T))  # tokens of history available at each target: t
     prob = np.full((W, T), 1.0 / vocab_size)
-    out = {}
-    for n in range(1, max_order + 1):
+    # Hashes put the oldest token at the highest power of _BASE: a history grows by an older token in the windows
+    # (+ token * _BASE^(n-2)) and by a newer one at a train position (hash * _BASE + token).
+    query_hist = np.zeros((W, T), np.uint64)  # hash of each target's history of n - 1 tokens
+    weight = np.uint64(1)
+    pair_base = max(int(tokens.max(initial=0)), int(windows_WxS.max(initial=0))) + 2  # above every hashed token:
+    # (history, token) pairs as one integer
+
+    # Order 1 (the empty history) from the token counts.
+    counts = np.bincount(tokens, minlength=pair_base)
+    distinct = np.count_nonzero(counts)
+    prob = (counts[windows_WxS[:, 1:]] + distinct * prob) / max(len(tokens) + distinct, 1)
+    out = {1: -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())}
+    asked = np.zeros(pair_base, bool)
+    asked[windows_WxS[:, 1:]] = True
+    start = np.flatnonzero(asked[tokens])  # train positions that may start a history asked about, (P,)
+    start_hist = as_hashed(tokens[start])  # hash of the n - 1 tokens from each, (P,)
+    for n in range(2, max_order + 1):
         interrupts.check()
-        c_hw, c_h, t_h = _order_tables(train, n)
         usable = t_index >= n - 1  # enough history inside the window for this order
         with np.errstate(over="ignore"):
-            hist = np.zeros((W, T), np.uint64)
-            for m in range(n - 1, 0, -1):  # history tokens from oldest (t - n + 1) to newest (t - 1), as hashed
-                col = np.clip(np.arange(T) + 1 - m, 0, S - 1)  # position of the token m before the target
-                hist = hist * _BASE + (windows_WxS[:, col].astype(np.uint64) + np.uint64(1))
-            hw = hist * _BASE + (targets + np.uint64(1))
-        flat_h, flat_hw = hist.ravel(), hw.ravel()
-        ch = c_h.get(flat_h).reshape(W, T).astype(float) if n > 1 else np.full((W, T), float(len(train)))
-        chw = c_hw.get(flat_hw).reshape(W, T).astype(float)
-        th = t_h.get(flat_h).reshape(W, T).astype(float) if n > 1 else np.full((W, T), float(len(c_hw.keys)))
+            oldest = np.clip(np.arange(T) + 2 - n, 0, S - 1)  # window position of the token n - 1 before target t
+            query_hist = query_hist + as_hashed(windows_WxS[:, oldest]) * weight
+            weight = weight * _BASE
+            query_hw = query_hist * _BASE + as_hashed(windows_WxS[:, 1:])
+            fits = start + n <= len(tokens)  # the n-gram lies inside the train split
+            start, start_hist = start[fits], start_hist[fits]
+            start_next = as_hashed(tokens[start + n - 1])
+            start_hw = start_hist * _BASE + start_next
+        n_hist, hist_q, hist_at = _index_into(query_hist[usable], start_hist)
+        has_hist = hist_at >= 0
+        c_h = np.bincount(hist_at[has_hist], minlength=n_hist)
+        pairs = hist_at[has_hist].astype(np.int64) * pair_base + start_next[has_hist].astype(np.int64)
+        t_h = np.bincount(pd.unique(pairs) // pair_base, minlength=n_hist)  # distinct tokens after h: T(h)
+        n_hw, hw_q, hw_at = _index_into(query_hw[usable], start_hw[has_hist])
+        c_hw = np.bincount(hw_at[hw_at >= 0], minlength=n_hw)
+        ch, chw, th = np.zeros((W, T)), np.zeros((W, T)), np.zeros((W, T))
+        ch[usable], chw[usable], th[usable] = c_h[hist_q], c_hw[hw_q], t_h[hist_q]
         seen = (ch > 0) & usable
-        new = np.where(seen, (chw + th * prob) / np.maximum(ch + th, 1), prob)
-        prob = new
+        prob = np.where(seen, (chw + th * prob) / np.maximum(ch + th, 1), prob)
         out[n] = -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())
+        asked = np.flatnonzero(has_hist)[hw_at >= 0]  # positions whose n-gram was asked about start the next histories
+        start, start_hist = start[asked], start_hw[asked]
     return out
 
 
