@@ -511,38 +511,61 @@ def chinchilla_grid() -> np.ndarray:
         g["alpha"], g["beta"], g["e"], g["a"], g["b"])])
 
 
-def _objective_and_grad(theta_Bx5, logN, logD, logL, delta, weights_Bxn):
-    """Huber objective and its exact gradient for B parameter vectors, each with its own point weights (B, n).
+def _objective_and_grad(theta_Bx5, logN, logD, logL, delta, weights_Bxn=None):
+    """Huber objective and its exact gradient for B parameter vectors, each with its own point weights (B, n; None:
+    every point once).
 
-    Written out by hand (no scipy.special.logsumexp/huber): this is the inner loop of every polish, bootstrap refit
-    and grid pass; tests check it against SciPy's formulation and finite differences."""
+    Written out by hand (no scipy.special.logsumexp/huber), in place where a (B, n) temporary can be reused: this is
+    the inner loop of every polish, bootstrap refit and grid pass; tests check it against SciPy's formulation and
+    finite differences."""
     a, b, e, alpha, beta = (theta_Bx5[:, i:i + 1] for i in range(5))
-    t0, t1 = a - alpha * logN, b - beta * logD
-    m = np.maximum(np.maximum(t0, t1), e)
-    x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
-    total = x0 + x1 + x2
-    r = logL - m - np.log(total)
+    x0 = alpha * logN
+    np.subtract(a, x0, out=x0)  # t0 = a - alpha log N
+    x1 = beta * logD
+    np.subtract(b, x1, out=x1)  # t1 = b - beta log D
+    m = np.maximum(x0, x1)
+    np.maximum(m, e, out=m)
+    x0 -= m
+    np.exp(x0, out=x0)  # x_i = exp(t_i - m): the softmax's terms, (B, n)
+    x1 -= m
+    np.exp(x1, out=x1)
+    x2 = np.exp(e - m)
+    total = x0 + x1
+    total += x2
+    r = np.log(total)
+    np.subtract(logL, m, out=m)
+    np.subtract(m, r, out=r)  # r = log L - LSE(t0, t1, e), (B, n)
     abs_r = np.abs(r)
-    inside = abs_r <= delta
-    h = np.where(inside, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
-    dh = -np.where(inside, r, delta * np.sign(r)) * weights_Bxn / total  # d huber / d LSE, over the softmax's sum
-    grad = np.stack([(dh * x0).sum(1), (dh * x1).sum(1), (dh * x2).sum(1),
-                     -(dh * x0 * logN).sum(1), -(dh * x1 * logD).sum(1)], axis=1)
-    return (h * weights_Bxn).sum(1), grad
+    h = np.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
+    dh = np.clip(r, -delta, delta, out=r)  # d huber / dr
+    np.negative(dh, out=dh)
+    if weights_Bxn is not None:
+        dh *= weights_Bxn
+        h *= weights_Bxn
+    dh /= total  # d huber / d LSE, over the softmax's sum
+    grad = np.empty((len(theta_Bx5), 5))
+    for i, x, log_x in ((0, x0, logN), (1, x1, logD), (2, x2, None)):
+        np.multiply(dh, x, out=total)
+        grad[:, i] = total.sum(1)
+        if log_x is not None:  # d/d alpha and d/d beta
+            total *= log_x
+            grad[:, i + 3] = -total.sum(1)
+    return h.sum(1), grad
 
 
 def chinchilla_objective(theta_Sx5: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
                          delta: float = 1e-3, weights: np.ndarray | None = None) -> np.ndarray:
     """The summed Huber loss for many parameter vectors at once: theta (S, 5) -> (S,)."""
-    weights_1xn = np.ones((1, len(logL))) if weights is None else np.asarray(weights, np.float64).reshape(1, -1)
+    weights_1xn = None if weights is None else np.asarray(weights, np.float64).reshape(1, -1)
     return _objective_and_grad(theta_Sx5, logN, logD, logL, delta, weights_1xn)[0]
 
 
-def _minimize_batch(starts_Bx5, logN, logD, logL, delta, weights_Bxn):
-    """Run L-BFGS from every start at once (each row with its own point weights)."""
+def _minimize_batch(starts_Bx5, logN, logD, logL, delta, weights_Bxn=None):
+    """Run L-BFGS from every start at once (each row with its own point weights; None: every point once)."""
     from jscale import lbfgs
 
-    fg = lambda x, rows: _objective_and_grad(x, logN, logD, logL, delta, weights_Bxn[rows])
+    fg = lambda x, rows: _objective_and_grad(x, logN, logD, logL, delta,
+                                             None if weights_Bxn is None else weights_Bxn[rows])
     return lbfgs.minimize(fg, starts_Bx5)
 
 
@@ -572,14 +595,13 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
     if not all_starts:
         grid_values = chinchilla_objective(starts, logN, logD, logL, delta)
         starts = starts[np.argsort(grid_values, kind="stable")[:n_polish]]
-    x, f, converged = _minimize_batch(starts, logN, logD, logL, delta, np.ones((len(starts), len(logL))))
+    x, f, converged = _minimize_batch(starts, logN, logD, logL, delta)
     if not converged.any():
         raise LawFitError(f"chinchilla: none of the {len(starts)} starts converged")
     best = int(np.argmin(np.where(converged, f, np.inf)))
     if not all_starts and np.allclose(x[best], starts[best], rtol=0, atol=1e-6):
         # The optimum never left its grid start (a flat or stuck polish): check it against every start.
-        wide, f_wide, conv_wide = _minimize_batch(chinchilla_grid(), logN, logD, logL, delta,
-                                                  np.ones((len(chinchilla_grid()), len(logL))))
+        wide, f_wide, conv_wide = _minimize_batch(chinchilla_grid(), logN, logD, logL, delta)
         i = int(np.argmin(np.where(conv_wide, f_wide, np.inf)))
         if conv_wide[i] and f_wide[i] < f[best]:
             x, f, converged, best = wide, f_wide, conv_wide, i
