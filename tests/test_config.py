@@ -1,6 +1,8 @@
 """Configs: typed TOML with overrides; every bad input is one line naming the key, exit status 2, nothing run."""
 
 
+import functools
+
 import pytest
 
 from jscale import config
@@ -82,6 +84,11 @@ KIND_BASE = {"transformer": {"n_heads": 2}, "universal": {"n_heads": 2, "reuse":
 
 
 def _fingerprint(cfg):
+    return _model_fingerprint(cfg.model)
+
+
+@functools.lru_cache  # (each kind's reference model is fingerprinted once, not once per key)
+def _model_fingerprint(model_cfg):
     """What a model setting can change: parameter shapes, the traced forward pass (training mode, so dropout
     shows), and the context a Transformer-XL evaluation reads. A trace that fails counts as a change (cuDNN
     paths cannot be traced on a CPU)."""
@@ -91,8 +98,8 @@ def _fingerprint(cfg):
     from jscale import train
     from jscale.models import build
 
-    model = build(cfg.model)
-    tokens = jnp.zeros((1, cfg.model.n_ctx), jnp.int32)
+    model = build(model_cfg)
+    tokens = jnp.zeros((1, model_cfg.n_ctx), jnp.int32)
     try:
         params = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))
         rngs = {"dropout": jax.random.key(1)}
@@ -102,7 +109,7 @@ def _fingerprint(cfg):
     except Exception as e:  # noqa: BLE001
         return ("trace failed", type(e).__name__)
     shapes = jax.tree.map(lambda x: (x.shape, str(x.dtype)), params)
-    return (str(shapes), str(jaxpr), train.eval_context(cfg.model))
+    return (str(shapes), str(jaxpr), train.eval_context(model_cfg))
 
 
 @pytest.mark.parametrize("kind", config.MODEL_KINDS)
