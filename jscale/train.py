@@ -443,10 +443,19 @@ _INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisati
 
 
 def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
-    """What a group's compiled steps depend on: the config less the per-member hyperparameters, the member count,
-    and the devices."""
-    return json.dumps([shared_config(cfgs[0]), len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]],
-                      sort_keys=True)
+    """What a group's compiled steps depend on: the model, the batch and evaluation-chunk shapes, the mesh, the
+    member count and the devices. Not the rest of the train and data settings (steps, schedules, evaluation and
+    checkpoint intervals, the corpus): those reach the programs as data or stay on the host, so groups that differ
+    only there share one compilation."""
+    cfg = cfgs[0]
+    shapes = {"model": shared_config(cfg)["model"], "parallel": cfg.parallel.__dict__,
+              "batch_size": cfg.train.batch_size, "eval_chunk": _eval_chunk(cfg)}
+    return json.dumps([shapes, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+
+
+def _eval_chunk(cfg: Config) -> int:
+    """Windows per compiled evaluation call: a batch, or fewer when the curve's evaluations score fewer windows."""
+    return min(cfg.train.batch_size, eval_window_counts(cfg.data, cfg.model.n_ctx)[1])
 
 
 def _single_init(model, optimizer, cfg: Config) -> Callable:
@@ -524,7 +533,7 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     with_sh = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
     state_abstract = with_sh(abstract, state_sh)
-    chunk = min(t.batch_size, eval_window_counts(cfg.data, n_ctx)[1])
+    chunk = _eval_chunk(cfg)
     window = eval_context(cfg.model) + n_ctx + 1
     if stacked:  # members initialised one by one by the shared single-member init, then stacked in place
         single = _single_init(model, optimizer, cfg)

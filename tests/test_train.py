@@ -97,6 +97,23 @@ def test_loss_falls_on_the_builtin_corpus(tmp_path):
     assert final["flops_6N"] == 300 * 8 * 32 * 6 * 12 * 32 ** 2
 
 
+def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compilation(tmp_path, text_corpus):
+    a = tiny(tmp_path)
+    b = tiny(tmp_path, corpus=str(text_corpus), steps=80, lr=1e-3, warmup_steps=9, eval_every=20, checkpoint_every=40,
+             schedule="wsd")
+    first, second = train.compile_steps([a], stacked=False), train.compile_steps([b], stacked=False)
+    assert second.train_step is first.train_step and second.eval_step is first.eval_step
+    assert second.seconds["compile"] == 0.0
+    # What the programs do depend on keeps them apart: the model, the batch, the evaluation chunk, the mesh.
+    key = lambda cfg, members=1: train._shape_key([cfg] * members, members > 1, None)
+    other_model = config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "d_model": 16}}).resolve()
+    fewer_windows = config.from_dict({**a.to_dict(), "data": {**a.to_dict()["data"], "eval_windows": 4}}).resolve()
+    other_mesh = config.from_dict({**a.to_dict(), "parallel": {"data": 1}}).resolve()
+    for other in (other_model, tiny(tmp_path, batch_size=4), fewer_windows, other_mesh):
+        assert key(other) != key(a)
+    assert key(a, members=2) != key(a)
+
+
 def _losses(run_dir):
     return [(r["step"], r["train_loss"], r["test_loss"], r["evals"]["test"]["per_position"])
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
