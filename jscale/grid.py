@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jscale import accounting, data, interrupts, results, sweep as sweeps, tracking, train, tuning
@@ -64,13 +65,26 @@ def members_that_fit(cfg: Config) -> int:
 
 def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     """Aggregate throughput of `members` models as one ensemble step, vmapped and mapped (train.ensemble),
-    against one model's step, same shapes. speedup is the better mode's, named by "mode". The steps are compiled
-    as training compiles them (train.compile_steps), so the group then trained in the chosen mode reuses them."""
-    single, _ = train.seconds_per_group_step([cfg], stacked=False, steps=steps)
+    against one model's step, same shapes. speedup is the better mode's, named by "mode"."""
+    from jscale.models import build
+
+    model, opt = build(cfg.model), train.make_optimizer(cfg.train)
+    step = train.make_train_step(model)
+    hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
+    B, T = cfg.train.batch_size, cfg.model.n_ctx
+
+    timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
+    seeds = jnp.arange(members, dtype=jnp.uint32)
+    init = lambda s: train.init_state(model, opt, T, s, B)  # (a Transformer-XL memory per batch row)
+    single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
+                   jnp.zeros((B, T + 1), jnp.int32), hp)
+    stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
+    stacked_init = jax.jit(jax.vmap(init))
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:
-        result[f"{mode}_step_s"], _ = train.seconds_per_group_step([cfg] * members, stacked=True, mode=mode,
-                                                                   steps=steps)
+        result[f"{mode}_step_s"] = timed(jax.jit(train.ensemble(step, mode), donate_argnums=0),
+                                         stacked_init(seeds), jnp.zeros((members, B, T + 1), jnp.int32),
+                                         stacked_hp)
         result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
     result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
     result["speedup"] = result[f"{result['mode']}_speedup"]

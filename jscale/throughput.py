@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,17 @@ def measure(steps: int = 8) -> dict:
         cfg = Config(model=ModelConfig(kind=kind, n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 32)
                                        if kind != "lstm" else ModelConfig.n_heads, n_ctx=n_ctx),
                      train=TrainConfig(batch_size=batch, steps=steps + 2, warmup_steps=1))
-        seconds, compiled = train.seconds_per_group_step([cfg], stacked=False, steps=steps)
+        t0 = time.perf_counter()
+        compiled = train.compile_steps([cfg], stacked=False)
+        compile_s = time.perf_counter() - t0
+        state = compiled.init(np.uint32(0))
+        hp = {k: train.sharding.put(np.asarray(v), compiled.hp_sharding)
+              for k, v in train.hparams_from_config(cfg.train).items()}
+        batch_arr = train.sharding.put(np.zeros((batch, n_ctx + 1), np.int32), compiled.batch_sh)
+        seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
         flops = batch * n_ctx * accounting.account(cfg.model).train_flops_exact
         rows.append({"kind": kind, "n_layer": n_layer, "d_model": d_model, "n_ctx": n_ctx, "batch": batch,
-                     "flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compiled.seconds["compile"]})
+                     "flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compile_s})
     return {"date": datetime.date.today().isoformat(), "probes": rows}
 
 

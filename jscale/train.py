@@ -557,19 +557,6 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     return steps
 
 
-def seconds_per_group_step(cfgs: list[Config], stacked: bool, mode: str = "vmap", steps: int = 10,
-                           warmup: int = 2) -> tuple[float, GroupSteps]:
-    """Seconds per train step of a group of these runs (on zero batches), and its compiled steps: those training the
-    same shapes would use, which stay cached for it (the grid's ensemble measurement, throughput probes)."""
-    compiled = compile_steps(cfgs, stacked, mode=mode)
-    hps = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
-    hp = {k: sharding.put(v, compiled.hp_sharding) for k, v in (_stack(hps) if stacked else hps[0]).items()}
-    seeds = np.arange(len(cfgs), dtype=np.uint32) if stacked else np.uint32(cfgs[0].train.seed)
-    batch_shape = (len(cfgs),) * stacked + (cfgs[0].train.batch_size, cfgs[0].model.n_ctx + 1)
-    batch = sharding.put(np.zeros(batch_shape, np.int32), compiled.batch_sh)
-    return seconds_per_step(compiled.train_step, compiled.init(seeds), batch, hp, steps, warmup), compiled
-
-
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], key: str):
     t0 = time.perf_counter()
