@@ -276,8 +276,11 @@ def test_a_finite_but_exploded_loss_is_diverged_and_listed(tmp_path):
 def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_toml, reference_sweep, tmp_path,
                                                                       jscale_here):
     out = tmp_path / "sweep"
-    jobs = [subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", *extra),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # (The ensemble size is given, so no job spends its time measuring: the first job to hold the directory lock
+    # records it in ensemble.json and the others read it back, as they would a measured one; the measurement itself
+    # is test_grid's subject.)
+    jobs = [subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2",
+                                        *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for extra in (["--shard", "0/2"], ["--shard", "1/2"], [])]
     outputs = [job.communicate(timeout=300) for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
@@ -286,7 +289,8 @@ def test_concurrent_jobs_train_every_group_once_and_keep_every_session(sweep_tom
     groups = len(sweep.load(sweep_toml).groups(next(iter(decision.values()))["members"]))
     assert trained == groups  # no group trained twice
     assert len(json.loads((out / "sweep.json").read_text())["sessions"]) == 3
-    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", check=0)  # finishes whatever a job skipped
+    jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2",
+                check=0)  # finishes whatever a job skipped
     assert sorted(curves(out)) == sorted(reference_sweep) or len(curves(out)) == len(reference_sweep)
 
 
