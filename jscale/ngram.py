@@ -19,6 +19,7 @@ import numpy as np
 from jscale import interrupts
 
 MAX_ORDER = 5
+_DENSE_BIGRAMS = 2 ** 22  # vocabularies up to ~2,000 tokens count bigrams in a dense table
 _BASE = np.uint64(0x100000001B3)  # odd
 
 
@@ -59,10 +60,11 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
     distinct = np.count_nonzero(counts)
     prob = (counts[windows_WxS[:, 1:]] + distinct * prob) / max(len(tokens) + distinct, 1)
     out = {1: -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())}
-    asked = np.zeros(pair_base, bool)
-    asked[windows_WxS[:, 1:]] = True
-    start = np.flatnonzero(asked[tokens])  # train positions that may start a history asked about, (P,)
-    start_hist = as_hashed(tokens[start])  # hash of the n - 1 tokens from each, (P,)
+    if pair_base ** 2 > _DENSE_BIGRAMS:  # (else order 2 counts every bigram in a table, below)
+        asked = np.zeros(pair_base, bool)
+        asked[windows_WxS[:, 1:]] = True
+        start = np.flatnonzero(asked[tokens])  # train positions that may start a history asked about, (P,)
+        start_hist = as_hashed(tokens[start])  # hash of the n - 1 tokens from each, (P,)
     for n in range(2, max_order + 1):
         interrupts.check()
         usable = t_index >= n - 1  # enough history inside the window for this order
@@ -71,24 +73,36 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
             query_hist = query_hist + as_hashed(windows_WxS[:, oldest]) * weight
             weight = weight * _BASE
             query_hw = query_hist * _BASE + as_hashed(windows_WxS[:, 1:])
-            fits = start + n <= len(tokens)  # the n-gram lies inside the train split
-            start, start_hist = start[fits], start_hist[fits]
-            start_next = as_hashed(tokens[start + n - 1])
-            start_hw = start_hist * _BASE + start_next
-        n_hist, hist_q, hist_at = _index_into(query_hist[usable], start_hist)
-        has_hist = hist_at >= 0
-        c_h = np.bincount(hist_at[has_hist], minlength=n_hist)
-        pairs = hist_at[has_hist].astype(np.int64) * pair_base + start_next[has_hist].astype(np.int64)
-        t_h = np.bincount(pd.unique(pairs) // pair_base, minlength=n_hist)  # distinct tokens after h: T(h)
-        n_hw, hw_q, hw_at = _index_into(query_hw[usable], start_hw[has_hist])
-        c_hw = np.bincount(hw_at[hw_at >= 0], minlength=n_hw)
         ch, chw, th = np.zeros((W, T)), np.zeros((W, T)), np.zeros((W, T))
-        ch[usable], chw[usable], th[usable] = c_h[hist_q], c_hw[hw_q], t_h[hist_q]
+        if n == 2 and pair_base ** 2 <= _DENSE_BIGRAMS:  # a small vocabulary's bigrams: one table of counts
+            code = tokens[:-1].astype(np.int64) * pair_base + tokens[1:]  # each train bigram as one integer
+            table = np.bincount(code, minlength=pair_base ** 2).reshape(pair_base, pair_base)
+            h, w = windows_WxS[:, :-1][usable].astype(np.int64), windows_WxS[:, 1:][usable].astype(np.int64)
+            ch[usable], chw[usable], th[usable] = table.sum(1)[h], table[h, w], np.count_nonzero(table, axis=1)[h]
+            asked = np.zeros(pair_base ** 2, bool)
+            asked[h * pair_base + w] = True
+            start = np.flatnonzero(asked[code])  # positions whose bigram was asked about start the next histories
+            with np.errstate(over="ignore"):
+                start_hist = as_hashed(tokens[start]) * _BASE + as_hashed(tokens[start + 1])
+        else:
+            with np.errstate(over="ignore"):
+                fits = start + n <= len(tokens)  # the n-gram lies inside the train split
+                start, start_hist = start[fits], start_hist[fits]
+                start_next = as_hashed(tokens[start + n - 1])
+                start_hw = start_hist * _BASE + start_next
+            n_hist, hist_q, hist_at = _index_into(query_hist[usable], start_hist)
+            has_hist = hist_at >= 0
+            c_h = np.bincount(hist_at[has_hist], minlength=n_hist)
+            pairs = hist_at[has_hist].astype(np.int64) * pair_base + start_next[has_hist].astype(np.int64)
+            t_h = np.bincount(pd.unique(pairs) // pair_base, minlength=n_hist)  # distinct tokens after h: T(h)
+            n_hw, hw_q, hw_at = _index_into(query_hw[usable], start_hw[has_hist])
+            c_hw = np.bincount(hw_at[hw_at >= 0], minlength=n_hw)
+            ch[usable], chw[usable], th[usable] = c_h[hist_q], c_hw[hw_q], t_h[hist_q]
+            asked = np.flatnonzero(has_hist)[hw_at >= 0]  # positions whose n-gram was asked about start the next
+            start, start_hist = start[asked], start_hw[asked]  # histories
         seen = (ch > 0) & usable
         prob = np.where(seen, (chw + th * prob) / np.maximum(ch + th, 1), prob)
         out[n] = -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())
-        asked = np.flatnonzero(has_hist)[hw_at >= 0]  # positions whose n-gram was asked about start the next histories
-        start, start_hist = start[asked], start_hw[asked]
     return out
 
 
