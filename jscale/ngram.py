@@ -38,8 +38,9 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
     window's mean loss, (W,), instead of the mean).
 
     Only the histories and n-grams the windows ask about are counted: each order is one pass over train positions,
-    with no sort of the train split. The positions passed over shrink with the order: an order-n history is an
-    order-(n-1) n-gram, so only positions whose order-(n-1) n-gram was asked about can start one."""
+    with no sort of the train split (order 2 of a small vocabulary: one dense table of every bigram's count). The
+    positions passed over shrink with the order: an order-n history is an order-(n-1) n-gram, so only positions
+    whose order-(n-1) n-gram was asked about can start one."""
     import pandas as pd
 
     W, S = windows_WxS.shape
@@ -54,13 +55,14 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
     weight = np.uint64(1)
     pair_base = max(int(tokens.max(initial=0)), int(windows_WxS.max(initial=0))) + 2  # above every hashed token:
     # (history, token) pairs as one integer
+    dense_bigrams = pair_base ** 2 <= _DENSE_BIGRAMS
 
     # Order 1 (the empty history) from the token counts.
     counts = np.bincount(tokens, minlength=pair_base)
     distinct = np.count_nonzero(counts)
     prob = (counts[windows_WxS[:, 1:]] + distinct * prob) / max(len(tokens) + distinct, 1)
     out = {1: -np.log(prob).mean(axis=1) if per_window else float(-np.log(prob).mean())}
-    if pair_base ** 2 > _DENSE_BIGRAMS:  # (else order 2 counts every bigram in a table, below)
+    if not dense_bigrams:  # (else order 2 counts every bigram in a table and starts the positions, below)
         asked = np.zeros(pair_base, bool)
         asked[windows_WxS[:, 1:]] = True
         start = np.flatnonzero(asked[tokens])  # train positions that may start a history asked about, (P,)
@@ -74,7 +76,7 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
             weight = weight * _BASE
             query_hw = query_hist * _BASE + as_hashed(windows_WxS[:, 1:])
         ch, chw, th = np.zeros((W, T)), np.zeros((W, T)), np.zeros((W, T))
-        if n == 2 and pair_base ** 2 <= _DENSE_BIGRAMS:  # a small vocabulary's bigrams: one table of counts
+        if n == 2 and dense_bigrams:  # a small vocabulary's bigrams: one table of counts
             code = tokens[:-1].astype(np.int64) * pair_base + tokens[1:]  # each train bigram as one integer
             table = np.bincount(code, minlength=pair_base ** 2).reshape(pair_base, pair_base)
             h, w = windows_WxS[:, :-1][usable].astype(np.int64), windows_WxS[:, 1:][usable].astype(np.int64)
