@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 # Tokenized corpora go to one cache per test session (inherited by the subprocesses tests start).
-_CACHE = Path(os.environ.setdefault("JSCALE_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test")))
+os.environ.setdefault("JSCALE_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "test"))
 
 REPO = Path(__file__).resolve().parent.parent
 
