@@ -70,17 +70,22 @@ def _witten_bell_directly(train, windows, vocab, order):
     return total / n_pos
 
 
-def test_ngram_baselines_match_a_direct_count():
+@pytest.mark.parametrize("offset", [0, 3000], ids=["dense bigrams", "hashed bigrams"])
+def test_ngram_baselines_match_a_direct_count(offset):
+    """offset: token ids start there (a vocabulary too large for the dense bigram table takes the hashed path)."""
     rng = np.random.default_rng(0)
-    train = rng.integers(0, 8, 4000).astype(np.uint8)
+    train = rng.integers(0, 8, 4000).astype(np.uint16)
     for i in range(2, len(train)):  # some structure for the higher orders to find
         if rng.random() < 0.6:
             train[i] = (train[i - 1] + train[i - 2]) % 8
-    windows = np.stack([train[100:117], train[2000:2017], rng.integers(0, 8, 17).astype(np.uint8)])
-    found = ngram.scores(train, windows, vocab_size=8)
-    for order in (1, 3, 5):
-        assert abs(found[order] - _witten_bell_directly(train, windows, 8, order)) < 1e-9, order
-    assert found[5] < found[3] < math.log(8)
+    windows = np.stack([train[100:117], train[2000:2017], rng.integers(0, 8, 17).astype(np.uint16)])
+    train, windows, vocab = train + offset, windows + offset, 8 + offset
+    if offset:  # too large for the dense table: order 2 is hashed
+        assert (int(train.max()) + 2) ** 2 > ngram._DENSE_BIGRAMS
+    found = ngram.scores(train, windows, vocab_size=vocab)
+    for order in (1, 2, 3, 5):
+        assert abs(found[order] - _witten_bell_directly(train, windows, vocab, order)) < 1e-9, order
+    assert found[5] < found[3] < math.log(vocab)
 
 
 @pytest.mark.parametrize("converged, expect", [(True, "are in that regime"), (False, "NOT in that regime")])
