@@ -74,16 +74,16 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     B, T = cfg.train.batch_size, cfg.model.n_ctx
 
     timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
-    seeds = jnp.arange(members, dtype=jnp.uint32)
-    init = lambda s: train.init_state(model, opt, T, s, B)  # (a Transformer-XL memory per batch row)
-    single = timed(jax.jit(step, donate_argnums=0), jax.jit(init)(seeds[0]),
-                   jnp.zeros((B, T + 1), jnp.int32), hp)
+    # The initialisation the sweep's groups of this shape will use (compiled once per shape, so the measurement
+    # costs them no extra compile); a Transformer-XL's state holds a memory per batch row.
+    init = train.single_init(model, opt, cfg)
+    single = timed(jax.jit(step, donate_argnums=0), init(np.uint32(0)), jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
-    stacked_init = jax.jit(jax.vmap(init))
+    stacked_init = lambda: jax.tree.map(jnp.asarray, train._stack([init(np.uint32(s)) for s in range(members)]))
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:
         result[f"{mode}_step_s"] = timed(jax.jit(train.ensemble(step, mode), donate_argnums=0),
-                                         stacked_init(seeds), jnp.zeros((members, B, T + 1), jnp.int32),
+                                         stacked_init(), jnp.zeros((members, B, T + 1), jnp.int32),
                                          stacked_hp)
         result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
     result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
@@ -270,8 +270,10 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
         def compile_ahead(i: int) -> None:
             if i < len(todo) and todo[i].group_id not in ahead and background_compile:
                 g = todo[i]
+                # (a group that will resume from its checkpoint never initialises: its init is left out)
                 ahead[g.group_id] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs],
-                                                    len(g.runs) > 1, None, mode)
+                                                    len(g.runs) > 1, None, mode,
+                                                    with_init=not _has_checkpoint(out, g))
 
         for i, g in enumerate(todo):
             interrupts.check()
@@ -293,7 +295,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                 compile_ahead(i + 1)
                 t0 = time.perf_counter()
                 steps = future.result() if future is not None else train.compile_steps(
-                    [r.cfg for r in g.runs], len(g.runs) > 1, None, mode)
+                    [r.cfg for r in g.runs], len(g.runs) > 1, None, mode, with_init=not _has_checkpoint(out, g))
                 if timings is not None:  # compile time the sweep waited for; background compile overlaps training
                     timings["compile_wait"] = timings.get("compile_wait", 0.0) + time.perf_counter() - t0
                 _train_group(g, out, db, corpora, bar, steps, timings)
@@ -405,6 +407,16 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
     return choice.chosen
 
 
+def _checkpoint_dir(out: Path, g: sweeps.Group) -> Path:
+    return out / "groups" / g.group_id / "checkpoints"
+
+
+def _has_checkpoint(out: Path, g: sweeps.Group) -> bool:
+    """Whether the group will likely resume rather than initialise (its checkpoints are checked when it does)."""
+    d = _checkpoint_dir(out, g)
+    return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+
 def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: train.GroupSteps | None,
                  timings: dict | None) -> None:
     key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
@@ -423,7 +435,7 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
                   f"(n_layer {g.cfg.model.n_layer}, d_model {g.cfg.model.d_model}, {g.cfg.train.steps} steps)")
     start = bar.n if bar is not None else 0
     per_step = _group_gflops_per_step(g)
-    train.train_loop([r.cfg for r in g.runs], ids, corpus, out / "groups" / g.group_id / "checkpoints",
+    train.train_loop([r.cfg for r in g.runs], ids, corpus, _checkpoint_dir(out, g),
                      None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
                      on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
                      log=None if bar is None else bar.write, compiled=steps, timings=timings,

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -431,7 +432,7 @@ class GroupSteps:
     batch_sh: Any
     hp_sharding: Any
     replicated: Any
-    init: Callable  # host seeds (M,) or () -> state
+    init: LazyInit  # host seeds (M,) or () -> state
     train_step: Callable  # (state, batch, hparams) -> (state, metrics)
     eval_step: Callable  # (params, windows (W, S)) -> losses (W, T), or (M, W, T) for an ensemble
     eval_chunk: int  # windows per eval_step call
@@ -458,15 +459,41 @@ def _eval_chunk(cfg: Config) -> int:
     return min(cfg.train.batch_size, eval_window_counts(cfg.data, cfg.model.n_ctx)[1])
 
 
-def _single_init(model, optimizer, cfg: Config) -> Callable:
-    """One member's state from its seed, compiled once per model shape and shared by every ensemble size and
-    group: the random initialisers (one RNG kernel per parameter) are most of its compile time, and vmapping
-    them over members only makes that compile longer."""
+def single_init(model, optimizer, cfg: Config) -> Callable:
+    """One member's state from its seed, compiled once per model shape and shared by every ensemble size, group
+    and single-device run: the random initialisers (one RNG kernel per parameter) are most of its compile time,
+    and vmapping them over members only makes that compile longer."""
     key = json.dumps([cfg.model.__dict__, cfg.train.batch_size], sort_keys=True)
-    if key not in _INIT_CACHE:
-        init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)
-        _INIT_CACHE[key] = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.uint32)).compile()
-    return _INIT_CACHE[key]
+    with _INIT_LOCK:  # the background compile thread and the training thread may ask for the same shape
+        if key not in _INIT_CACHE:
+            init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)
+            _INIT_CACHE[key] = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.uint32)).compile()
+        return _INIT_CACHE[key]
+
+
+_INIT_LOCK = threading.Lock()
+
+
+class LazyInit:
+    """A group's state initialisation, compiled on its first call or by `compile()` ahead of time: a group that
+    resumes from a checkpoint never initialises, so it need not pay the compile (about as long as the train
+    step's)."""
+
+    def __init__(self, compile_init: Callable[[], Callable]):
+        self._compile_init, self._init, self._lock = compile_init, None, threading.Lock()
+
+    def compile(self) -> Callable:
+        with self._lock:
+            if self._init is None:
+                self._init = self._compile_init()
+            return self._init
+
+    @property
+    def compiled(self) -> bool:
+        return self._init is not None
+
+    def __call__(self, seeds):
+        return self.compile()(seeds)
 
 
 ENSEMBLE_MODES = ("vmap", "map")
@@ -498,13 +525,19 @@ def ensemble(fn: Callable, mode: str, in_axes=0) -> Callable:
     return mapped
 
 
-def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap") -> GroupSteps:
+def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap",
+                  with_init: bool = True) -> GroupSteps:
     """Lower and compile init, train_step and eval_step for runs of these shapes (ahead of time, no arrays);
     groups of the same shapes share one compilation. mode: how an ensemble runs its members (see `ensemble`);
-    members spread over several devices always vmap."""
+    members spread over several devices always vmap. with_init=False leaves init to compile on its first call
+    (a group that resumes from a checkpoint never makes it)."""
     cache_key = _shape_key(cfgs, stacked, devices) + mode
     if cache_key in _STEPS_CACHE:
-        return dataclasses.replace(_STEPS_CACHE[cache_key], seconds={"compile": 0.0})
+        steps, t0 = _STEPS_CACHE[cache_key], time.perf_counter()
+        if not with_init or steps.init.compiled:
+            return dataclasses.replace(steps, seconds={"compile": 0.0})
+        steps.init.compile()
+        return dataclasses.replace(steps, seconds={"compile": time.perf_counter() - t0})
     interrupts.point("compile")
     t0 = time.perf_counter()
     cfg, M = cfgs[0], len(cfgs)
@@ -535,15 +568,22 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     state_abstract = with_sh(abstract, state_sh)
     chunk = _eval_chunk(cfg)
     window = eval_context(cfg.model) + n_ctx + 1
-    if stacked:  # members initialised one by one by the shared single-member init, then stacked in place
-        single = _single_init(model, optimizer, cfg)
-
-        def compiled_init(seeds_M: np.ndarray):
-            members = _stack([jax.device_get(single(seed)) for seed in seeds_M])
-            return jax.tree.map(sharding.put, members, state_sh)
-    else:  # a single run is initialised sharded, where it lives (FSDP, tensor parallelism)
-        sharded_init = jax.jit(init, out_shardings=state_sh).lower(hp_abstract["seed"]).compile()
-        compiled_init = lambda seed: sharded_init(sharding.put(np.asarray(seed), hp_sharding))
+    if stacked or mesh.size == 1:
+        # members initialised one by one by the shared single-member init (compiled once per model shape), then
+        # stacked in place; a single run on one device is one such member
+        def compile_init():
+            single = single_init(model, optimizer, cfg)
+            if not stacked:
+                return lambda seed: jax.device_put(single(np.asarray(seed, np.uint32)), state_sh)
+            return lambda seeds_M: jax.tree.map(
+                sharding.put, _stack([jax.device_get(single(seed)) for seed in seeds_M]), state_sh)
+    else:  # a single run on several devices is initialised sharded, where it lives (FSDP, tensor parallelism)
+        def compile_init():
+            sharded_init = jax.jit(init, out_shardings=state_sh).lower(hp_abstract["seed"]).compile()
+            return lambda seed: sharded_init(sharding.put(np.asarray(seed), hp_sharding))
+    compiled_init = LazyInit(compile_init)
+    if with_init:
+        compiled_init.compile()
     compiled_step = jax.jit(
         step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in host_hp}),
         out_shardings=(state_sh, replicated), donate_argnums=0,
@@ -587,7 +627,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     """
     cfg, M = cfgs[0], len(cfgs)
     t, n_ctx = cfg.train, cfg.model.n_ctx
-    steps = compiled if compiled is not None else compile_steps(cfgs, stacked, devices, mode)
+    steps = compiled if compiled is not None else compile_steps(cfgs, stacked, devices, mode, with_init=False)
     times = {} if timings is None else timings
     for key, value in steps.seconds.items():
         times[key] = times.get(key, 0.0) + value
@@ -604,6 +644,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     with _timed(times, "checkpoint"):
         state, start = checkpoints.restore(target, recorded, say)
     if state is None:
+        with _timed(times, "compile"):  # nothing when compiled ahead of time
+            steps.init.compile()
         with _timed(times, "init"):
             state = jax.block_until_ready(steps.init(host_hp["seed"]))
             if cfg.model.init_from:  # a fresh start from given weights; the optimizer state starts fresh

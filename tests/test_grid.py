@@ -99,6 +99,32 @@ def test_results_load_and_fit_from_a_sweep(tmp_path, jscale_here):
                 check=0)
 
 
+def test_a_sweep_resumed_mid_group_compiles_no_initialisation(tmp_path, monkeypatch):
+    """Stopped (as by Ctrl-C) after its group's first checkpoint, then run again as a new process would (nothing
+    compiled): the resumed group restores its checkpoint, so its init is never compiled."""
+    from jscale import interrupts, train
+
+    sw = make({"key": "model.d_model", "values": [16]}, {"key": "model.n_heads", "values": [1]})
+    checks = iter(range(10 ** 6))
+
+    def stop_after_the_first_checkpoint():  # called before the group and before each step
+        if next(checks) == 1 + 25:
+            raise interrupts.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(interrupts, "check", stop_after_the_first_checkpoint)
+    with pytest.raises(interrupts.Interrupted):
+        grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
+    [group] = sweep.group_runs(sw.runs, 1)
+    assert grid._has_checkpoint(tmp_path / "s", group)  # (so a sweep compiling it ahead leaves out its init)
+    assert not grid._has_checkpoint(tmp_path / "elsewhere", group)
+    monkeypatch.setattr(interrupts, "check", lambda: None)
+    monkeypatch.setattr(train, "_STEPS_CACHE", {})
+    monkeypatch.setattr(train, "_INIT_CACHE", {})
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
+    assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"done"}
+    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [False] and not train._INIT_CACHE
+
+
 def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path, jscale_here):
     """Real processes, SIGKILLed at random moments, then the same command until it finishes (the uninterrupted
     sweep and the re-runs after the kills run in this process)."""

@@ -119,17 +119,23 @@ def _losses(run_dir):
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd):
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd, monkeypatch):
     cfg = tiny(tmp_path, eval_log_points=5)  # and evaluations at 5 log-spaced steps: 40^(i/4) = 1, 3, 6, 16, 40
     assert cfg.train.eval_steps() == [1, 3, 6, 10, 16, 20, 30, 40]
     train.train(cfg, tmp_path / "straight", progress=False)
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)  # checkpoint at 20, logged 30
     assert [r[0] for r in _losses(tmp_path / "resumed")] == [1, 3, 6, 10, 16, 20, 30]
     capfd.readouterr()
+    # As in a new process: nothing compiled yet. The resume reads a checkpoint, so it never compiles the init.
+    monkeypatch.setattr(train, "_STEPS_CACHE", {})
+    monkeypatch.setattr(train, "_INIT_CACHE", {})
     train.train(cfg, tmp_path / "resumed", progress=True)
     bar = capfd.readouterr().err
     assert "20/40" in bar and "40/40" in bar and " 0/40" not in bar  # the bar resumes where the run does
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [False] and not train._INIT_CACHE
+    train.train(cfg, tmp_path / "fresh", progress=False, stop_after=10)  # a fresh start does
+    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [True]
 
 
 def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path, jscale_here):
