@@ -56,7 +56,7 @@ def gpt_throughput(smoke: bool) -> list[str]:
 
 
 def ensembles(smoke: bool) -> list[str]:
-    # (smoke: the pilots section's tiny shape and member count, so that its programs come from the compilation cache)
+    # (smoke: the pilots section's tiny shape and member count, so that it reuses this section's compiled steps)
     d, T, B, L = (16, 16, 4, 1) if smoke else (128, 256, 16, 2)
     cfg = Config(model=ModelConfig(n_layer=L, d_model=d, n_heads=max(1, d // 32), n_ctx=T),
                  train=TrainConfig(batch_size=B))

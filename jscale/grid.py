@@ -63,27 +63,42 @@ def members_that_fit(cfg: Config) -> int:
     return int(max(1, min(MAX_MEMBERS, 0.5 * device_memory_bytes() // per_member)))
 
 
+_MEASURED_STEPS: dict[str, dict] = {}  # the measurement's jitted steps by model and batch shape
+
+
+def _measured_steps(cfg: Config) -> dict:
+    """One model's train step and its two ensemble forms, jitted once per model and batch shape in a process (a
+    measurement repeated on the same shape, another member count included, compiles nothing new)."""
+    from jscale.models import build
+
+    key = json.dumps([cfg.model.__dict__, cfg.train.batch_size], sort_keys=True)
+    if key not in _MEASURED_STEPS:
+        model, opt = build(cfg.model), train.make_optimizer(cfg.train)
+        step = train.make_train_step(model)
+        _MEASURED_STEPS[key] = {
+            "single": jax.jit(step, donate_argnums=0),
+            **{mode: jax.jit(train.ensemble(step, mode), donate_argnums=0) for mode in train.ENSEMBLE_MODES},
+            # the initialisation the sweep's groups of this shape will use (compiled once per shape, so the
+            # measurement costs them no extra compile); a Transformer-XL's state holds a memory per batch row
+            "init": train.single_init(model, opt, cfg)}
+    return _MEASURED_STEPS[key]
+
+
 def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     """Aggregate throughput of `members` models as one ensemble step, vmapped and mapped (train.ensemble),
     against one model's step, same shapes. speedup is the better mode's, named by "mode"."""
-    from jscale.models import build
-
-    model, opt = build(cfg.model), train.make_optimizer(cfg.train)
-    step = train.make_train_step(model)
+    fns = _measured_steps(cfg)
     hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     B, T = cfg.train.batch_size, cfg.model.n_ctx
 
     timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
-    # The initialisation the sweep's groups of this shape will use (compiled once per shape, so the measurement
-    # costs them no extra compile); a Transformer-XL's state holds a memory per batch row.
-    init = train.single_init(model, opt, cfg)
-    single = timed(jax.jit(step, donate_argnums=0), init(np.uint32(0)), jnp.zeros((B, T + 1), jnp.int32), hp)
+    init = fns["init"]
+    single = timed(fns["single"], init(np.uint32(0)), jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
     stacked_init = lambda: jax.tree.map(jnp.asarray, train._stack([init(np.uint32(s)) for s in range(members)]))
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:
-        result[f"{mode}_step_s"] = timed(jax.jit(train.ensemble(step, mode), donate_argnums=0),
-                                         stacked_init(), jnp.zeros((members, B, T + 1), jnp.int32),
+        result[f"{mode}_step_s"] = timed(fns[mode], stacked_init(), jnp.zeros((members, B, T + 1), jnp.int32),
                                          stacked_hp)
         result[f"{mode}_speedup"] = members * single / result[f"{mode}_step_s"]
     result["mode"] = max(train.ENSEMBLE_MODES, key=lambda m: result[f"{m}_speedup"])
