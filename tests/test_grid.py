@@ -51,14 +51,23 @@ def curves(out):
         return c.execute("SELECT run_id, step, train_loss, test_loss FROM curves ORDER BY run_id, step").fetchall()
 
 
+MEMBERS = make({"zip": {"train.seed": [0, 1, 2, 3], "train.lr": [1e-3, 3e-3, 3e-3, 2e-3],
+                        "data.max_train_tokens": [3000, 0, 3000, 0]}})
+
+
+@pytest.fixture(scope="module")
+def members_one_by_one(tmp_path_factory):
+    """MEMBERS trained one run at a time (the reference of both ensemble modes)."""
+    out = tmp_path_factory.mktemp("loop")
+    grid.run_sweep(MEMBERS, out, ensemble_size=1, progress=False)
+    return curves(out)
+
+
 @pytest.mark.parametrize("mode", ["vmap", "map"])
-def test_ensemble_matches_members_trained_one_by_one(tmp_path, mode):
-    sw = make({"zip": {"train.seed": [0, 1, 2, 3], "train.lr": [1e-3, 3e-3, 3e-3, 2e-3],
-                       "data.max_train_tokens": [3000, 0, 3000, 0]}})
-    summary = grid.run_sweep(sw, tmp_path / "vmap", ensemble_size=8, progress=False, ensemble_mode=mode)
+def test_ensemble_matches_members_trained_one_by_one(tmp_path, mode, members_one_by_one):
+    summary = grid.run_sweep(MEMBERS, tmp_path / "vmap", ensemble_size=8, progress=False, ensemble_mode=mode)
     assert summary["groups"] == 1  # seeds, learning rates and D all vary inside one ensemble
-    grid.run_sweep(sw, tmp_path / "loop", ensemble_size=1, progress=False)
-    a, b = curves(tmp_path / "vmap"), curves(tmp_path / "loop")
+    a, b = curves(tmp_path / "vmap"), members_one_by_one
     assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) == 4 * 4
     np.testing.assert_allclose([r[2:] for r in a], [r[2:] for r in b], rtol=2e-5)
     # Members differ: different seeds, learning rates and data limits give different curves.
@@ -67,7 +76,8 @@ def test_ensemble_matches_members_trained_one_by_one(tmp_path, mode):
 
 
 def test_a_diverging_member_is_frozen_and_the_others_are_unaffected(tmp_path):
-    healthy = make({"key": "train.seed", "values": [0, 1]})
+    # (three members each, so that both sweeps train on one compiled step)
+    healthy = make({"zip": {"train.seed": [0, 1, 2], "train.lr": [3e-3, 3e-3, 2e-3]}})
     with_bad = make({"zip": {"train.seed": [0, 1, 2], "train.lr": [3e-3, 3e-3, 1e6]}})
     grid.run_sweep(healthy, tmp_path / "healthy", ensemble_size=4, progress=False)
     grid.run_sweep(with_bad, tmp_path / "bad", ensemble_size=4, progress=False)
@@ -75,10 +85,13 @@ def test_a_diverging_member_is_frozen_and_the_others_are_unaffected(tmp_path):
     assert runs.loc["seed=2 lr=1e+06", "status"] == "diverged"
     assert (runs.drop("seed=2 lr=1e+06")["status"] == "done").all()
     ok = {r[0]: r for r in curves(tmp_path / "healthy")}
+    compared = 0
     for run_id, *rest in curves(tmp_path / "bad"):
         if run_id in ok:
             np.testing.assert_allclose(rest, [x for x in curves(tmp_path / "healthy")
                                               if x[0] == run_id and x[1] == rest[0]][0][1:], rtol=2e-5)
+            compared += 1
+    assert compared == 2 * 4  # the two healthy members' four evaluations
     text = grid.status_table(tmp_path / "bad")
     assert "diverged  1" in text and "done      2" in text
 
