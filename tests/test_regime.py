@@ -12,7 +12,7 @@ from jscale import grid, ngram, regime, results, sweep
 TRAIN = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 20, "schedule": "constant"}
 
 
-def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path):
+def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path, xla_optimized):
     wide = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 32},
             "train": {**TRAIN, "steps": 240, "checkpoint_every": 240}}
     # A slow learning rate is still falling fast (compute-limited); 3,000 tokens for 240 steps of 512 is 41 epochs
