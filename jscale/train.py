@@ -449,9 +449,15 @@ def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
     checkpoint intervals, the corpus): those reach the programs as data or stay on the host, so groups that differ
     only there share one compilation."""
     cfg = cfgs[0]
-    shapes = {"model": shared_config(cfg)["model"], "parallel": cfg.parallel.__dict__,
+    shapes = {"model": _program_model(shared_config(cfg)["model"]), "parallel": cfg.parallel.__dict__,
               "batch_size": cfg.train.batch_size, "eval_chunk": _eval_chunk(cfg)}
     return json.dumps([shapes, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+
+
+def _program_model(model: dict) -> dict:
+    """The model settings a compiled program depends on: not the weights a run starts from (init_from is read on the
+    host after initialising), so runs started from different weights share their programs."""
+    return {k: v for k, v in model.items() if k != "init_from"}
 
 
 def _eval_chunk(cfg: Config) -> int:
@@ -463,7 +469,7 @@ def single_init(model, optimizer, cfg: Config) -> Callable:
     """One member's state from its seed, compiled once per model shape and shared by every ensemble size, group
     and single-device run: the random initialisers (one RNG kernel per parameter) are most of its compile time,
     and vmapping them over members only makes that compile longer."""
-    key = json.dumps([cfg.model.__dict__, cfg.train.batch_size], sort_keys=True)
+    key = json.dumps([_program_model(cfg.model.__dict__), cfg.train.batch_size], sort_keys=True)
     with _INIT_LOCK:  # the background compile thread and the training thread may ask for the same shape
         if key not in _INIT_CACHE:
             init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)

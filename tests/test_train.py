@@ -112,6 +112,9 @@ def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compila
     for other in (other_model, tiny(tmp_path, batch_size=4), fewer_windows, other_mesh):
         assert key(other) != key(a)
     assert key(a, members=2) != key(a)
+    # The weights a run starts from are read on the host: another init_from shares the programs.
+    from_weights = config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "init_from": "hf:gpt2"}})
+    assert key(from_weights) == key(a)
 
 
 def _losses(run_dir):
