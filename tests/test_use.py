@@ -114,7 +114,7 @@ def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tm
     jscale_here("export", str(out), "--to", "hf", str(tmp_path / "hf"), check=0)
     model = trained.load(out)
     ids = np.frombuffer(b"def power_law(n, alpha):\n    ret", np.uint8).astype(np.int64)  # 30 of n_ctx 32
-    ours = np.asarray(build(model.cfg.model).apply({"params": model.params}, jnp.asarray(ids[None])))[0]
+    ours = np.asarray(jax.jit(build(model.cfg.model).apply)({"params": model.params}, jnp.asarray(ids[None])))[0]
     np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
     # import: the same parameters, bit for bit
     loaded = hf_gpt2.load_params(f"hf:{tmp_path / 'hf'}", model.cfg.model)
