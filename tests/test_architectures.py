@@ -69,8 +69,8 @@ def test_grouped_query_attention_equals_multi_head_with_repeated_kv_heads():
     p_mha = jax.tree.map(lambda x: x, p)
     p_mha["h_0"]["attn"]["c_attn"] = {"kernel": expand(w), "bias": expand(bias)}
     tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, 64)
-    np.testing.assert_allclose(gqa.apply({"params": p}, tokens), build(mha_cfg).apply({"params": p_mha}, tokens),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(gqa.apply)({"params": p}, tokens),
+                               jax.jit(build(mha_cfg).apply)({"params": p_mha}, tokens), rtol=1e-5, atol=1e-5)
     acc, full = accounting.account(gqa_cfg), accounting.account(mha_cfg)
     assert full.params["attn_qkv"] - acc.params["attn_qkv"] == 2 * (H - G) * K * D
     assert acc.forward_flops["attn_mask"] == full.forward_flops["attn_mask"]  # scores still use every query head
@@ -102,7 +102,7 @@ def test_lstm_matches_a_numpy_reference():
     cfg = ModelConfig(kind="lstm", n_layer=2, d_model=16, n_ctx=12, vocab_size=40)
     model, params = _init(cfg)
     tokens = jax.random.randint(jax.random.key(3), (3, 12), 0, 40)
-    np.testing.assert_allclose(model.apply({"params": params}, tokens), _numpy_lstm(params, tokens, 2),
+    np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, tokens), _numpy_lstm(params, tokens, 2),
                                rtol=1e-4, atol=1e-5)
     assert np.all(np.asarray(params["lstm_0"]["wi"]["bias"])[16:32] == 1.0)  # forget-gate bias starts at 1
 
@@ -117,7 +117,7 @@ def test_cudnn_packing_runs_the_same_lstm_in_jaxs_reference():
     cfg = ModelConfig(kind="lstm", n_layer=2, d_model=16, n_ctx=12, vocab_size=40)
     model, params = _init(cfg)
     tokens = jax.random.randint(jax.random.key(7), (3, 12), 0, 40)
-    _, inter = model.apply({"params": params}, tokens, capture_intermediates=True)
+    _, inter = jax.jit(lambda p, x: model.apply(p, x, capture_intermediates=True))({"params": params}, tokens)
     ours = inter["intermediates"]["lstm_1"]["__call__"][0]
     x = params["wte"]["embedding"][tokens]
     w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(cudnn_weights(params, 2), 16, 16, 2, False)

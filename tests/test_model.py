@@ -51,9 +51,8 @@ def test_parameter_tree_is_gpt2s_layout():
 def test_tied_logits_are_the_token_embedding_transposed():
     model, params = _init(CFG)
     tokens = jnp.arange(CFG.n_ctx)[None] % CFG.vocab_size
-    logits = model.apply({"params": params}, tokens)
     # Recompute the last step by hand: final LayerNorm output times wte^T.
-    _, inter = model.apply({"params": params}, tokens, capture_intermediates=True)
+    logits, inter = jax.jit(lambda p, x: model.apply(p, x, capture_intermediates=True))({"params": params}, tokens)
     h = inter["intermediates"]["ln_f"]["__call__"][0]
     np.testing.assert_allclose(logits, h @ params["wte"]["embedding"].T, rtol=1e-5, atol=1e-5)
 
@@ -83,7 +82,8 @@ def test_dropout_is_active_only_when_not_deterministic():
     cfg = ModelConfig(**{**CFG.__dict__, "dropout": 0.5})
     model, params = _init(cfg)
     tokens = jnp.zeros((1, 8), jnp.int32)
-    det = model.apply({"params": params}, tokens)
-    np.testing.assert_array_equal(det, model.apply({"params": params}, tokens))
-    drop = model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    apply = jax.jit(model.apply, static_argnames="deterministic")
+    det = apply({"params": params}, tokens)
+    np.testing.assert_array_equal(det, apply({"params": params}, tokens))
+    drop = apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
     assert not np.allclose(det, drop)

@@ -158,12 +158,12 @@ def test_export_refuses_what_gpt2_cannot_express(model, message):
 
 def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_path):
     cfg = config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2, "step_embedding": False}}).resolve()
-    params = build(cfg.model).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     model = trained.TrainedModel(cfg, params, 0, "fresh")
     hf_gpt2.export(model, tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_layer"] == 4
     ids = np.arange(20) % 256
-    ours = np.asarray(build(cfg.model).apply({"params": params}, jnp.asarray(ids[None])))[0]
+    ours = np.asarray(jax.jit(build(cfg.model).apply)({"params": params}, jnp.asarray(ids[None])))[0]
     np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
 
 
