@@ -71,7 +71,7 @@ def _measured_steps(cfg: Config) -> dict:
     measurement repeated on the same shape, another member count included, compiles nothing new)."""
     from jscale.models import build
 
-    key = json.dumps([cfg.model.__dict__, cfg.train.batch_size], sort_keys=True)
+    key = train.member_shape_key(cfg)
     if key not in _MEASURED_STEPS:
         model, opt = build(cfg.model), train.make_optimizer(cfg.train)
         step = train.make_train_step(model)

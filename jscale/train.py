@@ -465,11 +465,16 @@ def _eval_chunk(cfg: Config) -> int:
     return min(cfg.train.batch_size, eval_window_counts(cfg.data, cfg.model.n_ctx)[1])
 
 
+def member_shape_key(cfg: Config) -> str:
+    """What one member's programs depend on, as a cache key: its model (less init_from) and batch size."""
+    return json.dumps([_program_model(cfg.model.__dict__), cfg.train.batch_size], sort_keys=True)
+
+
 def single_init(model, optimizer, cfg: Config) -> Callable:
     """One member's state from its seed, compiled once per model shape and shared by every ensemble size, group
     and single-device run: the random initialisers (one RNG kernel per parameter) are most of its compile time,
     and vmapping them over members only makes that compile longer."""
-    key = json.dumps([_program_model(cfg.model.__dict__), cfg.train.batch_size], sort_keys=True)
+    key = member_shape_key(cfg)
     with _INIT_LOCK:  # the background compile thread and the training thread may ask for the same shape
         if key not in _INIT_CACHE:
             init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)
