@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from jscale import accounting, generate, grid, sweep, train  # noqa: E402
+from jscale import accounting, generate, grid, sharding, sweep, train  # noqa: E402
 from jscale.config import Config, ModelConfig, TrainConfig  # noqa: E402
 
 
@@ -133,12 +133,12 @@ def experiment_probes(smoke: bool) -> list[str]:
         compiled = train.compile_steps(cfgs, len(cfgs) > 1, mode=grid.default_mode())
         host_hp = [{k: np.asarray(v) for k, v in train.hparams_from_config(c.train).items()} for c in cfgs]
         seeds = np.arange(len(cfgs), dtype=np.uint32) if len(cfgs) > 1 else np.uint32(0)
-        stacked = train._stack(host_hp) if len(cfgs) > 1 else host_hp[0]
-        hp = {k: train.sharding.put(v, compiled.hp_sharding) for k, v in stacked.items()}
+        stacked = train.stack_members(host_hp) if len(cfgs) > 1 else host_hp[0]
+        hp = {k: sharding.put(v, compiled.hp_sharding) for k, v in stacked.items()}
         state = compiled.init(seeds)
         t, n_ctx = cfgs[0].train, cfgs[0].model.n_ctx
         shape = ((len(cfgs),) if len(cfgs) > 1 else ()) + (t.batch_size, n_ctx + 1)
-        batch = train.sharding.put(np.zeros(shape, np.int32), compiled.batch_sh)
+        batch = sharding.put(np.zeros(shape, np.int32), compiled.batch_sh)
         seconds = train.seconds_per_step(compiled.train_step, state, batch, hp, steps_n, warmup=1)
         tokens_per_s = len(cfgs) * t.batch_size * n_ctx / seconds
         total_tokens = sum(r.cfg.train.steps * r.cfg.train.batch_size * r.cfg.model.n_ctx for r in sw.runs)

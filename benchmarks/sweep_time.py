@@ -69,10 +69,10 @@ def run(spec: dict, out: str, background: bool, cache_dir: str | None) -> dict:
 INIT_CHILD = r"""
 import json, sys, time
 import jax, jax.numpy as jnp
-from jscale import config, train
+from jscale import config, resolve, train
 from jscale.models import build
 d = 32 if sys.argv[1] == "1" else 128
-cfg = config.load(None, [f"model.d_model={d}", "model.n_layer=4", "model.n_heads=4", "model.n_ctx=128"])
+cfg = resolve.load(None, [f"model.d_model={d}", "model.n_layer=4", "model.n_heads=4", "model.n_ctx=128"])
 model, opt = build(cfg.model), train.make_optimizer(cfg.train)
 init = lambda s: train.init_state(model, opt, 128, s, cfg.train.batch_size)
 out = {}

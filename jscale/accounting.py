@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jscale.config import ModelConfig
+from jscale.config import ModelConfig, eval_window_counts
 
 PF_DAY = 8.64e19  # FLOPs in one petaflop/s-day
 
@@ -156,8 +156,6 @@ def eval_sets(cfg) -> int:
 def eval_cost(cfg) -> dict[str, float]:
     """Tokens and forward FLOPs that one run's evaluations cost: the intermediate evaluations score
     curve_eval_windows windows per set, the final one all of them (config.eval_window_counts)."""
-    from jscale.config import eval_window_counts
-
     m, t = cfg.model, cfg.train
     final, curve = eval_window_counts(cfg.data, m.n_ctx)
     evals = len(t.eval_steps())

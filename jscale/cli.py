@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from jscale import interrupts
-from jscale.config import JscaleError, ResourceError, resource_error
+from jscale.errors import JscaleError, ResourceError, resource_error
 
 
 def _train(args) -> None:
-    from jscale import config, train
+    from jscale import resolve, train
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = resolve.load(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     interrupts.check()  # a Ctrl-C while JAX was importing: stop before any work
     record = train.train(cfg, out, progress=not args.quiet)
@@ -37,9 +37,9 @@ def _human(x: float) -> str:
 
 def _config(args) -> None:
     """Every config key with its type, default (or FILE's value) and description."""
-    from jscale import config
+    from jscale import config, resolve
 
-    values = config.load(args.config, args.overrides).to_dict() if args.config else None
+    values = resolve.load(args.config, args.overrides).to_dict() if args.config else None
     rows = config.describe_keys()
     width = max(len(k) for k, *_ in rows)
     for key, kind, default, text in rows:
@@ -49,9 +49,9 @@ def _config(args) -> None:
 
 
 def _info(args) -> None:
-    from jscale import accounting, config
+    from jscale import accounting, resolve
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = resolve.load(args.config, args.overrides)
     m, t = cfg.model, cfg.train
     acc = accounting.account(m)
     bytes_per_act = 4 if m.dtype == "float32" else 2 if m.dtype == "bfloat16" else 4
@@ -153,7 +153,7 @@ def _eval(args) -> None:
     print("loss by position: " + ", ".join(f"{lo}{'' if lo == hi else f'-{hi}'}: {loss:.3f}"
                                            for lo, hi, loss in trained.position_bins(result["per_position"])))
     if args.out:
-        from jscale.train import write_atomic
+        from jscale.files import write_atomic
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.out), json.dumps(result, indent=2))
@@ -187,7 +187,7 @@ def _import(args) -> None:
         out = Path(args.out)
         if out.exists():
             raise JscaleError(f"--out: {out} exists; choose a new file")
-        from jscale.train import write_atomic
+        from jscale.files import write_atomic
 
         write_atomic(out, text)
         print(f"wrote {out}")
@@ -378,7 +378,7 @@ def _main(argv: list[str] | None) -> int:
               f"re-run the same command to resume", file=sys.stderr)
         return e.exit_status
     except JscaleError as e:
-        real_stderr = getattr(sys.modules.get("jscale.train"), "REAL_STDERR_FD", None)
+        real_stderr = getattr(sys.modules.get("jscale.train.checkpoints"), "REAL_STDERR_FD", None)
         if real_stderr is not None:  # a checkpoint write failed: orbax's threads are still failing; leave now
             sys.stdout.flush()
             os.write(real_stderr, f"jscale: error: {_one_line(e)}\n".encode())

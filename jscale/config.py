@@ -1,7 +1,9 @@
 """Typed experiment configuration: TOML files and dotted `key=value` overrides mapped onto frozen dataclasses.
 
-Everything is validated here, before any array is allocated or any function compiled, and every problem is
-reported as one `ConfigError` line that names the key.
+Every value is validated here, before any array is allocated or any function compiled, and every problem is
+reported as one `ConfigError` line that names the key. This module is the bottom of jscale (only jscale.errors
+is below it): what needs a tokenizer or the model's parameter count to fill in (the vocabulary size, warmup given
+in tokens per parameter) is done by `jscale.resolve`, which loads a config ready to run.
 """
 
 from __future__ import annotations
@@ -9,37 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-
-class JscaleError(Exception):
-    """An error caused by the user's input; the CLI prints it as one line and exits with status 2."""
-
-    exit_status = 2
-
-
-class ConfigError(JscaleError):
-    pass
-
-
-class ResourceError(JscaleError):
-    """A fault of the machine rather than of the input (a full disk, a read-only directory, a locked database):
-    one line naming the path, exit status 1."""
-
-    exit_status = 1
-
-
-def resource_error(e: OSError, path: str | Path | None = None, doing: str = "") -> ResourceError:
-    """An OSError as one line: the path, what was being done, and the system's reason."""
-    where = path if path is not None else (e.filename or "?")
-    reason = e.strerror or str(e)
-    return ResourceError(f"{where}: {doing + ': ' if doing else ''}{reason.lower() if reason else reason}")
-
+from jscale.errors import ConfigError, JscaleError, ResourceError, resource_error  # noqa: F401 (re-exported)
 
 MODEL_KINDS = ("transformer", "universal", "lstm", "transformer_xl")
 
@@ -74,7 +52,7 @@ class ModelConfig:
     d_ff: int | None = None  # None: 4 * d_model
     d_attn: int | None = None  # None: d_model
     n_ctx: int = 128  # context length in tokens
-    vocab_size: int = 256  # set from the tokenizer by Config.resolve()
+    vocab_size: int = 256  # set from the tokenizer by jscale.resolve
     dropout: float = 0.0  # dropout rate in training (0 as Kaplan)
     tie_embeddings: bool = True  # the unembedding reuses the embedding matrix (GPT-2)
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
@@ -129,7 +107,7 @@ class DataConfig:
     subset_seed: int = 0  # which chunks make up the D tokens (subsets of one seed are nested)
     subset_chunk: int = 4096  # tokens per chunk of a D-token subset
     eval_windows: int = 0  # windows of n_ctx + 1 tokens per evaluation set at the final evaluation; 0: eval_tokens
-    eval_tokens: int = 600_000  # sizes eval_windows when 0: a standard error near 0.5% of the loss (data.py)
+    eval_tokens: int = 600_000  # sizes eval_windows when 0: a standard error near 0.5% of the loss
     curve_eval_windows: int = 256  # evaluations before the last score this evenly spaced subset; 0 = all windows
     cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
     tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
@@ -210,6 +188,14 @@ class LoggingConfig:
     wandb_mode: str = "online"  # online | offline (upload later with `wandb sync`) | disabled
 
 
+# Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
+# change which tokens a member's batches are drawn from.
+MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"), ("train", "b1"),
+               ("train", "b2"), ("train", "eps"), ("train", "schedule"), ("train", "decay_fraction"),
+               ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"), ("train", "data_seed"),
+               ("data", "max_train_tokens"), ("data", "subset_seed"), ("data", "subset_chunk")}
+
+
 # Keys added after results were first recorded, with the value that reproduces the behaviour from before: a run
 # that leaves them at it keeps the identity (run id, run directory) it had before they existed.
 NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": "",
@@ -236,105 +222,23 @@ class Config:
                 del out[section][key]
         return out
 
-    def resolve(self) -> "Config":
-        """Fill derived fields (vocabulary size from the tokenizer) and validate."""
-        vocab = tokenizer_vocab(self.data)
-        if self.model.vocab_size not in (vocab, ModelConfig.vocab_size):  # set by hand to something else
-            raise ConfigError(f"model.vocab_size: follows the tokenizer ({self.data.tokenizer}: {vocab}); "
-                              f"{self.model.vocab_size} would be overwritten: leave it out"
-                              + ("" if self.data.tokenizer == "bytes" else " or set data.vocab_size"))
-        cfg = dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab))
-        cfg = dataclasses.replace(cfg, train=_resolve_warmup(cfg))
-        validate(cfg)
-        return cfg
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _resolve_warmup(cfg: "Config") -> "TrainConfig":
-    """warmup_tokens or warmup_per_param (tokens per parameter of the whole model) turned into warmup_steps, at
-    least one step and at most half the run. Given with a non-default warmup_steps, they are refused."""
-    t = cfg.train
-    if not (t.warmup_tokens or t.warmup_per_param):
-        return t
-    if t.warmup_tokens and t.warmup_per_param:
-        raise ConfigError("train.warmup_per_param: give warmup_tokens or warmup_per_param, not both")
-    key = "warmup_tokens" if t.warmup_tokens else "warmup_per_param"
-    if t.warmup_steps not in (TrainConfig.warmup_steps, 0):
-        raise ConfigError(f"train.{key}: sets train.warmup_steps; leave warmup_steps out")
-    if t.warmup_tokens:
-        tokens = t.warmup_tokens
-    else:
-        from jscale import accounting  # (accounting imports this module)
-
-        tokens = t.warmup_per_param * accounting.account(cfg.model).N_total
-    steps = round(tokens / (t.batch_size * cfg.model.n_ctx))
-    return dataclasses.replace(t, warmup_steps=int(min(max(steps, 1), t.steps // 2)), warmup_tokens=0,
-                               warmup_per_param=0.0)
-
-
-def tokenizer_vocab(d: "DataConfig") -> int:
-    """The vocabulary size the tokenizer gives: 256 for bytes, data.vocab_size for a trained BPE, a tokenizer
-    file's own size (read from the file) for file:PATH."""
-    if d.corpus.startswith("bin:") and not d.tokenizer.startswith("file:"):
-        from jscale import data  # (data imports this module)
-
-        return data.bin_vocab(d)
-    if d.tokenizer == "bytes":
-        return 256
-    if d.tokenizer == "gpt2" or d.tokenizer.startswith("tiktoken:"):
-        return load_tiktoken(d.tokenizer).n_vocab
-    if d.tokenizer.startswith("file:"):
-        path = d.tokenizer[len("file:"):]
-        try:
-            stamp = os.stat(os.path.expanduser(path)).st_mtime_ns
-        except OSError:
-            stamp = None  # load_tokenizer_file says what is wrong
-        return _tokenizer_file_vocab(path, stamp)
-    return d.vocab_size
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer_file_vocab(path: str, stamp: int | None) -> int:
-    """Parsed once per file version, not once per run a sweep resolves."""
-    return load_tokenizer_file(path).get_vocab_size()
-
-
-def load_tokenizer_file(path: str):
-    """An HF `tokenizers` tokenizer.json, or a one-line ConfigError naming the file."""
-    from tokenizers import Tokenizer
-
-    path = os.path.expanduser(path)
-    if not Path(path).is_file():
-        raise ConfigError(f"data.tokenizer: {path}: tokenizer file not found")
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as e:  # noqa: BLE001 (tokenizers raises its own exception type for any parse problem)
-        raise ConfigError(f"data.tokenizer: {path}: not a tokenizer.json ({' '.join(str(e).split())[:120]})") from None
-
-
-@functools.lru_cache(maxsize=4)
-def load_tiktoken(spec: str):
-    """tiktoken's encoding for data.tokenizer = "gpt2" (GPT-2's 50257-token BPE, as Kaplan et al. used) or
-    "tiktoken:NAME": from TIKTOKEN_CACHE_DIR, or downloaded once where there is network; else a one-line error."""
-    name = "gpt2" if spec == "gpt2" else spec[len("tiktoken:"):]
-    try:
-        import tiktoken
-    except ImportError:
-        raise ConfigError(f"data.tokenizer: {spec} needs tiktoken (pip install 'jscale[gpt2]')") from None
-    try:
-        return tiktoken.get_encoding(name)
-    except ValueError as e:  # an unknown encoding name
-        raise ConfigError(f"data.tokenizer: {spec}: {' '.join(str(e).split())[:160]}") from None
-    except Exception as e:  # noqa: BLE001 (no network and nothing cached: requests' or tiktoken's errors)
-        raise ConfigError(f"data.tokenizer: {spec}: the encoding is not cached (TIKTOKEN_CACHE_DIR) and could not "
-                          f"be downloaded ({type(e).__name__}); copy tiktoken's cache from a machine with network, "
-                          f"or give its tokenizer.json as file:PATH") from None
-
-
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "parallel": ParallelConfig,
             "logging": LoggingConfig}
+
+
+def shared_config(cfg: Config) -> dict[str, Any]:
+    """What runs of one ensemble share, and what their compiled steps depend on: the config less MEMBER_KEYS, with
+    model sizes left to their defaults written out (d_ff None and d_ff = 4 d_model are one shape)."""
+    d = cfg.to_dict()
+    for section, key in MEMBER_KEYS:
+        d[section].pop(key)
+    m = cfg.model
+    d["model"].update(d_ff=m.d_ff_, d_attn=m.d_attn_, n_kv_heads=m.n_kv_heads_)
+    return d
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -443,12 +347,6 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-
-
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Load a TOML config (or the defaults when path is None), apply overrides, resolve and validate."""
-    raw = {} if path is None else read_toml(path)
-    return from_dict(apply_overrides(raw, list(overrides))).resolve()
 
 
 def _positive(cfg: Config, keys: list[str]) -> None:

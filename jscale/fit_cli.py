@@ -36,13 +36,14 @@ def read_runs_dir(path: Path, n_convention: str, c_convention: str):
     import pandas as pd
 
     from jscale import accounting, config
+    from jscale.resolve import resolve
 
     dirs = [path] if (path / "metrics.jsonl").exists() else sorted(p.parent for p in path.glob("*/metrics.jsonl"))
     if not dirs:
         raise LawFitError(f"{path}: no jscale runs here (no metrics.jsonl in it or its subdirectories)")
     rows, curve_rows = [], []
     for d in dirs:
-        cfg = config.from_dict(json.loads((d / "config.json").read_text())).resolve()
+        cfg = resolve(config.from_dict(json.loads((d / "config.json").read_text())))
         acc = accounting.account(cfg.model)
         N = acc.N_total if n_convention == "all" else acc.N
         records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -26,7 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import accounting, data, interrupts, results, sweep as sweeps, tracking, train, tuning
-from jscale.config import Config, ConfigError, resource_error
+from jscale.config import Config
+from jscale.errors import ConfigError, resource_error
+from jscale.files import write_atomic
+from jscale.hosts import agree
+from jscale.progress import show_losses
 
 MAX_MEMBERS = 64
 
@@ -95,7 +99,7 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5) -> dict:
     init = fns["init"]
     single = timed(fns["single"], init(np.uint32(0)), jnp.zeros((B, T + 1), jnp.int32), hp)
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
-    stacked_init = lambda: jax.tree.map(jnp.asarray, train._stack([init(np.uint32(s)) for s in range(members)]))
+    stacked_init = lambda: jax.tree.map(jnp.asarray, train.stack_members([init(np.uint32(s)) for s in range(members)]))
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:
         result[f"{mode}_step_s"] = timed(fns[mode], stacked_init(), jnp.zeros((members, B, T + 1), jnp.int32),
@@ -139,7 +143,7 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
     path = out / "ensemble.json"
     key = f"{jax.default_backend()}:{jax.devices()[0].device_kind}:{jax.device_count()}"
     if jax.process_index() != 0:  # process 0 decides (below); every process takes its number
-        return train._agree(_measure_ensemble_size(sweep, requested)["members"]), {}
+        return agree(_measure_ensemble_size(sweep, requested)["members"]), {}
     with directory_lock(out):
         decisions = _read_json(path)
         held = decisions.get(key)
@@ -148,11 +152,11 @@ def choose_ensemble_size(sweep: sweeps.Sweep, out: Path, requested: int | None) 
                 raise ConfigError(f"--ensemble-size: {out} groups its runs {held['members']} to an ensemble "
                                   f"({path.name}); a different size would train runs again: give "
                                   f"--ensemble-size {held['members']}, or another --out")
-            return train._agree(held["members"]), held
+            return agree(held["members"]), held
         decision = _measure_ensemble_size(sweep, requested)
         decisions[key] = decision
-        train.write_atomic(path, json.dumps(decisions, indent=2))
-    return train._agree(decision["members"]), decision
+        write_atomic(path, json.dumps(decisions, indent=2))
+    return agree(decision["members"]), decision
 
 
 def default_mode() -> str:
@@ -202,7 +206,7 @@ def log_session(sweep: sweeps.Sweep, out: Path) -> None:
     with directory_lock(out):
         # The description follows the sweep as run now (a seed added, say); the sessions accumulate.
         held = {**sweep.describe(), "sessions": (_read_json(out / "sweep.json") or {}).get("sessions", []) + [session]}
-        train.write_atomic(out / "sweep.json", json.dumps(held, indent=2))
+        write_atomic(out / "sweep.json", json.dumps(held, indent=2))
 
 
 def _group_gflops_per_step(g: sweeps.Group) -> float:
@@ -457,7 +461,7 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
                      on_resume=None if bar is None else (lambda start: bar.update(start * per_step)),
                      tracker=tracking.tracker_for_group([r.cfg for r in g.runs], ids, g.group_id, out,
                                                         [r.name for r in g.runs]),
-                     on_eval=None if bar is None else (lambda records: train.show_losses(bar, records)))
+                     on_eval=None if bar is None else (lambda records: show_losses(bar, records)))
     if bar is not None:  # a resumed group skipped its first steps
         bar.n = start + per_step * g.cfg.train.steps
         bar.refresh()

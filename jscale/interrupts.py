@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from jscale.config import JscaleError
+from jscale.errors import JscaleError
 
 _received: int | None = None
 

@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from jscale.config import JscaleError, ResourceError, resource_error
+from jscale.errors import JscaleError, ResourceError, resource_error
 
 DB_NAME = "results.sqlite"
 

@@ -52,26 +52,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jscale import accounting, config, tuning
-from jscale.config import Config, ConfigError
-
-# Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
-# change which tokens a member's batches are drawn from.
-MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_fraction"), ("train", "b1"),
-               ("train", "b2"), ("train", "eps"), ("train", "schedule"), ("train", "decay_fraction"),
-               ("train", "weight_decay"), ("train", "grad_clip"), ("train", "seed"), ("train", "data_seed"),
-               ("data", "max_train_tokens"), ("data", "subset_seed"), ("data", "subset_chunk")}
-
-
-def shared_config(cfg: Config) -> dict[str, Any]:
-    """What runs of one ensemble share, and what their compiled steps depend on: the config less MEMBER_KEYS, with
-    model sizes left to their defaults written out (d_ff None and d_ff = 4 d_model are one shape)."""
-    d = cfg.to_dict()
-    for section, key in MEMBER_KEYS:
-        d[section].pop(key)
-    m = cfg.model
-    d["model"].update(d_ff=m.d_ff_, d_attn=m.d_attn_, n_kv_heads=m.n_kv_heads_)
-    return d
-
+from jscale.resolve import resolve
+from jscale.config import MEMBER_KEYS, Config, ConfigError, shared_config  # noqa: F401 (re-exported)
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -341,7 +323,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _resolve(flat: dict[str, Any], where: str) -> Config:
     try:
-        return config.from_dict(_nest(flat)).resolve()
+        return resolve(config.from_dict(_nest(flat)))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -45,7 +45,7 @@ def measure(steps: int = 8) -> dict:
     """Train each probe of this backend for some steps; seconds per step, FLOPs per step and compile seconds."""
     import jax
 
-    from jscale import train
+    from jscale import sharding, train
 
     rows = []
     for kind, n_layer, d_model, n_ctx, batch in PROBES.get(jax.default_backend(), PROBES["cpu"]):
@@ -56,9 +56,9 @@ def measure(steps: int = 8) -> dict:
         compiled = train.compile_steps([cfg], stacked=False)
         compile_s = time.perf_counter() - t0
         state = compiled.init(np.uint32(0))
-        hp = {k: train.sharding.put(np.asarray(v), compiled.hp_sharding)
+        hp = {k: sharding.put(np.asarray(v), compiled.hp_sharding)
               for k, v in train.hparams_from_config(cfg.train).items()}
-        batch_arr = train.sharding.put(np.zeros((batch, n_ctx + 1), np.int32), compiled.batch_sh)
+        batch_arr = sharding.put(np.zeros((batch, n_ctx + 1), np.int32), compiled.batch_sh)
         seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
         flops = batch * n_ctx * accounting.account(cfg.model).train_flops_exact
         rows.append({"kind": kind, "n_layer": n_layer, "d_model": d_model, "n_ctx": n_ctx, "batch": batch,
@@ -120,7 +120,7 @@ def for_device(device: str, log=print) -> dict:
 def check_budget(sweep, groups, force: bool, log=print) -> None:
     """Refuse (one line) a sweep whose estimated time on its scale's device exceeds the scale's budget, unless
     forced; a sweep without a budget passes."""
-    from jscale.config import ConfigError
+    from jscale.errors import ConfigError
 
     if not sweep.budget_minutes:
         return

@@ -23,6 +23,7 @@ from jscale import config, data
 from jscale.config import Config, ConfigError
 from jscale.generate import make_sampler
 from jscale.models import build
+from jscale.resolve import resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ def load(run: str | Path, run_id: str | None = None, step: int | None = None) ->
     if not config_path.exists():
         raise ConfigError(f"{run}: not a run directory (no config.json) or a sweep directory (no results.sqlite)")
     try:
-        cfg = config.from_dict(json.loads(config_path.read_text())).resolve()
+        cfg = resolve(config.from_dict(json.loads(config_path.read_text())))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{config_path}: not valid JSON ({e})") from None
     params, step = _restore_params(run / "checkpoints", step, str(run))
@@ -91,7 +92,7 @@ def _load_sweep_member(out: Path, run_id: str | None, step: int | None) -> Train
                           f"{run_id!r}" + ("; use the run id" if matches else ""))
     rid, name, group_id, cfg_json = matches[0]
     members = [r[0] for r in rows if r[2] == group_id]  # the group's member order, as registered
-    cfg = config.from_dict(json.loads(cfg_json)).resolve()
+    cfg = resolve(config.from_dict(json.loads(cfg_json)))
     params, step = _restore_params(out / "groups" / group_id / "checkpoints", step, f"{out} run {rid}")
     if len(members) > 1:  # a vmapped group: this member's slice of the stacked parameters
         i = members.index(rid)
@@ -145,7 +146,7 @@ def eval_data_config(cfg: Config, corpus: str | None) -> config.DataConfig:
                             bin_dtype=defaults.bin_dtype, tfds_data_dir="", hf_name="", text_column="")
     resolved = config.from_dict({"data": dataclasses.asdict(d), "model": {"vocab_size": cfg.model.vocab_size}})
     try:
-        resolved = resolved.resolve()
+        resolved = resolve(resolved)
     except ConfigError as e:
         raise ConfigError(f"--data: {corpus} cannot be read with this run's tokenizer ({e})") from None
     if resolved.model.vocab_size != cfg.model.vocab_size:

@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 from jscale.config import Config, ConfigError
+from jscale.resolve import resolve
 
 # Keys a pilot may tune: per-member hyperparameters (sweep.MEMBER_KEYS), so that a pilot is one ensemble; and the
 # batch size, whose pilots form one group per batch size, each at the same tokens (apply).
@@ -109,7 +110,7 @@ def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
     d = cfg.data
     d = (dataclasses.replace(d, eval_windows=max(1, d.eval_windows // PILOT_EVAL_SHARE)) if d.eval_windows else
          dataclasses.replace(d, eval_tokens=max(1, d.eval_tokens // PILOT_EVAL_SHARE)))
-    return dataclasses.replace(cfg, train=train, data=d).resolve()
+    return resolve(dataclasses.replace(cfg, train=train, data=d))
 
 
 def apply(cfg: Config, values: dict[str, float]) -> Config:
@@ -126,7 +127,7 @@ def apply(cfg: Config, values: dict[str, float]) -> Config:
                                     warmup_steps=min(round(t.warmup_steps * scale), steps))
         else:
             t = dataclasses.replace(t, **{key.split(".")[1]: int(value) if key == "train.batch_size" else value})
-    return dataclasses.replace(cfg, train=t).resolve()
+    return resolve(dataclasses.replace(cfg, train=t))
 
 
 def values_text(values: dict[str, float]) -> str:

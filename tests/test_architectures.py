@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import accounting, config, train
+from jscale import accounting, config, resolve, train
 from jscale.config import ConfigError, ModelConfig
 from jscale.models import build
 
@@ -126,7 +126,7 @@ def test_cudnn_packing_runs_the_same_lstm_in_jaxs_reference():
                              False)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="model.lstm_impl: cuDNN's LSTM path has no dropout"):
-        config.load(None, ["model.kind=lstm", "model.lstm_impl=cudnn", "model.dropout=0.1"])
+        resolve.load(None, ["model.kind=lstm", "model.lstm_impl=cudnn", "model.dropout=0.1"])
 
 
 def test_universal_transformer_reuses_its_blocks():
@@ -159,7 +159,7 @@ def test_each_kind_learns_and_resumes_exactly(tmp_path, name):
     raw = {"model": {**model, "n_ctx": 32}, "data": {"eval_windows": 8},
            "train": {"batch_size": 8, "steps": 60, "lr": 5e-3, "warmup_steps": 5, "eval_every": 20,
                      "checkpoint_every": 20}}
-    cfg = config.from_dict(raw).resolve()
+    cfg = resolve.resolve(config.from_dict(raw))
     straight = train.train(cfg, tmp_path / "straight", progress=False)
     assert straight["test_loss"] < 3.75  # ln 256 = 5.55 for a uniform guess over bytes
     train.train(cfg, tmp_path / "resumed", progress=False, stop_after=30)
@@ -180,14 +180,14 @@ def test_each_kind_learns_and_resumes_exactly(tmp_path, name):
 ])
 def test_architecture_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        config.load(None, overrides)
+        resolve.load(None, overrides)
 
 
 def test_lstm_skips_attention_shape_checks_and_refuses_attention_keys():
-    cfg = config.load(None, ["model.kind=lstm", "model.d_model=100"])  # 100 is not divisible by the default heads
+    cfg = resolve.load(None, ["model.kind=lstm", "model.d_model=100"])  # 100 is not divisible by the default heads
     assert accounting.account(cfg.model).N == 8 * 2 * 100 ** 2
     with pytest.raises(ConfigError, match="model.n_heads: a lstm model does not use it"):
-        config.load(None, ["model.kind=lstm", "model.d_model=100", "model.n_heads=3"])
+        resolve.load(None, ["model.kind=lstm", "model.d_model=100", "model.n_heads=3"])
 
 
 XL = ModelConfig(kind="transformer_xl", n_layer=2, d_model=32, n_heads=4, n_ctx=8, vocab_size=64, mem_len=8)

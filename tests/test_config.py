@@ -5,18 +5,18 @@ import functools
 
 import pytest
 
-from jscale import config
+from jscale import config, resolve
 from jscale.config import ConfigError
 
 
 def test_toml_and_overrides(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[model]\nn_layer = 3\nd_model = 96\nn_heads = 3\n[data]\ntokenizer = "bpe"\nvocab_size = 512\n')
-    cfg = config.load(p, ["model.d_model=48", "train.lr=3e-4", "data.corpus=some/file.txt", "model.d_ff=100"])
+    cfg = resolve.load(p, ["model.d_model=48", "train.lr=3e-4", "data.corpus=some/file.txt", "model.d_ff=100"])
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.d_ff_, cfg.model.d_attn_) == (3, 48, 100, 48)
     assert cfg.train.lr == 3e-4 and cfg.data.corpus == "some/file.txt"
     assert cfg.model.vocab_size == 512  # from the tokenizer
-    assert config.load(None, ["data.tokenizer=bytes"]).model.vocab_size == 256
+    assert resolve.load(None, ["data.tokenizer=bytes"]).model.vocab_size == 256
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -38,7 +38,7 @@ def test_toml_and_overrides(tmp_path):
 ])
 def test_bad_config_is_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
-        config.load(None, overrides)
+        resolve.load(None, overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -116,10 +116,10 @@ def _model_fingerprint(model_cfg):
 @pytest.mark.parametrize("key", sorted(ALTERNATIVES))
 def test_every_model_key_is_used_or_refused_by_every_kind(kind, key):
     base = {"model": {"kind": kind, "n_layer": 2, "d_model": 32, "n_ctx": 16, **KIND_BASE[kind]}}
-    reference = config.from_dict(base).resolve()
+    reference = resolve.resolve(config.from_dict(base))
     changed = {"model": {**base["model"], key: ALTERNATIVES[key]}}
     try:
-        cfg = config.from_dict(changed).resolve()
+        cfg = resolve.resolve(config.from_dict(changed))
     except ConfigError as e:
         assert str(e).startswith(f"model.{key}:"), e
         return
@@ -135,4 +135,4 @@ def test_every_config_key_is_described_and_typos_get_a_suggestion(capsys):
     out = capsys.readouterr().out
     assert len(out.splitlines()) == len(rows) and "data.eval_tokens" in out
     with pytest.raises(config.ConfigError, match=r"model.d_modle: unknown config key \(did you mean model.d_model\?\)"):
-        config.load(None, ["model.d_modle=64"])
+        resolve.load(None, ["model.d_modle=64"])

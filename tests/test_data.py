@@ -254,25 +254,25 @@ def _tokenizer_file(tmp_path, text_corpus):
 
 
 def test_a_tokenizer_file_sets_the_vocabulary_and_the_tokens(tmp_path, text_corpus):
-    from jscale import config
+    from jscale import config, resolve
 
     path, tok = _tokenizer_file(tmp_path, text_corpus)
-    cfg = config.from_dict({"data": {"corpus": str(text_corpus), "tokenizer": f"file:{path}",
-                                     "cache_dir": str(tmp_path / "cache")}}).resolve()
+    cfg = resolve.resolve(config.from_dict({"data": {"corpus": str(text_corpus), "tokenizer": f"file:{path}",
+                                     "cache_dir": str(tmp_path / "cache")}}))
     assert cfg.model.vocab_size == tok.get_vocab_size() == 300
     tokens = data.prepare(cfg.data)
     corpus = data.corpus_from_config(cfg.data)
     first = next(corpus.documents("train")) + data.DOC_SEPARATOR
     np.testing.assert_array_equal(tokens.train[:len(tok.encode(first).ids)], tok.encode(first).ids)
     with pytest.raises(ConfigError, match="model.vocab_size: follows the tokenizer"):
-        config.from_dict({"data": {"tokenizer": f"file:{path}"}, "model": {"vocab_size": 512}}).resolve()
+        resolve.resolve(config.from_dict({"data": {"tokenizer": f"file:{path}"}, "model": {"vocab_size": 512}}))
     (tmp_path / "broken.json").write_text('{"model": ')
     with pytest.raises(ConfigError, match="data.tokenizer: .*broken.json: not a tokenizer.json"):
-        config.from_dict({"data": {"tokenizer": f"file:{tmp_path / 'broken.json'}"}}).resolve()
+        resolve.resolve(config.from_dict({"data": {"tokenizer": f"file:{tmp_path / 'broken.json'}"}}))
 
 
 def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_source(tmp_path, text_corpus):
-    from jscale import config, train
+    from jscale import config, resolve, train
 
     texts = {s: (text_corpus / f"doc0{i}.txt").read_text() for i, s in enumerate(("train", "valid", "test"))}
     for split, text in texts.items():
@@ -289,10 +289,10 @@ def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_sourc
         np.testing.assert_array_equal(by_bin.splits[split], by_file.splits[split])
     assert by_bin.bytes_per_token("test") == 1.0
     # It trains like any corpus: a few steps through the same batches and evaluation.
-    cfg = config.from_dict({"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16},
+    cfg = resolve.resolve(config.from_dict({"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16},
                             "data": {"corpus": f"bin:{nano}", "eval_windows": 4, "cache_dir": str(tmp_path / "cache")},
                             "train": {"batch_size": 4, "steps": 4, "eval_every": 2, "checkpoint_every": 4,
-                                      "warmup_steps": 1}}).resolve()
+                                      "warmup_steps": 1}}))
     assert cfg.model.vocab_size == 256
     final = train.train(cfg, tmp_path / "run", progress=False)
     assert final["step"] == 4 and np.isfinite(final["val_loss"])
@@ -310,7 +310,7 @@ def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_sourc
     ("no_val", "no val.bin or validation.bin"),
 ])
 def test_bad_bin_corpora_are_one_line_errors(tmp_path, case, message):
-    from jscale import config
+    from jscale import config, resolve
 
     nano = tmp_path / "nano"
     nano.mkdir()
@@ -325,5 +325,5 @@ def test_bad_bin_corpora_are_one_line_errors(tmp_path, case, message):
     if case == "no_val":
         (nano / "val.bin").unlink()
     with pytest.raises(ConfigError, match=message):
-        data.prepare(config.from_dict({"data": {"corpus": f"bin:{nano}",
-                                                "cache_dir": str(tmp_path / "c")}}).resolve().data)
+        data.prepare(resolve.resolve(config.from_dict({"data": {"corpus": f"bin:{nano}",
+                                                "cache_dir": str(tmp_path / "c")}})).data)

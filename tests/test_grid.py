@@ -115,7 +115,8 @@ def test_results_load_and_fit_from_a_sweep(tmp_path, jscale_here):
 def test_a_sweep_resumed_mid_group_compiles_no_initialisation(tmp_path, monkeypatch):
     """Stopped (as by Ctrl-C) after its group's first checkpoint, then run again as a new process would (nothing
     compiled): the resumed group restores its checkpoint, so its init is never compiled."""
-    from jscale import interrupts, train
+    from jscale import interrupts
+    from jscale.train import programs
 
     sw = make({"key": "model.d_model", "values": [16]}, {"key": "model.n_heads", "values": [1]})
     checks = iter(range(10 ** 6))
@@ -131,11 +132,11 @@ def test_a_sweep_resumed_mid_group_compiles_no_initialisation(tmp_path, monkeypa
     assert grid._has_checkpoint(tmp_path / "s", group)  # (so a sweep compiling it ahead leaves out its init)
     assert not grid._has_checkpoint(tmp_path / "elsewhere", group)
     monkeypatch.setattr(interrupts, "check", lambda: None)
-    monkeypatch.setattr(train, "_STEPS_CACHE", {})
-    monkeypatch.setattr(train, "_INIT_CACHE", {})
+    monkeypatch.setattr(programs, "_STEPS_CACHE", {})
+    monkeypatch.setattr(programs, "_INIT_CACHE", {})
     grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
     assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"done"}
-    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [False] and not train._INIT_CACHE
+    assert [steps.init.compiled for steps in programs._STEPS_CACHE.values()] == [False] and not programs._INIT_CACHE
 
 
 def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path, jscale_here):
@@ -206,10 +207,10 @@ def test_status_shows_a_claimed_group_as_running_before_its_first_evaluation(tmp
 
 def test_the_ensemble_measurement_runs_on_a_transformer_xl():
     """A Transformer-XL's state holds a memory per batch row: the measurement must build it for the batch."""
-    from jscale import config
+    from jscale import config, resolve
 
-    cfg = config.from_dict({"model": {"kind": "transformer_xl", "n_layer": 1, "d_model": 16, "n_heads": 2,
+    cfg = resolve.resolve(config.from_dict({"model": {"kind": "transformer_xl", "n_layer": 1, "d_model": 16, "n_heads": 2,
                                       "n_ctx": 16, "mem_len": 16},
-                            "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}).resolve()
+                            "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}))
     m = grid.measure_vmap_speedup(cfg, members=2, steps=1)
     assert m["speedup"] > 0 and m["mode"] in ("vmap", "map")

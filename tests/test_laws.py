@@ -403,7 +403,7 @@ def test_chinchilla_polish_stuck_at_its_start_is_checked_against_every_start(mon
     D = np.tile(np.geomspace(1e9, 1e11, 5), 6)
     L = laws._chinchilla(true, N, D) * np.exp(rng.normal(0, 0.002, len(N)))
     grid = laws.chinchilla_grid()[::9]  # every ninth start (500): the same logic as all 4,500, at a ninth of the cost
-    monkeypatch.setattr(laws, "chinchilla_grid", lambda: grid)
+    monkeypatch.setattr(laws.chinchilla, "chinchilla_grid", lambda: grid)
     reference = laws.fit_chinchilla(N, D, L, n_bootstrap=0)  # the polish that moves
     real = laws._minimize_batch
     calls = []
@@ -415,7 +415,7 @@ def test_chinchilla_polish_stuck_at_its_start_is_checked_against_every_start(mon
             return starts.copy(), f, np.ones(len(starts), bool)
         return real(starts, *args)
 
-    monkeypatch.setattr(laws, "_minimize_batch", stuck_once)
+    monkeypatch.setattr(laws.chinchilla, "_minimize_batch", stuck_once)
     fit = laws.fit_chinchilla(N, D, L, n_bootstrap=0)
     assert calls == [64, len(grid)]  # the wider polish ran, from every start
     assert fit.objective == pytest.approx(reference.objective, rel=1e-6)

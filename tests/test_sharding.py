@@ -16,7 +16,7 @@ from conftest import jscale_cmd
 SCRIPT = r'''
 import json, sys
 import jax
-from jscale import config, data, train
+from jscale import config, data, resolve, train
 
 class Memory:
     def __init__(self): self.records, self.steps = [], []
@@ -27,12 +27,12 @@ class Memory:
         self.steps.append(records)
 
 def cfg(**parallel):
-    return config.from_dict({
+    return resolve.resolve(config.from_dict({
         "model": {"n_layer": 1, "d_model": 32, "n_heads": 4, "n_ctx": 16},
         "data": {"eval_windows": 16},
         "train": {"batch_size": 16, "steps": 12, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4,
                   "checkpoint_every": 12},
-        "parallel": parallel}).resolve()
+        "parallel": parallel}))
 
 out = {"devices": jax.device_count()}
 corpus = data.prepare(cfg().data)

@@ -7,7 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from jscale import config, data
+from jscale import config, data, resolve
+from jscale.data import tokenizers
 from jscale.config import ConfigError, DataConfig
 from conftest import jscale_cmd
 
@@ -111,11 +112,11 @@ def test_gpt2_tokenizer_sets_the_vocabulary_and_encodes_every_split(tmp_path, fi
     tiktoken = pytest.importorskip("tiktoken")
     enc = _tiny_encoding()
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: enc if name == "gpt2" else None)
-    config.load_tiktoken.cache_clear()
+    tokenizers.load_tiktoken.cache_clear()
     try:
         files = _as_files(tmp_path)
-        cfg = config.from_dict({"data": {"corpus": files.corpus, "validation": files.validation, "test": files.test,
-                                         "tokenizer": "gpt2", "cache_dir": files.cache_dir}}).resolve()
+        cfg = resolve.resolve(config.from_dict({"data": {"corpus": files.corpus, "validation": files.validation, "test": files.test,
+                                         "tokenizer": "gpt2", "cache_dir": files.cache_dir}}))
         assert cfg.model.vocab_size == enc.n_vocab == 263
         tokens = data.prepare(cfg.data)
         expect = enc.encode_ordinary("".join(d + data.DOC_SEPARATOR for d in DOCS["test"]))
@@ -123,9 +124,9 @@ def test_gpt2_tokenizer_sets_the_vocabulary_and_encodes_every_split(tmp_path, fi
         assert len(tokens.train) < len(file_tokens.train)  # "the loss" merged: fewer tokens than bytes
         assert data.make_tokenizer(cfg.data).decode(tokens.test[:12]) == DOCS["test"][0][:len(enc.decode(expect[:12]))]
         with pytest.raises(ConfigError, match="model.vocab_size: follows the tokenizer"):
-            config.from_dict({"data": {"tokenizer": "gpt2"}, "model": {"vocab_size": 50304}}).resolve()
+            resolve.resolve(config.from_dict({"data": {"tokenizer": "gpt2"}, "model": {"vocab_size": 50304}}))
     finally:
-        config.load_tiktoken.cache_clear()
+        tokenizers.load_tiktoken.cache_clear()
 
 
 def test_gpt2_tokenizer_without_network_or_cache_is_one_line(tmp_path):

@@ -6,15 +6,15 @@ import time
 
 import pytest
 
-from jscale import config, train
+from jscale import config, resolve, train
 
 
 def tiny(**logging):
-    return config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
+    return resolve.resolve(config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
                              "data": {"eval_windows": 8},
                              "train": {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5,
                                        "eval_every": 10, "checkpoint_every": 20},
-                             "logging": logging}).resolve()
+                             "logging": logging}))
 
 
 def read_scalars(tb_dir) -> dict[str, dict[int, float]]:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import jscale_cmd
-from jscale import config, train
+from jscale import config, resolve, train
+from jscale.train import programs
 from jscale.config import ConfigError, TrainConfig
 from jscale.models import build
 
@@ -21,8 +22,8 @@ from jscale.models import build
 def tiny(tmp_path, corpus="builtin:stdlib", **train_kw):
     t = {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 20,
          **train_kw}
-    return config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
-                             "data": {"corpus": corpus, "eval_windows": 8}, "train": t}).resolve()
+    return resolve.resolve(config.from_dict({"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32},
+                             "data": {"corpus": corpus, "eval_windows": 8}, "train": t}))
 
 
 def test_learning_rate_schedule_matches_the_formula():
@@ -51,14 +52,14 @@ def test_warmup_in_tokens_or_per_parameter_sets_warmup_steps():
 
     model = {"n_layer": 2, "d_model": 32, "n_heads": 2, "n_ctx": 32}
     cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_tokens": 2560}})
-    assert cfg.resolve().train.warmup_steps == 10  # 2560 tokens / (8 x 32) per step
+    assert resolve.resolve(cfg).train.warmup_steps == 10  # 2560 tokens / (8 x 32) per step
     cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_per_param": 1.0}})
-    n_total = accounting.account(cfg.resolve().model).N_total
-    assert cfg.resolve().train.warmup_steps == round(n_total / 256)  # Porian et al.: about N tokens
+    n_total = accounting.account(resolve.resolve(cfg).model).N_total
+    assert resolve.resolve(cfg).train.warmup_steps == round(n_total / 256)  # Porian et al.: about N tokens
     with pytest.raises(ConfigError, match="train.warmup_per_param: give warmup_tokens or warmup_per_param"):
-        config.from_dict({"train": {"warmup_tokens": 10, "warmup_per_param": 1.0}}).resolve()
+        resolve.resolve(config.from_dict({"train": {"warmup_tokens": 10, "warmup_per_param": 1.0}}))
     with pytest.raises(ConfigError, match="train.schedule: 'linear' is not one of"):
-        config.from_dict({"train": {"schedule": "linear"}}).resolve()
+        resolve.resolve(config.from_dict({"train": {"schedule": "linear"}}))
 
 
 def test_vmapped_train_step_matches_each_member_alone():
@@ -105,10 +106,10 @@ def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compila
     assert second.train_step is first.train_step and second.eval_step is first.eval_step
     assert second.seconds["compile"] == 0.0
     # What the programs do depend on keeps them apart: the model, the batch, the evaluation chunk, the mesh.
-    key = lambda cfg, members=1: train._shape_key([cfg] * members, members > 1, None)
-    other_model = config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "d_model": 16}}).resolve()
-    fewer_windows = config.from_dict({**a.to_dict(), "data": {**a.to_dict()["data"], "eval_windows": 4}}).resolve()
-    other_mesh = config.from_dict({**a.to_dict(), "parallel": {"data": 1}}).resolve()
+    key = lambda cfg, members=1: programs._shape_key([cfg] * members, members > 1, None)
+    other_model = resolve.resolve(config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "d_model": 16}}))
+    fewer_windows = resolve.resolve(config.from_dict({**a.to_dict(), "data": {**a.to_dict()["data"], "eval_windows": 4}}))
+    other_mesh = resolve.resolve(config.from_dict({**a.to_dict(), "parallel": {"data": 1}}))
     for other in (other_model, tiny(tmp_path, batch_size=4), fewer_windows, other_mesh):
         assert key(other) != key(a)
     assert key(a, members=2) != key(a)
@@ -130,15 +131,15 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, capfd, monkeypat
     assert [r[0] for r in _losses(tmp_path / "resumed")] == [1, 3, 6, 10, 16, 20, 30]
     capfd.readouterr()
     # As in a new process: nothing compiled yet. The resume reads a checkpoint, so it never compiles the init.
-    monkeypatch.setattr(train, "_STEPS_CACHE", {})
-    monkeypatch.setattr(train, "_INIT_CACHE", {})
+    monkeypatch.setattr(programs, "_STEPS_CACHE", {})
+    monkeypatch.setattr(programs, "_INIT_CACHE", {})
     train.train(cfg, tmp_path / "resumed", progress=True)
     bar = capfd.readouterr().err
     assert "20/40" in bar and "40/40" in bar and " 0/40" not in bar  # the bar resumes where the run does
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
-    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [False] and not train._INIT_CACHE
+    assert [steps.init.compiled for steps in programs._STEPS_CACHE.values()] == [False] and not programs._INIT_CACHE
     train.train(cfg, tmp_path / "fresh", progress=False, stop_after=10)  # a fresh start does
-    assert [steps.init.compiled for steps in train._STEPS_CACHE.values()] == [True]
+    assert [steps.init.compiled for steps in programs._STEPS_CACHE.values()] == [True]
 
 
 def test_run_killed_by_sigkill_resumes_to_the_same_curve(tmp_path, jscale_here):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import config, grid, hf_gpt2, sweep, train, trained
+from jscale import config, grid, hf_gpt2, resolve, sweep, train, trained
 from jscale.config import ConfigError
 from jscale.models import build
 
@@ -22,7 +22,7 @@ TRAIN = {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_ever
 def run(tmp_path_factory):
     """A small GPT trained for 40 steps on the built-in corpus."""
     out = tmp_path_factory.mktemp("use") / "run"
-    cfg = config.from_dict({"model": MODEL, "data": {"eval_windows": 16}, "train": TRAIN}).resolve()
+    cfg = resolve.resolve(config.from_dict({"model": MODEL, "data": {"eval_windows": 16}, "train": TRAIN}))
     final = train.train(cfg, out, progress=False)
     return out, final
 
@@ -126,7 +126,7 @@ def test_export_to_hf_is_gpt2_and_an_import_starts_from_the_same_weights(run, tm
     assert raw["model"]["init_from"] == f"hf:{(tmp_path / 'hf').resolve()}" and raw["model"]["n_layer"] == 2
     raw.update({"data": {"eval_windows": 16},
                 "train": {**TRAIN, "steps": 1, "lr": 1e-12, "warmup_steps": 0, "eval_every": 1, "checkpoint_every": 1}})
-    first = train.train(config.from_dict(raw).resolve(), tmp_path / "continued", progress=False)
+    first = train.train(resolve.resolve(config.from_dict(raw)), tmp_path / "continued", progress=False)
     assert first["val_loss"] == pytest.approx(final["val_loss"], abs=1e-4)  # not a fresh init's ~5.5 nats
 
 
@@ -151,13 +151,13 @@ def test_a_sweep_member_is_loaded_from_its_vmapped_group(tmp_path):
     ({"kind": "universal", "reuse": 2}, "step embedding"),
 ])
 def test_export_refuses_what_gpt2_cannot_express(model, message):
-    m = config.from_dict({"model": {k: v for k, v in {**MODEL, **model}.items() if v is not None}}).resolve().model
+    m = resolve.resolve(config.from_dict({"model": {k: v for k, v in {**MODEL, **model}.items() if v is not None}})).model
     with pytest.raises(ConfigError, match=message):
         hf_gpt2.hf_config(m)
 
 
 def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_path):
-    cfg = config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2, "step_embedding": False}}).resolve()
+    cfg = resolve.resolve(config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2, "step_embedding": False}}))
     params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     model = trained.TrainedModel(cfg, params, 0, "fresh")
     hf_gpt2.export(model, tmp_path / "hf")
@@ -169,7 +169,7 @@ def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_pat
 
 def test_sampling_a_run_without_a_checkpoint_is_one_line(tmp_path, jscale_here):
     (tmp_path / "empty").mkdir()
-    cfg = config.from_dict({"model": MODEL}).resolve()
+    cfg = resolve.resolve(config.from_dict({"model": MODEL}))
     (tmp_path / "empty" / "config.json").write_text(json.dumps(cfg.to_dict()))
     r = jscale_here("sample", str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no checkpoint to load" in r.stderr

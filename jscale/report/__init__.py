@@ -14,80 +14,14 @@ figures/*.png, NAME-runs.csv (one row per run: shape, N, compute, losses), laten
 measurements, reused on the next report from the same device).
 
 The package: `common` holds what every section shares (reading, the verdict rule, intervals, regimes, the measurement
-table); `page` writes the files; every other module is one section, found here by its ANALYSIS name and placed by
+table); `sections` finds the section modules and builds a report's sections; `page` writes the files; every other module is one section, found here by its ANALYSIS name and placed by
 its POSITION, so adding an experiment's analysis is adding one file.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from pathlib import Path
-from types import ModuleType
-
-from jscale import laws
-from jscale.report.common import (N_BOOTSTRAP, Experiment, Section, corpus_baselines, find_experiments,
-                                  measurement_table)
+from jscale.report.common import find_experiments
 from jscale.report.page import write_report
+from jscale.report.sections import SECTIONS, build_sections, sections_of
 
 __all__ = ["SECTIONS", "build_sections", "find_experiments", "sections_of", "write_report"]
-
-NOT_SECTIONS = ("common", "page", "generic")
-
-
-def _section_modules() -> dict[str, ModuleType]:
-    """Every section module of this package by the analysis it reads, in report order."""
-    found = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
-             if m.name not in NOT_SECTIONS]
-    return {m.ANALYSIS: m for m in sorted(found, key=lambda m: m.POSITION)}
-
-
-SECTIONS: dict[str, ModuleType] = _section_modules()
-
-
-def build_sections(root: Path, out: Path, latency: bool = True, n_bootstrap: int = N_BOOTSTRAP,
-                   baselines: bool = True) -> list[Section]:
-    return sections_of(find_experiments(Path(root)), Path(out), latency, n_bootstrap, baselines)
-
-
-def _position(e: Experiment) -> tuple:
-    module = SECTIONS.get(e.info.get("analysis", e.name))
-    return (module.POSITION if module else 1000, e.name)
-
-
-def sections_of(exps: list[Experiment], out: Path, latency: bool, n_bootstrap: int,
-                baselines: bool = True) -> list[Section]:
-    """One section per experiment, in the sections' order (a sweep without a section of its own gets the generic
-    one)."""
-    from jscale.report import generic
-
-    sections = []
-    exps = sorted(exps, key=_position)
-    for e in exps:
-        module = SECTIONS.get(e.info.get("analysis", e.name))
-        sec = Section(e.name, module.TITLE if module else f"Sweep '{e.name}'", e.info.get("claim", ""),
-                      e.info.get("scale"))
-        sec.notes.append(f"{len(e.runs)} of {e.n_planned} runs finished; unfinished and diverged runs are left out.")
-        devices = sorted({f"{s['device']} ({s['backend']}, jax {s['jax']})" for s in e.info.get("sessions", [])})
-        days = sorted({s["date"][:10] for s in e.info.get("sessions", [])})
-        if devices:
-            sec.notes.append(f"Trained with `jscale run` on {', '.join(devices)}, "
-                             f"{' to '.join(dict.fromkeys([days[0], days[-1]]))}.")
-        if getattr(module, "READS_ALL", False):
-            module.analyse(exps, sec, out, latency, n_bootstrap)
-        elif len(e.runs) == 0:
-            sec.notes.append("No finished runs yet.")
-        else:
-            try:
-                (module or generic).analyse(e, sec, n_bootstrap)
-            except laws.LawFitError as err:
-                sec.notes.append(f"Not enough finished runs to fit: {err}")
-            measurement_table(e, sec, corpus_baselines(e) if baselines else None)
-        sections.append((_position(e), sec))
-    for module in SECTIONS.values():  # sections with no sweep of their own, read off the others' runs
-        auto = getattr(module, "AUTO", None)
-        if auto is not None and module.ANALYSIS not in {e.info.get("analysis", e.name) for e in exps} and auto(exps):
-            sec = Section(module.ANALYSIS, module.TITLE, module.CLAIM, exps[0].info.get("scale") if exps else None)
-            module.analyse(exps, sec, out, latency, n_bootstrap)
-            sections.append(((module.POSITION, module.ANALYSIS), sec))
-    return [sec for _, sec in sorted(sections, key=lambda x: x[0])]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from jscale import laws, noise, plots, regime, results, tuning
-from jscale.config import JscaleError
+from jscale.errors import JscaleError
 from jscale.verdicts import Region, Verdict, decide
 
 # Kaplan et al. 2020 (and Hoffmann et al. 2022) numbers the sections compare against; reference/scaling.md.

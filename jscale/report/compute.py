@@ -19,8 +19,9 @@ def xla_flops_per_token(cfg_dict: dict) -> float:
 
     from jscale import config, train
     from jscale.models import build
+    from jscale.resolve import resolve
 
-    cfg = config.from_dict(cfg_dict).resolve()
+    cfg = resolve(config.from_dict(cfg_dict))
     model, opt = build(cfg.model), train.make_optimizer(cfg.train)
     step = jax.jit(train.make_train_step(model))
     state = jax.eval_shape(lambda: train.init_state(model, opt, cfg.model.n_ctx, jnp.uint32(0),

@@ -7,8 +7,9 @@ import datetime
 import io
 from pathlib import Path
 
-from jscale.config import JscaleError
+from jscale.errors import JscaleError
 from jscale.report.common import N_BOOTSTRAP, find_experiments
+from jscale.report.sections import sections_of
 
 
 def _png(fig) -> bytes:
@@ -29,8 +30,6 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
     if out.exists() and not out.is_dir():
         raise JscaleError(f"--out: {out} is a file, not a directory")
     exps = find_experiments(root)
-    from jscale.report import sections_of
-
     sections = sections_of(exps, out, latency, n_bootstrap, baselines)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for e in exps:

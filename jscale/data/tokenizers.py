@@ -1,0 +1,154 @@
+"""Tokenizers (`data.tokenizer`) and the loaders of tokenizer files and encodings.
+
+- `bytes`: UTF-8 bytes, 256 tokens.
+- `bpe`: a byte-level BPE (HF `tokenizers`) trained on a corpus's train split, `data.vocab_size` tokens, cached as JSON.
+- `file:PATH`: any HF `tokenizers` tokenizer.json.
+- `gpt2` (GPT-2's 50257-token BPE, as Kaplan et al.) or `tiktoken:NAME`: tiktoken's encodings.
+
+Each has `vocab_size`, `id` (names it in the token cache), `encode(text) -> ids` and `decode(ids) -> text`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jscale.config import DataConfig
+from jscale.errors import ConfigError
+from jscale.files import file_digest
+
+
+def load_tokenizer_file(path: str):
+    """An HF `tokenizers` tokenizer.json, or a one-line ConfigError naming the file."""
+    from tokenizers import Tokenizer
+
+    path = os.path.expanduser(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"data.tokenizer: {path}: tokenizer file not found")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 (tokenizers raises its own exception type for any parse problem)
+        raise ConfigError(f"data.tokenizer: {path}: not a tokenizer.json ({' '.join(str(e).split())[:120]})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def load_tiktoken(spec: str):
+    """tiktoken's encoding for data.tokenizer = "gpt2" (GPT-2's 50257-token BPE, as Kaplan et al. used) or
+    "tiktoken:NAME": from TIKTOKEN_CACHE_DIR, or downloaded once where there is network; else a one-line error."""
+    name = "gpt2" if spec == "gpt2" else spec[len("tiktoken:"):]
+    try:
+        import tiktoken
+    except ImportError:
+        raise ConfigError(f"data.tokenizer: {spec} needs tiktoken (pip install 'jscale[gpt2]')") from None
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError as e:  # an unknown encoding name
+        raise ConfigError(f"data.tokenizer: {spec}: {' '.join(str(e).split())[:160]}") from None
+    except Exception as e:  # noqa: BLE001 (no network and nothing cached: requests' or tiktoken's errors)
+        raise ConfigError(f"data.tokenizer: {spec}: the encoding is not cached (TIKTOKEN_CACHE_DIR) and could not "
+                          f"be downloaded ({type(e).__name__}); copy tiktoken's cache from a machine with network, "
+                          f"or give its tokenizer.json as file:PATH") from None
+
+
+def tokenizer_vocab(d: DataConfig) -> int:
+    """The vocabulary size a text tokenizer gives: 256 for bytes, data.vocab_size for a trained BPE, a tokenizer
+    file's own size (read from the file) for file:PATH, the encoding's for tiktoken (a bin: corpus's own
+    vocabulary is `jscale.data.corpus_vocab`'s)."""
+    if d.tokenizer == "bytes":
+        return 256
+    if d.tokenizer == "gpt2" or d.tokenizer.startswith("tiktoken:"):
+        return load_tiktoken(d.tokenizer).n_vocab
+    if d.tokenizer.startswith("file:"):
+        path = d.tokenizer[len("file:"):]
+        try:
+            stamp = os.stat(os.path.expanduser(path)).st_mtime_ns
+        except OSError:
+            stamp = None  # load_tokenizer_file says what is wrong
+        return _tokenizer_file_vocab(path, stamp)
+    return d.vocab_size
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_file_vocab(path: str, stamp: int | None) -> int:
+    """Parsed once per file version, not once per run a sweep resolves."""
+    return load_tokenizer_file(path).get_vocab_size()
+
+
+class ByteTokenizer:
+    vocab_size = 256
+    id = "bytes"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """Byte-level BPE (HuggingFace `tokenizers`), trained on the training split and cached as JSON."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self._tok, self.vocab_size, self.id = tokenizer, vocab_size, f"bpe{vocab_size}"
+
+    @classmethod
+    def train_or_load(cls, corpus, vocab_size: int, cache_dir: Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        path = cache_dir / f"{corpus.id}-bpe{vocab_size}.json"
+        if path.exists():
+            return cls(Tokenizer.from_file(str(path)), vocab_size)
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(corpus.documents("train"), trainer=trainer)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tok.save(str(tmp))
+        os.replace(tmp, path)
+        return cls(tok, vocab_size)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.uint32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(map(int, ids)))
+
+
+class FileTokenizer:
+    """Any HF `tokenizers` tokenizer.json (data.tokenizer = "file:PATH"); named in the cache by its content."""
+
+    def __init__(self, path: str):
+        self._tok = load_tokenizer_file(path)
+        self.vocab_size = self._tok.get_vocab_size()
+        self.id = f"file{file_digest(Path(os.path.expanduser(path)))[:12]}"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.uint32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(map(int, ids)))
+
+
+class TiktokenTokenizer:
+    """tiktoken's encodings (data.tokenizer = "gpt2" or "tiktoken:NAME"); special tokens are text like any other."""
+
+    def __init__(self, spec: str):
+        self._enc = load_tiktoken(spec)
+        self.vocab_size = self._enc.n_vocab
+        self.id = f"tiktoken-{self._enc.name}"
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._enc.encode_ordinary(text), np.uint32)
+
+    def decode(self, ids) -> str:
+        return self._enc.decode(list(map(int, ids)))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32)

@@ -1,0 +1,236 @@
+"""Compiled programs: a group's init, train step and evaluation step, lowered and compiled ahead of time for its
+shapes and mesh, shared by every group of the same shapes; and ensembles (members vmapped, or mapped one after
+another inside one program).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscale import interrupts, sharding
+from jscale.config import Config, eval_window_counts, shared_config
+from jscale.models import build
+from jscale.train.step import eval_context, hparams_from_config, init_state, make_eval_step, make_optimizer, make_train_step
+
+
+def stack_members(trees: list) -> Any:
+    """Members' pytrees stacked on a new leading axis (on the host)."""
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+@dataclasses.dataclass
+class GroupSteps:
+    """A group's compiled functions and shardings: all that depends on its shapes and not on its data, so that it
+    can be compiled ahead of time (jscale.grid compiles the next group's while one trains)."""
+
+    mesh: Any
+    abstract: Any  # the train state's shapes
+    state_sh: Any
+    batch_sh: Any
+    hp_sharding: Any
+    replicated: Any
+    init: LazyInit  # host seeds (M,) or () -> state
+    train_step: Callable  # (state, batch, hparams) -> (state, metrics)
+    eval_step: Callable  # (params, windows (W, S)) -> losses (W, T), or (M, W, T) for an ensemble
+    eval_chunk: int  # windows per eval_step call
+    seconds: dict[str, float]  # {"compile": time spent lowering and compiling}
+
+
+_STEPS_CACHE: dict[str, GroupSteps] = {}  # compiled steps by everything they depend on, shared by same-shape groups
+_INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisation per model shape
+
+
+def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
+    """What a group's compiled steps depend on: the model, the batch and evaluation-chunk shapes, the mesh, the
+    member count and the devices. Not the rest of the train and data settings (steps, schedules, evaluation and
+    checkpoint intervals, the corpus): those reach the programs as data or stay on the host, so groups that differ
+    only there share one compilation."""
+    cfg = cfgs[0]
+    shapes = {"model": _program_model(shared_config(cfg)["model"]), "parallel": cfg.parallel.__dict__,
+              "batch_size": cfg.train.batch_size, "eval_chunk": _eval_chunk(cfg)}
+    return json.dumps([shapes, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+
+
+def _program_model(model: dict) -> dict:
+    """The model settings a compiled program depends on: not the weights a run starts from (init_from is read on the
+    host after initialising), so runs started from different weights share their programs."""
+    return {k: v for k, v in model.items() if k != "init_from"}
+
+
+def _eval_chunk(cfg: Config) -> int:
+    """Windows per compiled evaluation call: a batch, or fewer when the curve's evaluations score fewer windows."""
+    return min(cfg.train.batch_size, eval_window_counts(cfg.data, cfg.model.n_ctx)[1])
+
+
+def member_shape_key(cfg: Config) -> str:
+    """What one member's programs depend on, as a cache key: its model (less init_from) and batch size."""
+    return json.dumps([_program_model(cfg.model.__dict__), cfg.train.batch_size], sort_keys=True)
+
+
+def single_init(model, optimizer, cfg: Config) -> Callable:
+    """One member's state from its seed, compiled once per model shape and shared by every ensemble size, group
+    and single-device run: the random initialisers (one RNG kernel per parameter) are most of its compile time,
+    and vmapping them over members only makes that compile longer."""
+    key = member_shape_key(cfg)
+    with _INIT_LOCK:  # the background compile thread and the training thread may ask for the same shape
+        if key not in _INIT_CACHE:
+            init = lambda seed: init_state(model, optimizer, cfg.model.n_ctx, seed, cfg.train.batch_size)
+            _INIT_CACHE[key] = jax.jit(init).lower(jax.ShapeDtypeStruct((), jnp.uint32)).compile()
+        return _INIT_CACHE[key]
+
+
+_INIT_LOCK = threading.Lock()
+
+
+class LazyInit:
+    """A group's state initialisation, compiled on its first call or by `compile()` ahead of time: a group that
+    resumes from a checkpoint never initialises, so it need not pay the compile (about as long as the train
+    step's)."""
+
+    def __init__(self, compile_init: Callable[[], Callable]):
+        self._compile_init, self._init, self._lock = compile_init, None, threading.Lock()
+
+    def compile(self) -> Callable:
+        with self._lock:
+            if self._init is None:
+                self._init = self._compile_init()
+            return self._init
+
+    @property
+    def compiled(self) -> bool:
+        return self._init is not None
+
+    def __call__(self, seeds):
+        return self.compile()(seeds)
+
+
+ENSEMBLE_MODES = ("vmap", "map")
+
+
+def ensemble(fn: Callable, mode: str, in_axes=0) -> Callable:
+    """fn over a leading member axis: "vmap" batches the members' operations together (one wide program; what an
+    accelerator wants), "map" runs the members one after another inside one compiled program (lax.map: each
+    member's matmuls keep their single-model shapes, which a CPU runs faster than the batched ones, and the
+    per-member dispatch of a Python loop is gone). Both give the same results."""
+    if mode == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+    if mode != "map":
+        raise ValueError(f"ensemble mode {mode!r} is not one of {ENSEMBLE_MODES}")
+    axes = in_axes if isinstance(in_axes, tuple) else None
+
+    def mapped(*args):
+        if axes is None:
+            return jax.lax.map(lambda xs: fn(*xs), args)
+        shared = [a for a, ax in zip(args, axes) if ax is None]
+        per_member = tuple(a for a, ax in zip(args, axes) if ax is not None)
+
+        def one(xs):
+            it, sh = iter(xs), iter(shared)
+            return fn(*(next(sh) if ax is None else next(it) for ax in axes))
+
+        return jax.lax.map(one, per_member)
+
+    return mapped
+
+
+def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap",
+                  with_init: bool = True) -> GroupSteps:
+    """Lower and compile init, train_step and eval_step for runs of these shapes (ahead of time, no arrays);
+    groups of the same shapes share one compilation. mode: how an ensemble runs its members (see `ensemble`);
+    members spread over several devices always vmap. with_init=False leaves init to compile on its first call
+    (a group that resumes from a checkpoint never makes it)."""
+    cache_key = _shape_key(cfgs, stacked, devices) + mode
+    if cache_key in _STEPS_CACHE:
+        steps, t0 = _STEPS_CACHE[cache_key], time.perf_counter()
+        if not with_init or steps.init.compiled:
+            return dataclasses.replace(steps, seconds={"compile": 0.0})
+        steps.init.compile()
+        return dataclasses.replace(steps, seconds={"compile": time.perf_counter() - t0})
+    interrupts.point("compile")
+    t0 = time.perf_counter()
+    cfg, M = cfgs[0], len(cfgs)
+    if not stacked and M != 1:
+        raise ValueError("train_loop: stacked=False trains exactly one run")
+    t, n_ctx = cfg.train, cfg.model.n_ctx
+    model, optimizer = build(cfg.model), make_optimizer(t)
+    mesh = sharding.ensemble_mesh(cfg.parallel, M, devices) if stacked else sharding.make_mesh(cfg.parallel,
+                                                                                                devices=devices)
+    hp_sharding = sharding.member_sharding(mesh, M if stacked else None)
+    host_hp = {k: np.asarray(v) for k, v in hparams_from_config(t).items()}
+    hp_abstract = {k: jax.ShapeDtypeStruct((M,) * stacked + v.shape, v.dtype, sharding=hp_sharding)
+                   for k, v in host_hp.items()}
+
+    init = lambda seed: init_state(model, optimizer, n_ctx, seed, t.batch_size)
+    init = jax.vmap(init) if stacked else init
+    abstract = jax.eval_shape(init, hp_abstract["seed"])
+    state_sh = sharding.state_shardings(abstract, mesh, stacked)
+    step_fn = make_train_step(model, dropout=cfg.model.dropout > 0)
+    eval_fn = make_eval_step(model)
+    if stacked:
+        mode = mode if mesh.size == 1 else "vmap"
+        step_fn, eval_fn = ensemble(step_fn, mode), ensemble(eval_fn, mode, in_axes=(0, None))
+    batch_shape = (M, t.batch_size, n_ctx + 1) if stacked else (t.batch_size, n_ctx + 1)
+    batch_sh = sharding.batch_sharding(mesh, batch_shape, stacked)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    with_sh = lambda tree, sh: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    state_abstract = with_sh(abstract, state_sh)
+    chunk = _eval_chunk(cfg)
+    window = eval_context(cfg.model) + n_ctx + 1
+    if stacked or mesh.size == 1:
+        # members initialised one by one by the shared single-member init (compiled once per model shape), then
+        # stacked in place; a single run on one device is one such member
+        def compile_init():
+            single = single_init(model, optimizer, cfg)
+            if not stacked:
+                return lambda seed: jax.device_put(single(np.asarray(seed, np.uint32)), state_sh)
+            return lambda seeds_M: jax.tree.map(
+                sharding.put, stack_members([jax.device_get(single(seed)) for seed in seeds_M]), state_sh)
+    else:  # a single run on several devices is initialised sharded, where it lives (FSDP, tensor parallelism)
+        def compile_init():
+            sharded_init = jax.jit(init, out_shardings=state_sh).lower(hp_abstract["seed"]).compile()
+            return lambda seed: sharded_init(sharding.put(np.asarray(seed), hp_sharding))
+    compiled_init = LazyInit(compile_init)
+    if with_init:
+        compiled_init.compile()
+    compiled_step = jax.jit(
+        step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in host_hp}),
+        out_shardings=(state_sh, replicated), donate_argnums=0,
+    ).lower(state_abstract, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sh), hp_abstract).compile()
+    compiled_eval = jax.jit(
+        eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated,
+    ).lower(state_abstract.params, jax.ShapeDtypeStruct((chunk, window), jnp.int32, sharding=replicated)).compile()
+    steps = GroupSteps(mesh, abstract, state_sh, batch_sh, hp_sharding, replicated, compiled_init, compiled_step,
+                       compiled_eval, chunk, {"compile": time.perf_counter() - t0})
+    _STEPS_CACHE[cache_key] = steps
+    return steps
+
+
+def seconds_per_step(step_fn, state, batch, hparams, steps: int = 10, warmup: int = 2) -> float:
+    """Wall-clock seconds of one call of a jitted (state, batch, hparams) -> (state, metrics) step, after
+    compilation and warmup (for benchmarks and the grid's vmap-or-loop measurement)."""
+    for _ in range(warmup):
+        state, m = step_fn(state, batch, hparams)
+    jax.block_until_ready(m["loss"])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step_fn(state, batch, hparams)
+    jax.block_until_ready(m["loss"])
+    return (time.perf_counter() - t0) / steps
+
+
+# Dense 16-bit peak FLOP/s by device kind, for MFU. CPUs have no entry: MFU is not reported there.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+              "TPU v5p": 459e12, "TPU v6": 918e12}
+
+
+def device_peak_flops(device: jax.Device | None = None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    return next((peak for name, peak in PEAK_FLOPS.items() if name.lower() in kind.lower()), None)

@@ -1,0 +1,48 @@
+"""Where a single run's evaluations go: one JSON line each in run_dir/metrics.jsonl (a sweep's go to its results
+database, `jscale.grid.DBSink`, with the same three methods)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jscale.errors import resource_error
+from jscale.files import write_atomic
+
+
+class JsonlSink:
+    """A single run's evaluations, one JSON line each, in run_dir/metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        return out
+
+    def last_step(self) -> int:
+        """The newest step whose evaluation is recorded (0 if none): no checkpoint past it can be resumed."""
+        return max((r["step"] for r in self.records()), default=0)
+
+    def resume(self, step: int) -> None:
+        """Records past the checkpoint were logged by a run that died before its next checkpoint: redo them."""
+        keep = [r for r in self.records() if r["step"] <= step]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def record(self, records: list[dict]) -> None:
+        try:
+            with self.path.open("a") as f:
+                for r in records:
+                    windows = {k: np.round(v.astype(float), 5).tolist() for k, v in (r.get("per_window") or {}).items()}
+                    f.write(json.dumps({**r, "per_window": windows or None, "window_positions": None}) + "\n")
+        except OSError as e:
+            raise resource_error(e, self.path, "cannot write") from None
