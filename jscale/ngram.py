@@ -47,7 +47,9 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
     T = S - 1
     tokens = np.asarray(train)
     as_hashed = lambda x: np.asarray(x).astype(np.uint64) + np.uint64(1)  # noqa: E731 (0 is the empty history)
-    t_index = np.broadcast_to(np.arange(T), (W, T))  # tokens of history available at each target: t
+    # Target t (0-based) is window[t + 1]; a model sees window[0..t] before it: t + 1 tokens of history, so order n
+    # (n - 1 tokens of history) is usable from t = n - 2 on, as it would be for the model on the same window.
+    t_index = np.broadcast_to(np.arange(1, T + 1), (W, T))  # tokens of history available at each target
     prob = np.full((W, T), 1.0 / vocab_size)
     # Hashes put the oldest token at the highest power of _BASE: a history grows by an older token in the windows
     # (+ token * _BASE^(n-2)) and by a newer one at a train position (hash * _BASE + token).

@@ -48,7 +48,8 @@ def test_classify_reads_the_late_improvement_and_a_rise_beyond_noise():
 
 
 def _witten_bell_directly(train, windows, vocab, order):
-    """The same model, counted with dicts over tuples."""
+    """The same model, counted with dicts over tuples, with the model's context convention: the prediction of
+    row[t + 1] sees row[0..t], t + 1 tokens, so order n (n - 1 tokens of history) is used from t = n - 2 on."""
     tr = list(map(int, train))
     count, ctx, types = Counter(), Counter(), defaultdict(set)
     for n in range(1, order + 1):
@@ -63,7 +64,7 @@ def _witten_bell_directly(train, windows, vocab, order):
             p = 1 / vocab
             for n in range(1, order + 1):
                 h = tuple(row[t + 2 - n:t + 1])
-                if t < n - 1 or ctx[h] == 0:
+                if t + 1 < n - 1 or ctx[h] == 0:  # fewer than n - 1 tokens before the target
                     continue
                 p = (count[h, row[t + 1]] + len(types[h]) * p) / (ctx[h] + len(types[h]))
             total, n_pos = total - math.log(p), n_pos + 1
