@@ -112,7 +112,8 @@ def scores(train: np.ndarray, windows_WxS: np.ndarray, vocab_size: int, max_orde
 
 def cached_scores(corpus, split: str, n_windows: int, n_ctx: int) -> dict[int, float]:
     """scores() for a tokenized corpus's evaluation windows of one split, cached in its cache folder."""
-    path = None if corpus.path is None else Path(corpus.path) / f"ngram-{split}-{n_windows}-{n_ctx}.json"
+    # (v2: each order uses the full history the model sees; scores cached by the earlier code are not reused)
+    path = None if corpus.path is None else Path(corpus.path) / f"ngram-v2-{split}-{n_windows}-{n_ctx}.json"
     if path is not None and path.exists():
         try:
             return {int(k): v for k, v in json.loads(path.read_text()).items()}
