@@ -132,6 +132,7 @@ class TrainConfig:
     warmup_per_param: float = 0.0  # > 0: warmup over this many tokens per parameter, N_total (Porian et al.: ~1)
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay: constant, then linear cooldown) | constant
     decay_fraction: float = 0.2  # wsd: the share of the steps the linear cooldown takes
+    anneal_branches: int = 0  # wsd: also anneal copies of the run at steps/2, steps/4, ... (this many): convergence
     final_lr_fraction: float = 0.0  # the schedule ends at lr * this (0 as Kaplan, 0.1 as Chinchilla)
     weight_decay: float = 0.1  # decoupled (AdamW), on matrices only
     b1: float = 0.9  # Adam's first-moment decay
@@ -155,6 +156,21 @@ class TrainConfig:
         """Every step the run evaluates after, in order."""
         return sorted(set(range(self.eval_every, self.steps + 1, self.eval_every)) | {self.steps}
                       | log_spaced_steps(self.steps, self.eval_log_points))
+
+    def anneal_horizons(self) -> list[tuple[int, int]]:
+        """The cooldown branches of a WSD run, (horizon, start) from the shortest: a branch is the run of `horizon`
+        steps (steps / 2^k, k = anneal_branches .. 1) with this schedule, taken off the run's stable phase at step
+        `start`, where that run's cooldown begins; the stable phase is shared, so the branch is that shorter run
+        (same batches, same learning rate at every step). The run itself is the longest horizon, not listed."""
+        out = []
+        for k in range(self.anneal_branches, 0, -1):
+            horizon = round(self.steps / 2 ** k)
+            out.append((horizon, math.floor((1 - self.decay_fraction) * horizon)))
+        return out
+
+    def branch_steps(self) -> int:
+        """The optimizer steps the cooldown branches add to the run's own."""
+        return sum(horizon - start for horizon, start in self.anneal_horizons())
 
 
 @functools.lru_cache(maxsize=64)
@@ -199,7 +215,7 @@ MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_f
 # Keys added after results were first recorded, with the value that reproduces the behaviour from before: a run
 # that leaves them at it keeps the identity (run id, run directory) it had before they existed.
 NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": "",
-                      "train.eval_log_points": 0}
+                      "train.eval_log_points": 0, "train.anneal_branches": 0}
 IDENTITY_SECTIONS = ("model", "data", "train", "parallel")  # what a run computes (logging is not)
 
 
@@ -235,6 +251,8 @@ def shared_config(cfg: Config) -> dict[str, Any]:
     model sizes left to their defaults written out (d_ff None and d_ff = 4 d_model are one shape)."""
     d = cfg.to_dict()
     for section, key in MEMBER_KEYS:
+        if cfg.train.anneal_branches and (section, key) in (("train", "schedule"), ("train", "decay_fraction")):
+            continue  # the members of a group branch at the same steps: their cooldowns must agree
         d[section].pop(key)
     m = cfg.model
     d["model"].update(d_ff=m.d_ff_, d_attn=m.d_attn_, n_kv_heads=m.n_kv_heads_)
@@ -443,6 +461,16 @@ def validate(cfg: Config) -> None:
     _choice("train.schedule", t.schedule, ("cosine", "wsd", "constant"))
     if not 0 < t.decay_fraction <= 1:
         raise ConfigError(f"train.decay_fraction: must be in (0, 1], got {t.decay_fraction}")
+    if t.anneal_branches < 0:
+        raise ConfigError(f"train.anneal_branches: must be >= 0, got {t.anneal_branches}")
+    if t.anneal_branches and t.schedule != "wsd":
+        raise ConfigError(f"train.anneal_branches: cooldown branches need train.schedule = \"wsd\" (a stable phase "
+                          f"to branch off), not {t.schedule!r}")
+    for horizon, start in t.anneal_horizons():
+        if start <= t.warmup_steps or horizon <= start:
+            raise ConfigError(f"train.anneal_branches: the branch of {horizon} steps would start at step {start}, "
+                              f"{'inside the warmup of ' + str(t.warmup_steps) + ' steps' if start <= t.warmup_steps else 'with no cooldown'}; "
+                              f"use fewer branches ({t.anneal_branches} asked), more steps or a shorter warmup")
     if t.warmup_tokens < 0 or t.warmup_per_param < 0:
         key = "warmup_tokens" if t.warmup_tokens < 0 else "warmup_per_param"
         raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import time
 import zlib
@@ -49,6 +50,12 @@ class DBSink:
 
     def record(self, records: list[dict]) -> None:
         self.db.record_eval(records)
+
+    def record_anneal(self, records: list[dict]) -> None:
+        self.db.record_anneal(records)
+
+    def record_blocks(self, blocks: dict, n_ctx: int, context: int) -> None:
+        self.db.record_blocks(blocks, n_ctx, context)
 
 
 def device_memory_bytes() -> int:
@@ -386,7 +393,7 @@ def _pilot_losses(db, runs: list[sweeps.Run], keys) -> list[tuple[dict, float]] 
 
 def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db, members: int, train_groups,
                 add_to_bar, bar) -> dict | None:
-    """Choose a point's tuned values from its pilots (extending the grid once where the optimum is at an edge),
+    """Choose a point's tuned values from its pilots (extending the grid while the optimum is at an edge),
     record the choice, and return it; None while pilots trained by another job are unfinished."""
     tune = sweep.tune
     say = (lambda line: bar.write(line)) if bar is not None else (lambda line: None)
@@ -399,15 +406,18 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
             f"final runs")
         return None
     choice = tuning.choose(grid, losses)
-    extended = False
-    more = tuning.extension(grid, choice) if tune.extend else {}
-    if more:  # the optimum sits on an edge: one more value beyond it, with the other keys at their choice
-        extended = True
-        fixed = {point: {k: v for k, v in choice.chosen.items() if k not in more}}
+    rounds = 0
+    while tune.extend and rounds < tuning.MAX_EXTENSIONS:
+        more = tuning.extension(grid, choice)
+        if not more:
+            break
+        # the optimum sits on an edge: one more value beyond it, with the other keys at their best values
+        rounds += 1
+        fixed = {point: {k: v for k, v in choice.best.items() if k not in more}}
         extra = sweeps.pilot_runs(finals, tune, more, fixed)
         extra_groups = sweeps.group_runs(extra, members)
         db.add_runs(sweeps.run_row(r, g.group_id) for g in extra_groups for r in g.runs)
-        say(f"point {point}: best {tuning.values_text(choice.chosen)} is at the edge of the grid; extending it by "
+        say(f"point {point}: best {tuning.values_text(choice.best)} is at the edge of the grid; extending it by "
             f"{tuning.values_text({k: v[0] for k, v in more.items()})}")
         todo = _unfinished(extra_groups, db)
         add_to_bar(todo)
@@ -417,11 +427,16 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
             return None
         for key, values in more.items():
             grid[key] = sorted(grid[key] + values)
-        choice = tuning.choose(grid, losses + extra_losses)
+        losses = losses + extra_losses
+        choice = tuning.choose(grid, losses)
     flags = [k for k, ok in choice.bracketed.items() if not ok]
     note = ("bracketed" if not flags else
-            f"optimum at the edge of {', '.join(flags)}" + (" after extending" if extended else ""))
-    db.record_tuning(point, list(tune.keys), grid, choice.losses, choice.chosen, not flags, extended, note)
+            f"optimum at the edge of {', '.join(flags)}" + (f" after extending {rounds} times" if rounds else ""))
+    if math.isfinite(choice.margin):
+        note += (f"; lr {choice.chosen['train.lr']:.3g} at the vertex of the parabola in log(lr) through the best "
+                 f"three; margin {100 * choice.margin:.2f}%")
+    db.record_tuning(point, list(tune.keys), grid, choice.losses, choice.chosen, not flags, rounds > 0, note,
+                     choice.margin, rounds)
     say(f"point {point}: chose {tuning.values_text(choice.chosen)} on validation loss ({note})")
     return choice.chosen
 

@@ -8,6 +8,7 @@ filling these fields needs them (a tokenizer file's size, a bin: corpus's meta.j
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from jscale import accounting
@@ -36,9 +37,14 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return resolve(from_dict(apply_overrides(raw, list(overrides))))
 
 
+WARMUP_CAP = 0.1  # warmup given in tokens or per parameter takes at most this share of the run's steps
+
+
 def _resolve_warmup(cfg: Config) -> TrainConfig:
     """warmup_tokens or warmup_per_param (tokens per parameter of the whole model) turned into warmup_steps, at
-    least one step and at most half the run. Given with a non-default warmup_steps, they are refused."""
+    least one step and at most WARMUP_CAP of the run: Porian et al.'s N-token rule comes from runs near their
+    compute-optimal length, and a short run warmed up for a quarter or half of its steps (as ours were) measures the
+    warmup, not the model. Given with a non-default warmup_steps, they are refused."""
     t = cfg.train
     if not (t.warmup_tokens or t.warmup_per_param):
         return t
@@ -52,5 +58,5 @@ def _resolve_warmup(cfg: Config) -> TrainConfig:
     else:
         tokens = t.warmup_per_param * accounting.account(cfg.model).N_total
     steps = round(tokens / (t.batch_size * cfg.model.n_ctx))
-    return dataclasses.replace(t, warmup_steps=int(min(max(steps, 1), t.steps // 2)), warmup_tokens=0,
-                               warmup_per_param=0.0)
+    return dataclasses.replace(t, warmup_steps=int(max(1, min(steps, math.floor(WARMUP_CAP * t.steps)))),
+                               warmup_tokens=0, warmup_per_param=0.0)

@@ -13,6 +13,10 @@ Tables:
   each position (float16 bytes, windows x positions), for paired per-position comparisons.
 - positions: the per-position test loss of databases written before `evals` (read only).
 - tuning: each tuned point's grid, pilot losses, the chosen value and whether the optimum is bracketed.
+- window_blocks: for each evaluation set and window count, the document each window comes from (int32), so that
+  intervals resample documents rather than correlated windows (jscale.noise).
+- anneals: each cooldown branch of a run (train.anneal_branches): its horizon (the steps of the shorter run it is),
+  the step it left the run at, and every evaluation set's loss, standard error and per-window losses (float32).
 
 - claims: which process is training which group now (host, pid, heartbeat), so that concurrent jobs on one
   directory never train the same group twice; a claim whose process is gone is taken over.
@@ -64,17 +68,26 @@ CREATE TABLE IF NOT EXISTS evals (
 CREATE TABLE IF NOT EXISTS windows (run_id TEXT, split TEXT, step INTEGER, losses BLOB, positions BLOB,
                                     PRIMARY KEY (run_id, split));
 CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL);
+CREATE TABLE IF NOT EXISTS window_blocks (
+    split TEXT, n_ctx INTEGER, context INTEGER, n_windows INTEGER, blocks BLOB,
+    PRIMARY KEY (split, n_ctx, context, n_windows)
+);
+CREATE TABLE IF NOT EXISTS anneals (
+    run_id TEXT, horizon INTEGER, start INTEGER, tokens INTEGER, flops_exact REAL, split TEXT, loss REAL, se REAL,
+    losses BLOB, PRIMARY KEY (run_id, horizon, split)
+);
 CREATE TABLE IF NOT EXISTS tuning (
     point TEXT PRIMARY KEY, keys TEXT, grid TEXT, losses TEXT, chosen TEXT, bracketed INTEGER, extended INTEGER,
-    note TEXT
+    note TEXT, margin REAL, rounds INTEGER
 );
 """
-TABLES = ("runs", "curves", "positions", "evals", "windows", "claims", "tuning")
+TABLES = ("runs", "curves", "positions", "evals", "windows", "claims", "tuning", "anneals", "window_blocks")
 # Columns added since the first schema: a database written before them gets them (empty) when opened for writing.
 ADDED_COLUMNS = {
     "runs": ("role TEXT DEFAULT 'final'", "point TEXT", "final_val_loss REAL", "final_val_se REAL",
              "final_test_se REAL", "best_val_loss REAL", "best_val_step INTEGER", "epochs REAL"),
     "curves": ("val_loss REAL", "val_se REAL", "test_se REAL", "epochs REAL", "lr REAL"),
+    "tuning": ("margin REAL", "rounds INTEGER"),
 }
 STALE_CLAIM_S = 1800  # a claim from another host with no heartbeat for this long is taken over
 
@@ -204,6 +217,7 @@ class ResultsDB:
         with db_errors(self.path), self.conn:
             for table in ("curves", "positions", "evals", "windows"):
                 self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks}) AND step > ?", [*run_ids, after_step])
+            self.conn.execute(f"DELETE FROM anneals WHERE run_id IN ({marks}) AND start > ?", [*run_ids, after_step])
             self.conn.execute(f"UPDATE runs SET status = 'running', step = ? WHERE run_id IN ({marks}) "
                               f"AND status != 'diverged'", [after_step, *run_ids])
 
@@ -243,6 +257,21 @@ class ResultsDB:
                 self.conn.execute("UPDATE claims SET heartbeat = ? WHERE group_id = (SELECT group_id FROM runs "
                                   "WHERE run_id = ?)", (time.time(), r["run_id"]))
 
+    def record_blocks(self, blocks: dict[str, np.ndarray], n_ctx: int, context: int) -> None:
+        with db_errors(self.path), self.conn:
+            for split, b in blocks.items():
+                self.conn.execute("INSERT OR REPLACE INTO window_blocks VALUES (?, ?, ?, ?, ?)",
+                                  (split, n_ctx, context, len(b), np.asarray(b, "<i4").tobytes()))
+
+    def record_anneal(self, records: list[dict[str, Any]]) -> None:
+        """One cooldown branch of a group: every member's losses at its horizon, in one transaction."""
+        with db_errors(self.path), self.conn:
+            for r in records:
+                for split, e in r["evals"].items():
+                    self.conn.execute("INSERT OR REPLACE INTO anneals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                      (r["run_id"], r["horizon"], r["start"], r["tokens"], r["flops_exact"], split,
+                                       e["loss"], e["se"], np.asarray(r["per_window"][split], "<f4").tobytes()))
+
     def pilot_results(self, run_ids: list[str]) -> dict[str, tuple[str, float | None]]:
         """Status and final validation loss of these runs (what a tuning choice reads; never test loss)."""
         marks = ", ".join("?" for _ in run_ids)
@@ -252,13 +281,14 @@ class ResultsDB:
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def record_tuning(self, point: str, keys: list[str], grid: dict, losses: list, chosen: dict, bracketed: bool,
-                      extended: bool, note: str) -> None:
+                      extended: bool, note: str, margin: float = float("nan"), rounds: int = 0) -> None:
         with db_errors(self.path), self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO tuning VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self.conn.execute("INSERT OR REPLACE INTO tuning (point, keys, grid, losses, chosen, bracketed, extended, "
+                              "note, margin, rounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                               (point, json.dumps(keys), json.dumps(grid),
                                json.dumps([(v, loss if np.isfinite(loss) else None) for v, loss in losses]),
-                               json.dumps(chosen),
-                               int(bracketed), int(extended), note))
+                               json.dumps(chosen), int(bracketed), int(extended), note,
+                               margin if np.isfinite(margin) else None, rounds))
 
     def mark(self, run_ids: list[str], status: str) -> None:
         with db_errors(self.path), self.conn:
@@ -301,7 +331,8 @@ def _alive(host: str, pid: int, heartbeat: float) -> bool:
 
 
 def load(sweep_dir: str | Path) -> dict[str, Any]:
-    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions", "evals", "windows", "tuning"}.
+    """The results of a sweep as pandas DataFrames: {"runs", "curves", "positions", "evals", "windows", "tuning",
+    "anneals"}, and "blocks": {(split, n_ctx, context, n_windows): each window's document (int32 array)}.
 
     curves has one row per evaluation with the run's N, N_total and status joined in; evals one row per
     (run, step, evaluation set) with loss, standard error over windows and bits per byte; positions one row per
@@ -335,6 +366,11 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
                        if "windows" in have else pd.DataFrame(columns=["run_id", "split", "step", "losses"]))
             claims = (pd.read_sql_query("SELECT * FROM claims", db.conn) if "claims" in have
                       else pd.DataFrame(columns=["group_id", "host", "pid", "heartbeat"]))
+            blocks = ({(r[0], r[1], r[2], r[3]): np.frombuffer(r[4], "<i4") for r in db.conn.execute(
+                "SELECT split, n_ctx, context, n_windows, blocks FROM window_blocks")} if "window_blocks" in have else {})
+            anneals = (pd.read_sql_query("SELECT * FROM anneals ORDER BY run_id, horizon, split", db.conn)
+                       if "anneals" in have else pd.DataFrame(columns=["run_id", "horizon", "start", "tokens",
+                                                                       "flops_exact", "split", "loss", "se", "losses"]))
             tuning = (pd.read_sql_query("SELECT * FROM tuning ORDER BY point", db.conn) if "tuning" in have
                       else pd.DataFrame(columns=["point", "keys", "grid", "losses", "chosen", "bracketed",
                                                  "extended", "note"]))
@@ -343,6 +379,7 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     if "role" not in runs:
         runs["role"] = "final"
     windows["losses"] = [np.frombuffer(b, "<f4") for b in windows["losses"]]
+    anneals["losses"] = [np.frombuffer(b, "<f4") for b in anneals["losses"]]
     if "positions" in windows:  # test split: (W, T) per-window per-position losses
         windows["positions"] = [None if b is None else np.frombuffer(b, "<f2").astype(np.float32).reshape(len(w), -1)
                                 for b, w in zip(windows["positions"], windows["losses"])]
@@ -353,7 +390,7 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     runs.loc[runs["group_id"].isin(live) & (runs["status"] == "pending"), "status"] = "running"
     curves = _comparable_curves(curves, runs, windows)
     return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,
-            "tuning": tuning}
+            "tuning": tuning, "anneals": _with_final_horizon(anneals, runs, evals, windows), "blocks": blocks}
 
 
 def curve_subset(n_windows: int, n_curve: int) -> np.ndarray:
@@ -388,3 +425,28 @@ def _comparable_curves(curves, runs, windows):
     runs["best_val_step"] = runs["run_id"].map(best["step"]).astype(float)
     runs["best_val_loss"] = runs["run_id"].map(best["val_curve"])
     return curves
+
+
+def _with_final_horizon(anneals, runs, evals, windows):
+    """The cooldown branches of each run with branches, and its own final evaluation as its longest horizon (the
+    run is the annealed run of all its steps): one row per (run, horizon, evaluation set)."""
+    import pandas as pd
+
+    if not len(anneals):
+        return anneals
+    rows = []
+    finals = windows.set_index(["run_id", "split"])
+    scores = evals.set_index(["run_id", "step", "split"])
+    for r in runs[runs["run_id"].isin(set(anneals["run_id"])) & (runs["status"] == "done")].itertuples():
+        steps = int(json.loads(r.config)["train"]["steps"])
+        tokens = steps * int(r.batch_size) * int(r.n_ctx)
+        for split in sorted(set(anneals.loc[anneals["run_id"] == r.run_id, "split"])):
+            if (r.run_id, split) not in finals.index or (r.run_id, steps, split) not in scores.index:
+                continue
+            w = finals.loc[(r.run_id, split)]
+            rows.append({"run_id": r.run_id, "horizon": steps, "start": steps, "tokens": tokens,
+                         "flops_exact": tokens * float(r.flops_per_token_exact), "split": split,
+                         "loss": float(scores.loc[(r.run_id, steps, split), "loss"]),
+                         "se": float(scores.loc[(r.run_id, steps, split), "se"]), "losses": w["losses"]})
+    out = pd.concat([anneals, pd.DataFrame(rows, columns=anneals.columns)], ignore_index=True) if rows else anneals
+    return out.sort_values(["run_id", "horizon", "split"]).reset_index(drop=True)

@@ -121,6 +121,29 @@ def test_token_cache_is_reused(tmp_path, text_corpus):
     assert not list(tmp_path.glob(".*"))  # no temporary directories left behind
 
 
+def test_evaluation_windows_know_the_document_they_come_from(tmp_path, text_corpus):
+    """Each window's block is the document (a 4 kB piece here) holding its first evaluated token, counted
+    independently from the documents' own texts; a cache written without document offsets is rebuilt."""
+    cfg = DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path))
+    corpus = data.prepare(cfg)
+    texts = list(data.corpus_from_config(cfg).documents("test"))
+    lengths = [len((text + data.DOC_SEPARATOR).encode()) for text in texts]  # bytes: one token per byte
+    starts_by_hand = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    np.testing.assert_array_equal(corpus.document_starts("test"), starts_by_hand)
+    blocks = corpus.window_blocks(40, 32, split="test")
+    window_starts = corpus._window_starts("test", 40, 32, 0)
+    for b, start in zip(blocks, window_starts):
+        assert starts_by_hand[b] <= start < starts_by_hand[b] + lengths[b]
+    assert len(np.unique(blocks)) > 5 and np.all(np.diff(blocks) >= 0)
+    # a cache from before document offsets (meta.json without their checksums) is rebuilt, not trusted
+    meta_path = next(tmp_path.glob("*/meta.json"))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if not k.endswith("_docs")}))
+    rebuilt = data.prepare(cfg)
+    assert "sha256_test_docs" in rebuilt.meta
+    np.testing.assert_array_equal(rebuilt.window_blocks(40, 32, split="test"), blocks)
+
+
 def test_local_files_globs_and_directories_agree(tmp_path, text_corpus):
     by_dir = data.prepare(DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path)))
     by_glob = data.prepare(DataConfig(corpus=str(text_corpus / "*.txt"), cache_dir=str(tmp_path)))

@@ -53,9 +53,11 @@ def test_warmup_in_tokens_or_per_parameter_sets_warmup_steps():
     model = {"n_layer": 2, "d_model": 32, "n_heads": 2, "n_ctx": 32}
     cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_tokens": 2560}})
     assert resolve.resolve(cfg).train.warmup_steps == 10  # 2560 tokens / (8 x 32) per step
-    cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_per_param": 1.0}})
+    cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 2000, "warmup_per_param": 1.0}})
     n_total = accounting.account(resolve.resolve(cfg).model).N_total
-    assert resolve.resolve(cfg).train.warmup_steps == round(n_total / 256)  # Porian et al.: about N tokens
+    assert resolve.resolve(cfg).train.warmup_steps == round(n_total / 256) == 136  # Porian et al.: about N tokens
+    cfg = config.from_dict({"model": model, "train": {"batch_size": 8, "steps": 1000, "warmup_per_param": 1.0}})
+    assert resolve.resolve(cfg).train.warmup_steps == 100  # at most 10% of the run
     with pytest.raises(ConfigError, match="train.warmup_per_param: give warmup_tokens or warmup_per_param"):
         resolve.resolve(config.from_dict({"train": {"warmup_tokens": 10, "warmup_per_param": 1.0}}))
     with pytest.raises(ConfigError, match="train.schedule: 'linear' is not one of"):
@@ -176,3 +178,40 @@ def test_checkpoint_interval_must_be_a_multiple_of_eval_interval(tmp_path):
     with pytest.raises(ConfigError, match="train.checkpoint_every: 15 must be a multiple of train.eval_every"):
         train.train(tiny(tmp_path, checkpoint_every=15), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cooldown_branch_is_the_shorter_run_and_resumes_bitwise(tmp_path):
+    """train.anneal_branches: the branch of horizon H off a WSD run's stable phase is, bitwise, the WSD run of H
+    steps trained on its own (same batches and learning rate at every step); a run stopped after its first branch
+    and resumed records the same branches as one trained straight through."""
+    kw = dict(schedule="wsd", decay_fraction=0.25, warmup_steps=2)
+    cfg = tiny(tmp_path, anneal_branches=2, **kw)
+    assert cfg.train.anneal_horizons() == [(10, 7), (20, 15)] and cfg.train.branch_steps() == 8
+    train.train(cfg, tmp_path / "long", progress=False)
+    anneals = {a["horizon"]: a for a in train.JsonlSink(tmp_path / "long" / "metrics.jsonl").anneals()}
+    assert sorted(anneals) == [10, 20] and [anneals[h]["start"] for h in (10, 20)] == [7, 15]
+    for horizon in (10, 20):
+        short = tiny(tmp_path, steps=horizon, eval_every=horizon, checkpoint_every=horizon, **kw)
+        record = train.train(short, tmp_path / f"short{horizon}", progress=False)
+        branch = anneals[horizon]
+        assert branch["evals"]["validation"]["loss"] == record["val_loss"]  # bitwise
+        assert branch["evals"]["test"]["loss"] == record["test_loss"]
+        per_window = np.round(record["per_window"]["validation"].astype(float), 5).tolist()
+        assert branch["per_window"]["validation"] == per_window
+    assert anneals[20]["evals"]["validation"]["loss"] < anneals[10]["evals"]["validation"]["loss"]
+    # stopped at step 18 (after the branch at 15, before the checkpoint at 20): resumed from step 0's start, the
+    # branch at 15 is redone, not recorded twice
+    train.train(cfg, tmp_path / "resumed", progress=False, stop_after=18)
+    train.train(cfg, tmp_path / "resumed", progress=False)
+    again = train.JsonlSink(tmp_path / "resumed" / "metrics.jsonl").anneals()
+    assert [a["horizon"] for a in again] == [10, 20]
+    assert again == list(anneals.values())
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "long")
+
+
+def test_cooldown_branches_are_refused_where_they_cannot_be_taken():
+    with pytest.raises(ConfigError, match="train.anneal_branches: cooldown branches need train.schedule"):
+        resolve.resolve(config.from_dict({"train": {"anneal_branches": 1}}))
+    with pytest.raises(ConfigError, match="inside the warmup"):
+        resolve.resolve(config.from_dict({"train": {"anneal_branches": 3, "schedule": "wsd", "steps": 400,
+                                                    "warmup_steps": 40}}))

@@ -1,5 +1,6 @@
-"""Per-shape tuning: real pilots that find a planted optimum, flag an edge optimum after extending once, read only
-validation loss, and seeds that train as members of one ensemble."""
+"""Per-shape tuning: real pilots that find a planted optimum, grids extended until the optimum is bracketed (or
+flagged), the vertex of a parabola in log(lr), pilots never too short, only validation loss read, and seeds that
+train as members of one ensemble."""
 
 import json
 import sqlite3
@@ -20,7 +21,8 @@ def test_pilot_finds_the_planted_optimum_and_seeds_train_as_one_ensemble(tmp_pat
             "tune": {"grid": {"train.lr": [1e-5, 3e-3, 30.0]}, "fraction": 0.5}}
     sw = sweep.expand(spec)
     pilots = [r for r in sw.runs if r.role == "pilot"]
-    assert len(pilots) == 3 and {r.cfg.train.steps for r in pilots} == {30}
+    # half the run would be 30 steps; a pilot is at least its warmup (5) + 50 steps
+    assert len(pilots) == 3 and {r.cfg.train.steps for r in pilots} == {55}
     assert {r.cfg.train.seed for r in pilots} == {0}  # the point's first seed
     assert len(sw.groups(8)) == 2  # the pilots are one ensemble; the two seeds of the final run another
     # Selection reads validation loss only: a test split that is never read cannot change it.
@@ -36,9 +38,14 @@ def test_pilot_finds_the_planted_optimum_and_seeds_train_as_one_ensemble(tmp_pat
     assert read
     tables = results.load(tmp_path / "s")
     t = tables["tuning"].iloc[0]
-    assert json.loads(t.chosen) == {"train.lr": 3e-3} and t.bracketed == 1 and t.extended == 0
+    pilot_losses = {v["train.lr"]: loss for v, loss in json.loads(t.losses)}
+    assert min(pilot_losses, key=lambda lr: pilot_losses[lr] or float("inf")) == 3e-3
+    vertex = tuning.lr_vertex([1e-5, 3e-3, 30.0], [pilot_losses[lr] or float("inf") for lr in (1e-5, 3e-3, 30.0)])
+    chosen = json.loads(t.chosen)["train.lr"]
+    assert chosen == pytest.approx(vertex) and 1e-5 < chosen < 30.0 and t.bracketed == 1 and t.extended == 0
+    assert t.margin > 0 and "vertex" in t.note
     finals = tables["runs"][tables["runs"].role == "final"]
-    assert sorted(finals.seed) == [0, 1] and set(finals.lr) == {3e-3} and set(finals.status) == {"done"}
+    assert sorted(finals.seed) == [0, 1] and set(finals.lr) == {chosen} and set(finals.status) == {"done"}
     assert finals.point.nunique() == 1  # seed replicas of one point
     assert finals.group_id.nunique() == 1  # trained as one ensemble
     assert "tuned point" in grid.status_table(tmp_path / "s")
@@ -47,13 +54,57 @@ def test_pilot_finds_the_planted_optimum_and_seeds_train_as_one_ensemble(tmp_pat
     assert again["trained_groups"] == 0
 
 
-def test_optimum_at_the_edge_is_extended_once_then_flagged(tmp_path):
-    spec = {"name": "t", "base": BASE, "tune": {"grid": {"train.lr": [1e-5, 3e-5]}, "fraction": 0.5}}
-    grid.run_sweep(sweep.expand(spec), tmp_path / "s", ensemble_size=8, progress=False)
+def _planted_pilots(db, runs, loss_of_lr):
+    """Record these pilot runs as finished with a planted validation loss (nothing trains them)."""
+    rows = [sweep.run_row(r, "planted") for r in runs]
+    db.add_runs(rows)
+    for r in rows:
+        lr = json.loads(r["config"])["train"]["lr"]
+        db.record_eval([{"run_id": r["run_id"], "step": r["steps"], "tokens": r["tokens"], "epochs": 0.1,
+                         "flops_6N": 1.0, "flops_exact": 1.0, "train_loss": 1.0, "val_loss": loss_of_lr(lr),
+                         "val_se": 0.01, "test_loss": 1.0, "test_se": 0.01, "test_bits_per_byte": 1.0, "lr": lr,
+                         "evals": {}, "per_window": None, "status": "done", "wall_time": 1.0, "tokens_per_s": 1.0}])
+
+
+def test_a_grid_extends_until_the_optimum_is_bracketed_then_takes_the_parabolas_vertex(tmp_path):
+    """A planted loss, a parabola in log(lr) with its minimum at 4.5e-3: the grid [1e-3, 2e-3] must extend twice
+    (4e-3 is still the top edge, 8e-3 is worse), and the vertex through 2e-3, 4e-3, 8e-3 is the planted optimum."""
+    import math
+
+    planted = lambda lr: 2.0 + math.log(lr / 4.5e-3) ** 2
+    spec = {"name": "t", "base": BASE, "tune": {"grid": {"train.lr": [1e-3, 2e-3]}, "fraction": 0.5}}
+    sw = sweep.expand(spec)
+    finals = [r for r in sw.runs if r.role == "final"]
+    with results.ResultsDB(tmp_path / "s") as db:
+        _planted_pilots(db, [r for r in sw.runs if r.role == "pilot"], planted)
+        lrs = [1e-3, 2e-3]
+        for _ in range(3):  # every extension the rule could ask for, planted ahead (its values to the last bit)
+            lrs.append(lrs[-1] * lrs[-1] / lrs[-2])
+            _planted_pilots(db, sweep.pilot_runs(finals, sw.tune, {"train.lr": [lrs[-1]]}, {}), planted)
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
     t = results.load(tmp_path / "s")["tuning"].iloc[0]
-    assert json.loads(t.grid) == {"train.lr": [1e-5, 3e-5, pytest.approx(9e-5)]}  # one geometric step beyond
-    assert json.loads(t.chosen)["train.lr"] == pytest.approx(9e-5)
-    assert t.extended == 1 and t.bracketed == 0 and "edge" in t.note
+    assert json.loads(t.grid)["train.lr"] == [1e-3, 2e-3, pytest.approx(4e-3), pytest.approx(8e-3)]
+    assert t.rounds == 2 and t.bracketed == 1
+    assert json.loads(t.chosen)["train.lr"] == pytest.approx(4.5e-3, rel=1e-9)
+    assert t.margin == pytest.approx((planted(8e-3) - planted(4e-3)) / planted(4e-3))
+
+
+def test_an_optimum_still_at_the_edge_after_every_extension_is_flagged(tmp_path):
+    spec = {"name": "t", "base": BASE, "tune": {"grid": {"train.lr": [1e-4, 2e-4]}, "fraction": 0.5}}
+    sw = sweep.expand(spec)
+    finals = [r for r in sw.runs if r.role == "final"]
+    falling = lambda lr: 3.0 - lr  # always better higher up
+    lrs = [1e-4, 2e-4]
+    with results.ResultsDB(tmp_path / "s") as db:
+        _planted_pilots(db, [r for r in sw.runs if r.role == "pilot"], falling)
+        for _ in range(tuning.MAX_EXTENSIONS):
+            lrs.append(lrs[-1] * lrs[-1] / lrs[-2])  # the extension rule's next value, to the last bit
+            _planted_pilots(db, sweep.pilot_runs(finals, sw.tune, {"train.lr": [lrs[-1]]}, {}), falling)
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
+    t = results.load(tmp_path / "s")["tuning"].iloc[0]
+    assert json.loads(t.grid)["train.lr"] == lrs  # the fifth value is never asked for
+    assert json.loads(t.chosen)["train.lr"] == lrs[-1]
+    assert t.rounds == tuning.MAX_EXTENSIONS and t.bracketed == 0 and "edge" in t.note
 
 
 def test_choice_and_extension_rules():
@@ -61,7 +112,10 @@ def test_choice_and_extension_rules():
     losses = [({"train.lr": lr, "train.b2": b2}, 2.0 + abs(lr - 2e-3) * 100 + (b2 == 0.95) * 0.1)
               for lr in grid_["train.lr"] for b2 in grid_["train.b2"]]
     c = tuning.choose(grid_, losses)
-    assert c.chosen == {"train.lr": 2e-3, "train.b2": 0.99}
+    assert c.best == {"train.lr": 2e-3, "train.b2": 0.99}
+    assert c.chosen == {"train.lr": pytest.approx(tuning.lr_vertex([1e-3, 2e-3, 4e-3], [2.1, 2.0, 2.2])),
+                        "train.b2": 0.99}
+    assert 1e-3 < c.chosen["train.lr"] < 2e-3 and c.margin == pytest.approx(0.1 / 2.0)  # the lower side is closer
     assert c.bracketed == {"train.lr": True, "train.b2": False}
     assert tuning.extension(grid_, c) == {}  # b2 cannot grow geometrically: flagged, not extended
     edge = tuning.choose(grid_, [(v, 1.0 if v["train.lr"] == 4e-3 else 2.0) for v, _ in losses])
@@ -109,7 +163,8 @@ def test_selection_reads_validation_never_test(tmp_path):
     grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
     with sqlite3.connect(tmp_path / "s" / "results.sqlite") as c:
         chosen = json.loads(c.execute("SELECT chosen FROM tuning").fetchone()[0])
-    assert chosen == {"train.lr": 3e-3}
+    assert chosen == {"train.lr": pytest.approx(tuning.lr_vertex([1e-5, 3e-3, 30.0], [3.0, 2.0, 4.0]))}
+    assert 1e-4 < chosen["train.lr"] < 30.0  # around 3e-3, the best on validation; on test 1e-5 would be
 
 
 def test_a_batch_size_grid_compares_batch_sizes_at_equal_tokens(tmp_path):
@@ -117,7 +172,8 @@ def test_a_batch_size_grid_compares_batch_sizes_at_equal_tokens(tmp_path):
     sw = sweep.expand(spec)
     pilots = [r for r in sw.runs if r.role == "pilot"]
     tokens = {r.cfg.train.batch_size: r.cfg.train.batch_size * r.cfg.train.steps for r in pilots}
-    assert tokens == {4: 240, 8: 240, 16: 240}  # 60 steps x 8 sequences x 0.5, at every batch size
+    # 55 steps x 8 sequences (the point's warmup + 50 steps) at every batch size, to a whole step (440 / 16 = 27.5)
+    assert tokens == {4: 440, 8: 440, 16: 448}
     assert len(sw.groups(8)) == 4  # one group per batch size, and the final run's
     grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
     t = results.load(tmp_path / "s")

@@ -113,7 +113,7 @@ def prepare(cfg: DataConfig) -> TokenizedCorpus:
         problem = cache_problem(target)
         if problem is None:
             return open_cache(target)
-        print(f"jscale: token cache {target} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True)
+        print(f"jscale: token cache {target} cannot be used ({problem}); rebuilding it", file=sys.stderr, flush=True)
         shutil.rmtree(target, ignore_errors=True)
     tokenizer = tokenizer or make_tokenizer(cfg, corpus, root)
     write_token_files(corpus, tokenizer, target)

@@ -65,7 +65,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     stacked=True trains them as one vmapped ensemble (params, optimizer states and hyperparameters stacked on a
     leading member axis, members spread over the mesh's ensemble axis); stacked=False trains cfgs[0] alone,
     sharded over the mesh of cfgs[0].parallel. Each evaluation goes to sink.record (on process 0 only) before the
-    checkpoint that covers it is written. Returns the last record of each run.
+    checkpoint that covers it is written, each cooldown branch to sink.record_anneal, and the evaluation windows'
+    documents to sink.record_blocks where the sink has it (JsonlSink, grid.DBSink). Returns the last record of each
+    run.
 
     compiled: the group's steps from compile_steps, if compiled ahead of time. timings: a dict that collects the
     seconds spent compiling, initialising, training, evaluating and checkpointing. tracker: a tracking.Tracker
@@ -113,6 +115,10 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                  for split in corpus.eval_sets}
     curve_subset = {split: results.curve_subset(len(w), n_curve)
                     for split, w in eval_sets.items()}  # what the evaluations before the last score
+    if hasattr(writer, "record_blocks"):  # the document of each window: intervals resample documents (jscale.noise)
+        writer.record_blocks({split: corpus.window_blocks(n_final, n_ctx, eval_context(cfg.model), split,
+                                                          strict=explicit) for split in eval_sets},
+                             n_ctx, eval_context(cfg.model))
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
     acc = accounting.account(cfg.model)
     tokens_per_step = t.batch_size * n_ctx
@@ -130,16 +136,38 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     loop_start, eval_before, checkpoint_before = time.perf_counter(), times.get("eval", 0.0), times.get("checkpoint", 0.0)
+    anneal_before = times.get("anneal", 0.0)
+    def batch_at(step: int) -> jax.Array:
+        """Every member's batch of this step: a pure function of (its data seed, step)."""
+        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive, subset_seed, chunk)
+                   for s, (d, subset_seed, chunk) in zip(data_seeds, subsets)]
+        return sharding.put(np.stack(batches) if stacked else batches[0], batch_sh)
+
+    # Cooldown branches (train.anneal_branches): at the step where the run of each shorter horizon would start its
+    # cooldown, a copy of the state anneals to that horizon and is scored like a final evaluation.
+    branches = {start_k: horizon for horizon, start_k in t.anneal_horizons()}
+    branch_hparams = {horizon: _with_horizon(host_hp, horizon, steps.hp_sharding) for horizon in branches.values()}
     try:
         for step in range(start, end):
             interrupts.check()  # a step boundary: everything written so far is whole
-            batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive, subset_seed, chunk)
-                       for s, (d, subset_seed, chunk) in zip(data_seeds, subsets)]
-            batch = np.stack(batches) if stacked else batches[0]
-            state, metrics = steps.train_step(state, sharding.put(batch, batch_sh), hparams)
+            state, metrics = steps.train_step(state, batch_at(step), hparams)
             losses.append(metrics["loss"])
             grad_norms.append(metrics["grad_norm"])
             done = step + 1
+            if done in branches:
+                interrupts.point("anneal")
+                horizon = branches[done]
+                jax.block_until_ready(state)  # the steps dispatched so far count as training
+                anneal_start = time.perf_counter()
+                params = _anneal(steps, state, done, horizon, branch_hparams[horizon], batch_at)
+                scored = {split: summarize_eval(evaluate(steps, params, windows, M if stacked else 1))
+                          for split, windows in eval_sets.items()}
+                spent = time.perf_counter() - anneal_start
+                times["anneal"] = times.get("anneal", 0.0) + spent
+                last_time += spent  # tokens per second counts the run's own steps
+                if writer is not None:
+                    writer.record_anneal([_anneal_record(run_id, i, horizon, done, scored, tokens_per_step, acc,
+                                                         corpus) for i, run_id in enumerate(run_ids)])
             if t.is_eval_step(done):
                 interrupts.point("eval")
                 jax.block_until_ready(state)  # the steps dispatched so far count as training, not evaluation
@@ -215,8 +243,40 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
         if tracker is not None:
             tracker.close()
         times["train"] = times.get("train", 0.0) + (time.perf_counter() - loop_start) - (
-            times.get("eval", 0.0) - eval_before) - (times.get("checkpoint", 0.0) - checkpoint_before)
+            times.get("eval", 0.0) - eval_before) - (times.get("checkpoint", 0.0) - checkpoint_before) - (
+            times.get("anneal", 0.0) - anneal_before)
     return last
+
+
+def _with_horizon(host_hp: dict, horizon: int, hp_sharding) -> dict:
+    """The hyperparameters of the run of `horizon` steps: the same, with total_steps set (every member)."""
+    return {k: sharding.put(np.full_like(v, horizon) if k == "total_steps" else v, hp_sharding)
+            for k, v in host_hp.items()}
+
+
+_copy_state = jax.jit(lambda state: jax.tree.map(jnp.copy, state))  # the step donates its state: branch off a copy
+
+
+def _anneal(steps: GroupSteps, state: TrainState, start: int, horizon: int, hparams: dict, batch_at) -> object:
+    """The parameters of the run of `horizon` steps: a copy of the state at `start` (the stable phase both runs
+    share) trained on through that run's cooldown, on the batches that run would draw."""
+    branch = _copy_state(state)
+    for step in range(start, horizon):
+        interrupts.check()
+        branch, _ = steps.train_step(branch, batch_at(step), hparams)
+    return branch.params
+
+
+def _anneal_record(run_id: str, i: int, horizon: int, start: int, scored: dict, tokens_per_step: int, acc,
+                   corpus) -> dict:
+    """One member's cooldown branch: its horizon, where it left the run, and each evaluation set's loss, standard
+    error and per-window losses (the final evaluation's windows, so horizons compare window by window)."""
+    return {"run_id": run_id, "horizon": horizon, "start": start, "tokens": horizon * tokens_per_step,
+            "flops_exact": horizon * tokens_per_step * acc.train_flops_exact,
+            "evals": {split: {"loss": float(e["loss"][i]), "se": float(e["se"][i]),
+                              "bits_per_byte": float(e["loss"][i]) / math.log(2) / corpus.bytes_per_token(split)}
+                      for split, e in scored.items()},
+            "per_window": {split: e["per_window"][i].astype(np.float32) for split, e in scored.items()}}
 
 
 def _start_from(state: TrainState, cfg: Config, members: int | None, state_sh) -> TrainState:
