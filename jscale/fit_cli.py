@@ -94,7 +94,8 @@ def sweep_regime(path: str | Path, law: str) -> tuple[str, bool]:
     tables = results.load(path)
     runs = tables["runs"]
     runs = runs[(runs["role"].fillna("final") != "pilot") & (runs["status"] == "done")]
-    return regime.statement(regime.table(runs.copy(), tables["curves"]), law)
+    return regime.statement(regime.table(runs.copy(), tables["curves"], tables.get("anneals"), tables.get("blocks")),
+                            law)
 
 
 def read_table(path: str | Path, n_convention: str = "all", c_convention: str = "exact"):

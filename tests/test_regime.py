@@ -9,42 +9,67 @@ import pytest
 
 from jscale import grid, ngram, regime, results, sweep
 
-TRAIN = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 20, "schedule": "constant"}
+TRAIN = {"batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 20, "schedule": "wsd", "anneal_branches": 1}
 
 
-def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path, xla_optimized):
+def test_runs_built_to_be_each_regime_are_flagged_so(tmp_path, text_corpus, xla_optimized):
+    """Convergence is measured by a cooldown branch at half the run. A model trained long enough on text of random
+    words from a 27-word list (whose loss cannot fall below the entropy of the word choice) passes the gate: its
+    annealed loss no longer improves over its last doubling. A slow rate on the built-in corpus still improves and
+    does not; a run on 3,000 tokens for 41 epochs overfits."""
     wide = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 32},
             "train": {**TRAIN, "steps": 240, "checkpoint_every": 240}}
-    # A slow learning rate is still falling fast (compute-limited); 3,000 tokens for 240 steps of 512 is 41 epochs
-    # (overfitting); a model of width 8 at a high rate plateaus (converged).
     spec = {"name": "r", "base": wide,
             "axis": [{"zip": {"data.max_train_tokens": [0, 3000], "train.lr": [3e-4, 1e-2]}}]}
     grid.run_sweep(sweep.expand(spec), tmp_path / "a", ensemble_size=8, progress=False)
-    narrow = {**wide, "model": {"n_layer": 1, "d_model": 8, "n_heads": 1, "n_ctx": 32},
-              "train": {**TRAIN, "lr": 0.1, "steps": 400, "checkpoint_every": 400}}
-    grid.run_sweep(sweep.expand({"name": "r", "base": narrow}), tmp_path / "a", ensemble_size=8, progress=False)
+    long = {**wide, "data": {"eval_windows": 64, "corpus": str(text_corpus)},
+            "train": {**TRAIN, "lr": 0.01, "steps": 2400, "eval_every": 200, "checkpoint_every": 2400}}
+    grid.run_sweep(sweep.expand({"name": "r", "base": long}), tmp_path / "a", ensemble_size=8, progress=False)
     t = results.load(tmp_path / "a")
-    r = regime.table(t["runs"], t["curves"]).set_index("D")
-    flags = dict(zip(zip(r.index, r["lr"]), r["regime"]))
-    assert flags == {(0, 3e-4): "compute-limited", (3000, 1e-2): "overfitting", (0, 0.1): "converged"}
+    horizons = t["anneals"].groupby("run_id")["horizon"].agg(lambda h: sorted(set(h)))
+    assert sorted(map(tuple, horizons)) == [(120, 240), (120, 240), (1200, 2400)]  # the branch and the run itself
+    assert set(t["anneals"]["split"]) == {"validation"}
+    r = regime.table(t["runs"], t["curves"], t["anneals"], t["blocks"]).set_index("D")
+    flags = dict(zip(zip(r.index, r["lr"], r["steps"]), r["regime"]))
+    assert flags == {(0, 3e-4, 240): "compute-limited", (3000, 1e-2, 240): "overfitting",
+                     (0, 1e-2, 2400): "converged"}
+    slow, plateau = r[r["lr"] == 3e-4].iloc[0], r[r["steps"] == 2400].iloc[0]
+    assert slow["doubling"] > 0.05 and slow["doubling_lo"] > regime.CONVERGED_DOUBLING  # surely improving
+    assert plateau["doubling"] < regime.CONVERGED_DOUBLING and plateau["doubling_lo"] < plateau["doubling_hi"]
+    assert len(json.loads(plateau["annealed"])) == 2 and np.isfinite(slow["log_slope"]) and slow["log_slope"] > 0
     limited = r.loc[3000]
     assert limited["epochs"] == 240 * 16 * 32 / 3000 and limited["tokens_per_param"] > 1
-    assert "not converged at this scale" in regime.problem(r.reset_index())
+    assert "still improves" in regime.problem(r.reset_index())
     assert regime.problem(r[r["regime"] == "converged"].reset_index()) is None
+    # a claim that asks for less than the measured improvement keeps the gate shut
+    assert "the claim needs < 0.01%" in regime.problem(r[r["regime"] == "converged"].reset_index(), threshold=1e-4)
+    # without branches the same runs are unmeasured: no claim about converged models can be decided on them
+    unmeasured = regime.table(t["runs"], t["curves"]).set_index("D")
+    assert set(unmeasured["regime"]) == {"unmeasured", "overfitting"}
+    assert "convergence was not measured" in regime.problem(unmeasured.reset_index())
 
 
-def test_classify_reads_the_late_improvement_and_a_rise_beyond_noise():
+def test_classify_reads_the_annealed_doubling_and_a_rise_beyond_noise():
     steps = np.arange(1, 11) * 10
     falling = 3.0 - 0.1 * np.arange(10)
-    flat = np.r_[3.0 - 0.1 * np.arange(7), [2.40, 2.398, 2.397]]
     rising = np.r_[3.0 - 0.1 * np.arange(7), [2.5, 2.6, 2.7]]
     se = np.full(10, 0.01)
-    assert regime.classify(steps, falling, se, 1e6, 1e5, 0).regime == "compute-limited"
-    assert regime.classify(steps, flat, se, 1e6, 1e5, 0).regime == "converged"
-    assert regime.classify(steps, rising, se, 1e6, 1e5, 1e5).regime == "overfitting"
-    noisy = regime.classify(steps, rising, np.full(10, 0.2), 1e6, 1e5, 1e5)  # the rise is within 2 SE
-    assert noisy.regime != "overfitting"
-    assert regime.classify(steps, flat, se, 1e6, 1e5, 2e5).epochs == 5.0
+    still, flat = regime.Convergence((5e5, 1e6), (2.2, 2.1), 0.045, None), \
+        regime.Convergence((5e5, 1e6), (2.10, 2.098), 0.001, None)
+    assert regime.classify(steps, falling, se, 1e6, 1e5, 0, still).regime == "compute-limited"
+    assert regime.classify(steps, falling, se, 1e6, 1e5, 0, flat).regime == "converged"
+    assert regime.classify(steps, falling, se, 1e6, 1e5, 0, None).regime == "unmeasured"
+    assert regime.classify(steps, rising, se, 1e6, 1e5, 1e5, flat).regime == "overfitting"
+    noisy = regime.classify(steps, rising, np.full(10, 0.2), 1e6, 1e5, 1e5, flat)  # the rise is within 2 SE
+    assert noisy.regime == "converged"
+    assert regime.classify(steps, falling, se, 1e6, 1e5, 2e5).epochs == 5.0
+    # the doubling's interval: the two horizons on the same windows, resampled by document
+    rng = np.random.default_rng(0)
+    text = np.repeat(rng.normal(0, 0.3, 20), 10)  # 20 documents of 10 windows
+    before, last = 2.2 + text + rng.normal(0, 0.01, 200), 2.1 + text + rng.normal(0, 0.01, 200)
+    conv = regime.convergence(np.array([5e5, 1e6]), [before, last], np.repeat(np.arange(20), 10))
+    assert conv.doubling == pytest.approx((before.mean() - last.mean()) / before.mean())
+    assert conv.interval[0] < conv.doubling < conv.interval[1] and conv.interval[1] - conv.interval[0] < 0.05
 
 
 def _witten_bell_directly(train, windows, vocab, order):

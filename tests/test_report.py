@@ -32,7 +32,8 @@ def record(row, loss, per_position=None, step=None, se=0.001, windows=None, grid
 def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True, window_sd=0.05, curve_of=None):
     """A sweep directory as `jscale run` leaves it: each run's final test loss is loss_of(run_row), scored on W
     windows that share their content (what each window holds) across runs, with a little per-run window noise;
-    three evaluations, flat over the last 30% when converged (else still falling 10%)."""
+    three evaluations, flat over the last 30% when converged (else still falling 10%), and a cooldown branch at half
+    the run whose annealed loss is 0.2% above the run's when converged (else 5%)."""
     sw = sweep.expand(spec)
     grid.check_sweep_dir(sw, directory)
     rows = [sweep.run_row(r, "g") for r in sw.runs]
@@ -52,6 +53,12 @@ def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True,
             for step, factor in curve:
                 db.record_eval([record(r, loss * factor, per_position, step=step)])
             db.record_eval([record(r, loss, per_position, windows=windows, grid=grid_)])
+            branch = (windows * (1.002 if converged else 1.05)).astype(np.float32)
+            db.record_anneal([{"run_id": r["run_id"], "horizon": S // 2, "start": (2 * S) // 5,
+                               "tokens": S // 2 * r["batch_size"] * r["n_ctx"], "flops_exact": 1.0,
+                               "evals": {s: {"loss": float(branch.mean()), "se": 0.001, "bits_per_byte": 1.0}
+                                         for s in ("validation", "test")},
+                               "per_window": {"validation": branch, "test": branch}}])
     return sw
 
 
@@ -318,7 +325,8 @@ def test_measurement_table_sets_each_run_beside_the_ngram_baselines(tmp_path, te
     sec = report.build_sections(tmp_path / "size", tmp_path / "out", latency=False, n_bootstrap=50)[0]
     header, rows = [t for t in sec.tables if "tokens/param" in t[0]][0]
     assert header[-3:] == ["vs 2-gram", "vs 3-gram", "vs 5-gram"] and len(rows) == 6
-    assert all(row[6] == "converged" for row in rows)
+    assert all(row[header.index("regime")] == "converged" for row in rows)
+    assert all(row[header.index("annealed improvement per doubling (95% CI)")].startswith("0.20%") for row in rows)
     assert any(n.startswith("n-gram baselines") for n in sec.notes)
     assert not any(r[0].startswith("pilot") for r in rows)
 

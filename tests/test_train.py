@@ -195,7 +195,7 @@ def test_a_cooldown_branch_is_the_shorter_run_and_resumes_bitwise(tmp_path):
         record = train.train(short, tmp_path / f"short{horizon}", progress=False)
         branch = anneals[horizon]
         assert branch["evals"]["validation"]["loss"] == record["val_loss"]  # bitwise
-        assert branch["evals"]["test"]["loss"] == record["test_loss"]
+        assert list(branch["evals"]) == ["validation"]  # what convergence reads; test is for reporting
         per_window = np.round(record["per_window"]["validation"].astype(float), 5).tolist()
         assert branch["per_window"]["validation"] == per_window
     assert anneals[20]["evals"]["validation"]["loss"] < anneals[10]["evals"]["validation"]["loss"]

@@ -81,7 +81,7 @@ def find_experiments(root: Path) -> list[Experiment]:
         done = runs[runs["status"] == "done"].copy()
         done["loss"] = done["final_test_loss"]
         done["point"] = [p if isinstance(p, str) and p else r for p, r in zip(done["point"], done["run_id"])]
-        done = regime.table(done, tables["curves"])
+        done = regime.table(done, tables["curves"], tables.get("anneals"), tables.get("blocks"))
         done["tags_"] = [json.loads(t) for t in done["tags"]]
         done["config_"] = [json.loads(c) for c in done["config"]]
         done["reuse"] = [c["model"].get("reuse", 1) for c in done["config_"]]
@@ -152,13 +152,18 @@ def measurement_table(exp: Experiment, sec: Section, baselines: dict[int, float]
     runs = exp.runs.sort_values(["N", "name"])
     if not len(runs):
         return
-    header = ["run", "N", "seed", "tokens/param", "epochs", "val improvement, last 30%", "regime",
+    header = ["run", "N", "seed", "tokens/param", "epochs", "val improvement, last 30%",
+              "annealed improvement per doubling (95% CI)", "constant-LR log-slope", "regime",
               "test loss ± SE"] + ([f"vs {n}-gram" for n in (2, 3, 5)] if baselines else [])
     rows = []
     for r in runs.itertuples():
         se = r.final_test_se if r.final_test_se is not None and np.isfinite(r.final_test_se) else float("nan")
+        doubling = "-" if not np.isfinite(r.doubling) else (
+            f"{100 * r.doubling:.2f}%" + ("" if not np.isfinite(r.doubling_lo) else
+                                          f" ({100 * r.doubling_lo:.2f} to {100 * r.doubling_hi:.2f})"))
         row = [r.name, f"{r.N:,}", f"{r.seed}", f"{r.tokens_per_param:.3g}",
                "-" if not np.isfinite(r.epochs) else f"{r.epochs:.3g}", f"{100 * r.late_improvement:.2f}%",
+               doubling, "-" if not np.isfinite(r.log_slope) else f"{r.log_slope:.3f}",
                r.regime, f"{r.loss:.4f} ± {se:.4f}"]
         if baselines:
             row += [f"{100 * (r.loss / baselines[n] - 1):+.1f}%" for n in (2, 3, 5)]
@@ -166,9 +171,11 @@ def measurement_table(exp: Experiment, sec: Section, baselines: dict[int, float]
     sec.tables.append((header, rows))
     counts = runs["regime"].value_counts().to_dict()
     sec.notes.append("Regimes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
-                     f" (converged: validation improved < {100 * regime.CONVERGED_IMPROVEMENT:.0f}% over the last "
-                     f"{100 * regime.LATE_FRACTION:.0f}%; overfitting: validation rose > {regime.RISE_SE:g} SE "
-                     f"above its best).")
+                     f" (converged: the annealed validation loss, measured by cooldown branches at half the run's "
+                     f"tokens and at all of them, improved < {100 * regime.CONVERGED_DOUBLING:.0f}% over that "
+                     f"doubling; unmeasured: no cooldown branches; overfitting: validation rose > "
+                     f"{regime.RISE_SE:g} SE above its best). The improvement over the last "
+                     f"{100 * regime.LATE_FRACTION:.0f}% is shown, not judged: under WSD it is mostly the cooldown.")
     if baselines:
         sec.notes.append("n-gram baselines (Witten-Bell, counted on the train split, scored on the same test "
                          "windows): " + ", ".join(f"{n}-gram {v:.3f}" for n, v in sorted(baselines.items())) +

@@ -144,7 +144,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
         return sharding.put(np.stack(batches) if stacked else batches[0], batch_sh)
 
     # Cooldown branches (train.anneal_branches): at the step where the run of each shorter horizon would start its
-    # cooldown, a copy of the state anneals to that horizon and is scored like a final evaluation.
+    # cooldown, a copy of the state anneals to that horizon and is scored on the final validation windows.
     branches = {start_k: horizon for horizon, start_k in t.anneal_horizons()}
     branch_hparams = {horizon: _with_horizon(host_hp, horizon, steps.hp_sharding) for horizon in branches.values()}
     try:
@@ -160,8 +160,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 jax.block_until_ready(state)  # the steps dispatched so far count as training
                 anneal_start = time.perf_counter()
                 params = _anneal(steps, state, done, horizon, branch_hparams[horizon], batch_at)
-                scored = {split: summarize_eval(evaluate(steps, params, windows, M if stacked else 1))
-                          for split, windows in eval_sets.items()}
+                # validation only: convergence and its extrapolation read it (a branch costs one set's evaluation)
+                scored = {"validation": summarize_eval(evaluate(steps, params, eval_sets["validation"],
+                                                                M if stacked else 1))}
                 spent = time.perf_counter() - anneal_start
                 times["anneal"] = times.get("anneal", 0.0) + spent
                 last_time += spent  # tokens per second counts the run's own steps
@@ -269,8 +270,8 @@ def _anneal(steps: GroupSteps, state: TrainState, start: int, horizon: int, hpar
 
 def _anneal_record(run_id: str, i: int, horizon: int, start: int, scored: dict, tokens_per_step: int, acc,
                    corpus) -> dict:
-    """One member's cooldown branch: its horizon, where it left the run, and each evaluation set's loss, standard
-    error and per-window losses (the final evaluation's windows, so horizons compare window by window)."""
+    """One member's cooldown branch: its horizon, where it left the run, and the scored sets' (validation's) loss,
+    standard error and per-window losses (the final evaluation's windows, so horizons compare window by window)."""
     return {"run_id": run_id, "horizon": horizon, "start": start, "tokens": horizon * tokens_per_step,
             "flops_exact": horizon * tokens_per_step * acc.train_flops_exact,
             "evals": {split: {"loss": float(e["loss"][i]), "se": float(e["se"][i]),
