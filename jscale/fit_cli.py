@@ -148,12 +148,20 @@ def _tokens(df, cols) -> np.ndarray:
 
 
 def _budgets(df, cols) -> np.ndarray:
-    """IsoFLOP budgets: a budget column, or C rounded to 2 significant figures."""
+    """IsoFLOP budgets: a budget column, or C grouped within laws.BUDGET_TOLERANCE (runs sized to one budget in
+    exact FLOPs differ a little); C values that do not fall into budgets of 3 or more sizes ask for the column."""
     b = _column(df, "budget", cols, required=False)
     if b is not None:
         return b
-    C = laws._column("C", _column(df, "C", cols))
-    return np.array([float(f"{c:.2g}") for c in C])
+    budgets = laws.group_budgets(_column(df, "C", cols))
+    N = laws._column("N", _column(df, "N", cols))
+    sizes = {c: len(np.unique(N[budgets == c])) for c in np.unique(budgets)}
+    small = [c for c, k in sizes.items() if k < 3]
+    if small:
+        raise LawFitError(f"isoflop: C falls into {len(sizes)} groups within {100 * laws.BUDGET_TOLERANCE:.0f}% of "
+                          f"each other, {len(small)} of them with fewer than 3 model sizes ({int(np.isin(budgets, small).sum())} "
+                          f"rows): not an IsoFLOP table as it is; give each run's budget as a column (--budget-col)")
+    return budgets
 
 
 def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str | None] | None = None,
@@ -202,7 +210,8 @@ def fit_table(runs, curves=None, law: str = "chinchilla", columns: dict[str, str
         return laws.fit_kaplan_ns(N, S_min, loss, **common), {"N": N, "S_min": S_min, "loss": loss}
     if law == "isoflop":
         N, budget = _column(runs, "N", cols), _budgets(runs, cols)
-        return laws.fit_isoflop(N, L(runs), budget, **common), {"N": N, "loss": L(runs), "budget": budget}
+        D = _column(runs, "D", cols, required=False)  # for b and k_D when C is not 6ND
+        return laws.fit_isoflop(N, L(runs), budget, D=D, **common), {"N": N, "loss": L(runs), "budget": budget}
     run = _column(curves, "run", cols)
     C = _column(curves, "C", cols)
     if law == "frontier":

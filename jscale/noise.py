@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jscale.laws.fitted import ols_slope_interval
 from jscale.verdicts import MIN_POINTS
 
 LEVEL = 0.95
@@ -260,19 +261,8 @@ def with_scatter(measured: Estimate, scatter: tuple[float, float] | None, note: 
 
 
 def ols_interval(x: np.ndarray, y: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
-    """The t-interval of the slope of y on x by least squares, from the residuals (n - 2 degrees of freedom)."""
-    from scipy import stats
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    if n < 3:
-        return None
-    X = x - x.mean()
-    slope = float(np.sum(X * (y - y.mean())) / np.sum(X ** 2))
-    resid = y - y.mean() - slope * X
-    se = math.sqrt(float(np.sum(resid ** 2)) / (n - 2) / float(np.sum(X ** 2)))
-    t = float(stats.t.ppf((1 + level) / 2, n - 2))
-    return slope - t * se, slope + t * se
+    """The t-interval of the slope of y on x by least squares, from the residuals (jscale.laws' own)."""
+    return ols_slope_interval(x, y, level)
 
 
 def power_law_scatter(x: np.ndarray, level: float = LEVEL) -> Callable[[np.ndarray], tuple[float, float] | None]:

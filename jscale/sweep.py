@@ -274,7 +274,8 @@ def _isoflop(spec, run, where):
             steps = round(C / (per_token * tokens_per_step))
             if steps < min_steps:
                 continue  # this size cannot spend the budget in a meaningful run
-            out.append({**shape, "train.steps": steps, "train.warmup_steps": min(base.train.warmup_steps, steps // 5),
+            out.append({**shape, "train.steps": steps,
+                        "train.warmup_steps": min(base.train.warmup_steps, max(1, steps // 10)),  # at most 10%
                         "train.eval_every": max(1, steps // evals),
                         "train.checkpoint_every": max(1, steps // evals) * evals,
                         "isoflop.budget": float(C)})

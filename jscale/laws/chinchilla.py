@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from jscale.laws.fitted import MIN_BOOTSTRAP_UNITS, FittedLaw, LawFitError, _columns
+from jscale.laws.fitted import MIN_BOOTSTRAP_UNITS, MIN_SUCCESS_SHARE, FittedLaw, LawFitError, _columns
 
 
 CHINCHILLA_GRID = {  # Hoffmann et al.'s initialisation grid: 5 x 5 x 5 x 6 x 6 = 4,500 starts
@@ -84,6 +84,15 @@ def _minimize_batch(starts_Bx5, logN, logD, logL, delta, weights_Bxn=None):
     return lbfgs.minimize(fg, starts_Bx5)
 
 
+STUCK_REPOLISH_STARTS = 32
+_NAMES = ("A", "B", "E", "alpha", "beta")  # the optimisation variables' names as reported (log A, log B, log E, ...)
+
+
+def _stuck(theta: np.ndarray, start: np.ndarray) -> list[str]:
+    """The parameters that never moved from their start."""
+    return [n for n, a, b in zip(_NAMES, theta, start) if abs(a - b) <= 1e-9]
+
+
 def _chinchilla_params(theta) -> dict[str, float]:
     a, b, e, alpha, beta = map(float, theta)
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
@@ -119,7 +128,21 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
         wide, f_wide, conv_wide = _minimize_batch(chinchilla_grid(), logN, logD, logL, delta)
         i = int(np.argmin(np.where(conv_wide, f_wide, np.inf)))
         if conv_wide[i] and f_wide[i] < f[best]:
-            x, f, converged, best = wide, f_wide, conv_wide, i
+            x, f, converged, best, starts = wide, f_wide, conv_wide, i, chinchilla_grid()
+    stuck = _stuck(x[best], starts[best])
+    if stuck:
+        # Some parameters never left their start while others moved (L-BFGS stopped on a flat direction): polish
+        # again from around the optimum, and refuse an answer that still has a parameter at its start.
+        rng = np.random.default_rng(0)
+        again = x[best] + rng.normal(0, 0.5, (STUCK_REPOLISH_STARTS, 5))
+        x2, f2, conv2 = _minimize_batch(again, logN, logD, logL, delta)
+        i = int(np.argmin(np.where(conv2, f2, np.inf)))
+        if conv2[i] and f2[i] <= f[best] and not _stuck(x2[i], again[i]):
+            x, f, converged, best, stuck = x2, f2, conv2, i, []
+    if stuck:
+        raise LawFitError(f"chinchilla: {', '.join(stuck)} never left their starting values in the best fit (a "
+                          f"stuck optimiser), and polishing again from around it did not free them; the data may not "
+                          f"identify every parameter")
     params = _chinchilla_params(x[best])
     if params["alpha"] <= 0 or params["beta"] <= 0:
         raise LawFitError(f"chinchilla: fitted alpha = {params['alpha']:.3g}, beta = {params['beta']:.3g}; an "
@@ -133,7 +156,11 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
         fitted.info["bootstrap"] = {"resamples": 0, "failed": 0, "note": "fewer than 5 points: point estimate only"}
     elif n_bootstrap:
         fitted.intervals, failed = _chinchilla_bootstrap(logN, logD, logL, delta, x[best], n_bootstrap, seed)
-        fitted.info["bootstrap"] = {"resamples": n_bootstrap, "failed": failed}
+        fitted.info["bootstrap"] = {"resamples": n_bootstrap, "failed": failed,
+                                    "succeeded_share": round(1 - failed / n_bootstrap, 4)}
+        if not fitted.intervals:
+            fitted.info["bootstrap"]["note"] = (f"{n_bootstrap - failed} of {n_bootstrap} resampled fits succeeded, "
+                                                f"fewer than {100 * MIN_SUCCESS_SHARE:.0f}%: point estimate only")
     return fitted
 
 
@@ -148,8 +175,8 @@ def _chinchilla_bootstrap(logN, logD, logL, delta, theta_hat, n_resamples, seed,
     x, f, converged = _minimize_batch(np.tile(theta_hat, (n_resamples, 1)), logN, logD, logL, delta, weights)
     ok = converged & np.isfinite(x).all(axis=1) & (x[:, 3] > 0) & (x[:, 4] > 0)  # impossible signs count as failed
     x = x[ok]
-    if len(x) == 0:
-        raise LawFitError("chinchilla bootstrap: no resample converged")
+    if len(x) < MIN_SUCCESS_SHARE * n_resamples:  # too few refits succeeded for an interval: the estimate stands
+        return {}, int(n_resamples - len(x))
     p = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
     with np.errstate(over="ignore", invalid="ignore"):
         samples = {**p, **chinchilla_derived(p)}

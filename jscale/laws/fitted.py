@@ -234,16 +234,18 @@ def bootstrap(fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int, 
             continue
         for k, v in out.items():
             samples.setdefault(k, []).append(v)
-    if not samples:
-        raise LawFitError(f"bootstrap: all {n_resamples} resampled fits failed")
     q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
     arrays = {k: np.asarray(v) for k, v in samples.items()}
-    intervals = {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in arrays.items()}
+    # An interval from a few successful resamples of many is not an interval: below MIN_SUCCESS_SHARE none is
+    # given (the point estimate stands, and the share is reported).
+    ok = n_resamples - failed >= MIN_SUCCESS_SHARE * n_resamples
+    intervals = {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in arrays.items()} if ok else {}
     arrays["_failed"] = np.asarray([failed])
     return intervals, arrays
 
 
 MIN_BOOTSTRAP_UNITS = 5  # fewer resampling units give a point estimate only (verdicts.MIN_POINTS)
+MIN_SUCCESS_SHARE = 0.9  # an interval needs at least this share of its resampled fits to succeed
 
 
 def attach_bootstrap(fitted: "FittedLaw", fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int,
@@ -258,4 +260,26 @@ def attach_bootstrap(fitted: "FittedLaw", fit_once: Callable[[np.ndarray], dict[
                                             f"point estimate only"}
         return
     fitted.intervals, arrays = bootstrap(fit_once, n_units, n_resamples, seed)
-    fitted.info["bootstrap"] = {"resamples": n_resamples, "failed": int(arrays["_failed"][0])}
+    failed = int(arrays["_failed"][0])
+    fitted.info["bootstrap"] = {"resamples": n_resamples, "failed": failed,
+                                "succeeded_share": round(1 - failed / n_resamples, 4)}
+    if not fitted.intervals:
+        fitted.info["bootstrap"]["note"] = (f"{n_resamples - failed} of {n_resamples} resampled fits succeeded, "
+                                            f"fewer than {100 * MIN_SUCCESS_SHARE:.0f}%: point estimate only")
+
+
+def ols_slope_interval(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """The t-interval of the slope of y on x by least squares, from the residuals (n - 2 degrees of freedom): how
+    far the points' scatter about the line leaves the slope. None with fewer than 3 points."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 3:
+        return None
+    X = x - x.mean()
+    slope = float(np.sum(X * (y - y.mean())) / np.sum(X ** 2))
+    resid = y - y.mean() - slope * X
+    se = float(np.sqrt(np.sum(resid ** 2) / (n - 2) / np.sum(X ** 2)))
+    t = float(stats.t.ppf((1 + level) / 2, n - 2))
+    return slope - t * se, slope + t * se
