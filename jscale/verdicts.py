@@ -26,10 +26,20 @@ class Region:
     lo: float = -math.inf
     hi: float = math.inf
     text: str = ""  # how the report states it, e.g. "> 0" or "within 0.02 of 0.076"
+    direction_only: bool = False  # a sign, where the paper gives no scale-free number to test: said so in the report
 
     def __post_init__(self):
         if not self.lo < self.hi:
             raise ValueError(f"an empty region ({self.lo}, {self.hi})")
+
+    @property
+    def kind(self) -> str:
+        """How much the region can say: quantitative, or direction only."""
+        return "direction only" if self.direction_only else "quantitative"
+
+    def sign(self) -> "Region":
+        """This region, labelled as testing a direction only."""
+        return dataclasses.replace(self, direction_only=True, text=f"{self.text} (direction only)")
 
     @classmethod
     def above(cls, threshold: float, text: str = "") -> "Region":

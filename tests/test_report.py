@@ -96,6 +96,18 @@ def test_size_verdicts_take_all_three_values(tmp_path, loss, converged, outcome)
         assert "not converged" in sec.decisions[0].reason
 
 
+@pytest.mark.parametrize("loss, outcome", [
+    (lambda r: (1e9 / r["N"]) ** 0.08, "supports"),  # one power law
+    (lambda r: 1.5 + (2e4 / r["N"]) ** 0.5, "contradicts"),  # an irreducible term bends it: the exponent falls
+])
+def test_the_power_law_is_tested_against_a_bent_alternative(tmp_path, loss, outcome):
+    synthetic_sweep(tmp_path / "size", SIZE, loss)
+    sec = verdicts(tmp_path / "size", tmp_path)["size"]
+    assert outcomes(sec, "one power law over the range") == [outcome], sec.verdicts
+    assert "(direction only)" in next(v for v in sec.verdicts if "power of non-embedding N" in v)
+    assert "interval from measurement" in next(v for v in sec.verdicts if "power of non-embedding N" in v)
+
+
 SHAPE = {"name": "shape", "base": {"model": {"n_ctx": 32}, "train": TRAIN},
          "axis": [{"generator": "shape_grid", "N": [1e5, 4e5], "aspect_ratio": 16, "d_head": 8,
                    "aspect_ratios": [4, 64], "ff_ratios": [1], "d_heads": [16]}]}

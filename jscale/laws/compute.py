@@ -177,6 +177,7 @@ def fit_isoflop(N, loss, budget, n_bootstrap: int = 1000, seed: int = 0,
     noise, rel_var, df = _cell_noise(cells)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
+    n_draws = []
     for _ in range(n_bootstrap):
         scale = df / rng.chisquare(df) if df else 1.0  # the pooled variance's own uncertainty (t-like)
         C_r, n_r = [], []
@@ -192,7 +193,10 @@ def fit_isoflop(N, loss, budget, n_bootstrap: int = 1000, seed: int = 0,
                                                    for x, n in zip(C_r, n_r)])
         for k, v in _allocation_law(np.array(C_r), np.array(n_r), d_r, six_nd).items():
             draws.setdefault(k, []).append(v)
+        n_draws.append(n_r)
     q = (2.5, 97.5)
+    for m, (lo, hi) in zip(kept, np.percentile(np.array(n_draws), q, axis=0).T):
+        m["N_opt_interval"] = (float(lo), float(hi))  # each bracketed minimum's own measurement interval
     intervals = {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in draws.items()}
     components = {"a": {"measurement": intervals["a"]}}
     scatter = ols_slope_interval(np.log(C), np.log(n_opt))

@@ -49,6 +49,12 @@ class Experiment:
     grids: dict = dataclasses.field(default_factory=dict)  # run_id -> test per-window per-position losses (W, T)
     tuning: Any = None
     evals: Any = None  # one row per evaluation and evaluation set (run_id, step, split, loss, se, ...)
+    blocks: dict = dataclasses.field(default_factory=dict)  # results.load's: (split, n_ctx, context, W) -> documents
+    pilots: dict = dataclasses.field(default_factory=dict)  # tuned point -> (lrs, validation losses (G, W), blocks)
+
+    def window_blocks(self, n_ctx: int, n_windows: int, split: str = "test") -> np.ndarray | None:
+        """The document of each of a set's windows (None: not recorded, as in older databases)."""
+        return regime._blocks_for(self.blocks, n_ctx, n_windows, split)
 
     @property
     def name(self) -> str:
@@ -94,8 +100,78 @@ def find_experiments(root: Path) -> list[Experiment]:
         windows = dict(zip(test["run_id"], test["losses"]))
         grids = {r: g for r, g in zip(test["run_id"], test.get("positions", [None] * len(test))) if g is not None}
         out.append(Experiment(d, info, done, tables["curves"], tables["positions"], len(runs), windows, grids,
-                              tables["tuning"], tables["evals"]))
+                              tables["tuning"], tables["evals"], tables.get("blocks", {}),
+                              _pilot_windows(tables)))
     return sorted(out, key=lambda e: e.name)  # jscale.report puts them in its sections' order
+
+def _pilot_windows(tables) -> dict:
+    """Per tuned point whose grid is the learning rate alone: its pilots' learning rates, their per-window validation
+    losses (G, W) and the windows' documents, for the learning-rate choice's noise (noise.lr_penalties)."""
+    runs, windows = tables["runs"], tables["windows"]
+    pilots = runs[(runs["role"] == "pilot") & (runs["status"] == "done")]
+    val = windows[windows["split"] == "validation"].set_index("run_id")["losses"]
+    out = {}
+    for t in tables["tuning"].itertuples():
+        if json.loads(t.keys) != ["train.lr"]:
+            continue
+        g = pilots[pilots["point"] == t.point]
+        have = [(float(r.lr), val[r.run_id], int(r.n_ctx)) for r in g.itertuples() if r.run_id in val.index]
+        if len(have) < 3 or len({len(w) for _, w, _ in have}) != 1:
+            continue
+        lrs, losses = [h[0] for h in have], np.stack([np.asarray(h[1], float) for h in have])
+        out[t.point] = (lrs, losses, regime._blocks_for(tables.get("blocks", {}), have[0][2], losses.shape[1],
+                                                        "validation"))
+    return out
+
+
+@dataclasses.dataclass
+class Measured:
+    """Points as measured, with everything their intervals need (noise.hierarchical_bootstrap)."""
+    points: Any  # one row per point (points_of)
+    losses: list[np.ndarray]  # per point, (seeds, windows) test losses
+    blocks: np.ndarray | None  # each window's document
+    penalties: list[np.ndarray | None]  # per point, the learning-rate choice's penalty draws
+
+    def bootstrap(self, statistic, n_bootstrap: int, scatter=None, min_points: int = noise.MIN_POINTS,
+                  seed: int = 0) -> noise.Estimate:
+        return noise.hierarchical_bootstrap(self.losses, statistic, n_bootstrap, seed=seed, min_points=min_points,
+                                            blocks=self.blocks, penalties=self.penalties, scatter=scatter)
+
+
+def measured(exp: Experiment, runs, n_bootstrap: int, seed: int = 0) -> Measured:
+    """The runs as points (seed replicas pooled) with their windows' documents and, per tuned point, the draws of
+    the learning-rate choice's penalty from its pilots."""
+    points, losses = points_of(exp, runs)
+    W = losses[0].shape[1] if losses else 0
+    blocks = exp.window_blocks(int(points["n_ctx"].iloc[0]), W) if len(points) and W > 1 else None
+    rng = np.random.default_rng(seed + 1)
+    penalties = []
+    for p in points.itertuples():
+        pilot = exp.pilots.get(p.tags_.get("tune.of")) if isinstance(p.tags_, dict) else None
+        penalties.append(None if pilot is None or not n_bootstrap else
+                         noise.lr_penalties(pilot[1], pilot[0], float(p.lr), pilot[2], n_bootstrap, rng))
+    return Measured(points, losses, blocks, penalties)
+
+
+def tuning_problem(exp: Experiment, runs) -> str | None:
+    """Why a comparison or an IsoFLOP minimum cannot rest on these runs' tuning: points whose learning-rate optimum
+    stayed at the edge of its grid (the comparison would measure the grid, not the models). None when all are
+    bracketed (or untuned)."""
+    if exp.tuning is None or not len(exp.tuning):
+        return None
+    edge = set(exp.tuning.loc[exp.tuning["bracketed"] == 0, "point"])
+    hit = [r for r in runs.itertuples() if isinstance(r.tags_, dict) and r.tags_.get("tune.of") in edge]
+    if not hit:
+        return None
+    names = sorted({r.name.split(" seed=")[0] for r in hit})
+    return (f"the learning rate of {len(names)} point(s) stayed at the edge of its grid after extending "
+            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+
+
+def join_problems(*problems: str | None) -> str | None:
+    found = [p for p in problems if p]
+    return "; ".join(found) or None
+
 
 def interval_text(fitted: laws.FittedLaw, key: str, fmt: str = ".3f") -> str:
     lo_hi = fitted.intervals.get(key)
@@ -131,9 +207,12 @@ def points_of(exp: Experiment, runs) -> tuple[Any, list[np.ndarray]]:
 
 def verdict(sec: Section, claim: str, est: noise.Estimate | None, region: Region, regime_problem: str | None,
             estimate: float | None = None, interval=None, n_points: int | None = None) -> Verdict:
-    """One verdict by the one rule, recorded in the section."""
+    """One verdict by the one rule, recorded in the section with its region's kind (quantitative or direction
+    only) and, where the interval was taken from several, their components."""
     if est is not None:
         v = decide(claim, est.value, est.interval, region, est.n_points, est.failed, est.resamples, regime_problem)
+        if est.components or est.note:
+            v = dataclasses.replace(v, reason=f"{v.reason}; interval from {est.components_text()}")
     else:
         v = decide(claim, estimate, interval, region, n_points, regime_problem=regime_problem)
     sec.decisions.append(v)
@@ -227,8 +306,14 @@ def units_note(runs) -> str:
             f"{'bytes' if toks == {'bytes'} else ', '.join(sorted(toks)) + ' tokens'} of another corpus, so the "
             f"numbers are not comparable and no verdict compares them")
 
-def power_estimate(points, losses, variable: str, n_bootstrap: int) -> noise.Estimate:
-    return noise.hierarchical_bootstrap(losses, noise.log_slope(points[variable].to_numpy(float)), n_bootstrap)
+def power_estimate(points, losses, variable: str, n_bootstrap: int, m: "Measured | None" = None) -> noise.Estimate:
+    """alpha of L = (x_c / x)^alpha through the points: the wider of the measurement interval (windows by document,
+    seeds pooled, the learning-rate choice) and the interval from the points' scatter about the law."""
+    x = points[variable].to_numpy(float)
+    if m is None:
+        return noise.hierarchical_bootstrap(losses, noise.log_slope(x), n_bootstrap,
+                                            scatter=noise.power_law_scatter(x))
+    return m.bootstrap(noise.log_slope(x), n_bootstrap, scatter=noise.power_law_scatter(x))
 
 def log_binned(t, loss, n_bins: int = 12):
     """Mean loss in log-spaced position bins (per-position losses of few windows are noisy)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import laws, plots, regime
-from jscale.report.common import (CHINCHILLA_A, Experiment, KAPLAN, Section, law_estimate, series_style, units_note,
-                                  verdict)
+from jscale.report.common import (CHINCHILLA_A, KAPLAN, Experiment, Section, law_estimate, series_style,
+                                  tuning_problem, units_note, verdict)
 from jscale.verdicts import Region
 
 
@@ -84,29 +84,29 @@ def tokens_per_param_at(C: float, n_opt: float, runs) -> float:
     return C / per_token / n_opt
 
 
-def tpp_interval(C: float, runs, budgets: np.ndarray, n_bootstrap: int, seed: int = 0) -> str:
-    """A 95% interval for tokens per parameter at one budget's optimum: seed replicas resampled within each size
-    (their per-window noise is in each replica's final loss), the local parabola refitted."""
-    at = runs[np.isclose(budgets, C)]
-    if not n_bootstrap or at["N_total"].nunique() < 3:
+def tpp_interval(C: float, minimum: dict, runs) -> str:
+    """A 95% interval for tokens per parameter at one budget's optimum, from the IsoFLOP fit's interval of N_opt
+    there (every cell redrawn from its noise; laws.fit_isoflop). Tokens per parameter fall as N_opt grows."""
+    ci = minimum.get("N_opt_interval")
+    if ci is None:
         return "-"
-    rng = np.random.default_rng(seed)
-    by_size = [g for _, g in at.groupby("N_total")]
-    draws = []
-    for _ in range(n_bootstrap):
-        picked = [g.iloc[rng.integers(0, len(g), len(g))] for g in by_size]
-        N = np.concatenate([g["N_total"].to_numpy(float) for g in picked])
-        L = np.concatenate([g["loss"].to_numpy(float) for g in picked])
-        try:
-            m = laws.isoflop_minima(N, L, np.full(len(N), C))[0]
-        except laws.LawFitError:
-            continue
-        if m["bracketed"]:
-            draws.append(tokens_per_param_at(C, m["N_opt"], runs))
-    if len(draws) < 0.9 * n_bootstrap:
-        return f"- ({n_bootstrap - len(draws)} of {n_bootstrap} resamples unbracketed)"
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return f"{lo:.3g} to {hi:.3g} (seeds resampled)"
+    lo, hi = sorted(tokens_per_param_at(C, n, runs) for n in ci)
+    return f"{lo:.3g} to {hi:.3g} (cells redrawn from their noise)"
+
+
+def edge_tuned_budgets(exp: Experiment, runs, budgets: np.ndarray) -> dict[float, str]:
+    """Budgets whose lowest-loss size or a neighbour of it was tuned to the edge of its learning-rate grid: an
+    IsoFLOP minimum there rests on the grid, not on the models (left out, with the reason)."""
+    out = {}
+    for C in np.unique(budgets):
+        at = runs[np.isclose(budgets, C)]
+        means = at.groupby("N_total")["loss"].mean().sort_index()
+        i = int(np.argmin(means.to_numpy()))
+        near = means.index[max(0, i - 1):i + 2]
+        problem = tuning_problem(exp, at[at["N_total"].isin(near)])
+        if problem:
+            out[float(C)] = problem
+    return out
 
 
 def compute_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
@@ -144,21 +144,30 @@ def compute_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         curves["run_id"].to_numpy(), curves["N_total"].to_numpy(), C_exact, curves["test_loss"].to_numpy(),
         n_bootstrap=n_bootstrap, convention={"N": "all", "C": "exact"}))
     budgets = np.array([t.get("isoflop.budget", np.nan) for t in runs["tags_"]], float)
+    edge = edge_tuned_budgets(exp, runs, budgets) if np.isfinite(budgets).all() else {}
+    for C, why in edge.items():
+        sec.notes.append(f"IsoFLOP budget {C:.2g} FLOPs left out: its minimum rests on {why}.")
+    usable = np.isfinite(budgets) & ~np.isin(budgets, list(edge))
     if np.isfinite(budgets).all():
-        attempt("approach 2 (IsoFLOP)", lambda: laws.fit_isoflop(runs["N_total"], runs["loss"], budgets,
-                                                                 n_bootstrap=n_bootstrap))
+        at = runs[usable]
+        se = at["final_test_se"].to_numpy(float)
+        attempt("approach 2 (IsoFLOP)", lambda: laws.fit_isoflop(
+            at["N_total"], at["loss"], budgets[usable], n_bootstrap=n_bootstrap, D=at["tokens_trained"],
+            se=np.where(np.isfinite(se), se, 0.0), convention={"N": "all", "C": "exact"}))
     iso = fits.get("approach 2 (IsoFLOP)")
     for m in iso.info["minima"] if iso is not None else []:
         tpp = tokens_per_param_at(m["C"], m["N_opt"], runs)
         sec.numbers.append((f"IsoFLOP budget {m['C']:.2g} FLOPs: N_opt (all parameters), tokens per parameter there "
-                            f"(D = C / the exact FLOPs per token at N_opt)", f"{m['N_opt']:.3g}, {tpp:.3g}",
-                            tpp_interval(m["C"], runs, budgets, n_bootstrap) if m["bracketed"] else "-",
-                            "Chinchilla ~20 tokens/param" if m["bracketed"] else f"not bracketed: {m['note']}"))
+                            f"(D = C / the exact FLOPs per token at N_opt; bytes, not BPE tokens)",
+                            f"{m['N_opt']:.3g}, {tpp:.3g}", tpp_interval(m["C"], m, runs) if m["bracketed"] else "-",
+                            "Chinchilla ~20 BPE tokens/param (other units)" if m["bracketed"]
+                            else f"not bracketed: {m['note']}"))
     if iso is not None:
         bracketed = sum(m["bracketed"] for m in iso.info["minima"])
-        sec.notes.append(f"{bracketed} of {len(iso.info['minima'])} IsoFLOP budgets have a bracketed minimum. The "
-                         f"exponent a of N_opt ~ C^a below is shown, not judged: a few budgets cannot pin it down "
-                         f"(Epoch needed 240 runs for +-0.02).")
+        sec.notes.append(f"{bracketed} of {len(iso.info['minima'])} IsoFLOP budgets have a bracketed minimum (a size "
+                         f"worse by more than a standard error on each side). The exponent a of N_opt ~ C^a below is "
+                         f"shown, not judged: a few budgets cannot pin it down (Epoch needed 240 runs for +-0.02); its "
+                         f"interval is the wider of the cells' noise and the minima's scatter about the line.")
     attempt("approach 3 (parametric)", lambda: laws.fit_chinchilla(runs["N_total"], runs["tokens_trained"],
                                                                    runs["loss"], n_bootstrap=n_bootstrap))
     for name, f in fits.items():

@@ -4,22 +4,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from jscale import noise, plots, regime
-from jscale.report.common import (Experiment, KAPLAN, Section, fit_power, loglines, points_of, power_estimate,
+from jscale import plots, regime
+from jscale.report.common import (Experiment, KAPLAN, Section, fit_power, loglines, measured, power_estimate,
                                   rel_percent, units_note, verdict)
 from jscale.verdicts import Region
+
+DRIFT_TOLERANCE = 0.5  # one power law: its local exponent changes by less than half its mean across the range
+
+
+def _curvature_drift(logN: np.ndarray):
+    """The bent alternative: log L = c0 - alpha log N + gamma (log N)^2 (an irreducible term, or any bend, curves
+    the log-log line). The statistic is the change of the local exponent -d log L / d log N across the measured
+    range, relative to its mean: 0 for a power law."""
+    def drift(loss: np.ndarray) -> float:
+        gamma, slope, _ = np.polyfit(logN, np.log(loss), 2)
+        local = lambda x: -(slope + 2 * gamma * x)  # noqa: E731
+        mean = -np.polyfit(logN, np.log(loss), 1)[0]
+        return float((local(logN.max()) - local(logN.min())) / mean) if mean > 0 else float("nan")
+
+    return drift
 
 
 def size_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N), with and without embeddings (Kaplan Fig. 1 right and Fig. 6)."""
     runs = exp.runs
     deep = runs[runs["n_layer"] >= 2]
-    points, losses = points_of(exp, deep)
-    alpha = power_estimate(points, losses, "N", n_bootstrap)
+    m = measured(exp, deep, n_bootstrap)
+    points, losses = m.points, m.losses
+    alpha = power_estimate(points, losses, "N", n_bootstrap, m)
     problem = regime.problem(deep)
+    tokens = sorted(set(deep["tokens_trained"]))
+    at = (f"at {tokens[0]:.3g} tokens" if len(tokens) == 1 else
+          f"at {tokens[0]:.3g} to {tokens[-1]:.3g} tokens")  # the estimand: L(N) at the runs' training length
+    converged = problem is None
     if alpha.value <= 0:  # loss does not fall with N: nothing to draw a law through, but a verdict to give
         verdict(sec, "Loss falls as a power of non-embedding N (alpha_N > 0; Kaplan Fig. 1)", alpha,
-                Region.above(0.0), problem)
+                Region.above(0.0).sign(), problem)
         return
     fit_n = fit_power(points["N"], points["loss"], bootstrap=0)
     fit_total = fit_power(points["N_total"], points["loss"], bootstrap=0)
@@ -29,12 +49,15 @@ def size_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         rms = lambda x: np.sqrt(np.mean(np.square(np.log(loss) - np.polyval(np.polyfit(x, np.log(loss), 1), x))))
         return 100 * (rms(logNt) - rms(logN))
 
-    collapse = noise.hierarchical_bootstrap(losses, rms_gap, n_bootstrap)
+    collapse = m.bootstrap(rms_gap, n_bootstrap)
     rms_n = 100 * np.sqrt(np.mean(np.square(fit_n.residuals)))
     rms_total = 100 * np.sqrt(np.mean(np.square(fit_total.residuals)))
-    sec.numbers.append(("alpha_N, L = (N_c/N)^alpha_N (non-embedding N, 2+ layers; seeds and windows resampled)",
-                        f"{alpha.value:.3f}", alpha.text().split("(", 1)[1].rstrip(")"),
-                        f"{KAPLAN['alpha_N']} (WebText2, BPE)"))
+    name = "alpha_N" if converged else f"the exponent of L(N) {at} (not converged: not alpha_N)"
+    sec.numbers.append((f"{name}, L = (N_c/N)^alpha (non-embedding N, 2+ layers; the wider of the measurement "
+                        f"interval and the points' scatter)", f"{alpha.value:.3f}",
+                        alpha.text().split("(", 1)[1].rstrip(")") + (f"; {alpha.components_text()}"
+                                                                     if alpha.components else ""),
+                        f"{KAPLAN['alpha_N']} (WebText2, BPE: scale-free, so comparable in kind, but corpus-specific)"))
     sec.numbers.append(("N_c", f"{fit_n.params['X_c']:.3g}", "-", "8.8e13 (WebText2, BPE)"))
     sec.numbers.append(("RMS scatter about one power law, non-embedding N (2+ layers)", f"{rms_n:.2f}%", "-",
                         "one trend"))
@@ -57,8 +80,17 @@ def size_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         ax.set_title(f"Fig. 6 {title}", fontsize=9)
         ax.legend(frameon=False, fontsize=7)
     sec.figures["loss_vs_N"] = plots.tidy(fig)
-    verdict(sec, "Loss falls as a power of non-embedding N (alpha_N > 0; Kaplan Fig. 1)", alpha, Region.above(0.0),
-            problem)
+    verdict(sec, "Loss falls as a power of non-embedding N (alpha_N > 0; Kaplan Fig. 1)", alpha,
+            Region.above(0.0).sign(), problem)
+    if len(points) >= 4:
+        drift = m.bootstrap(_curvature_drift(np.log(points["N"].to_numpy(float))), n_bootstrap)
+        sec.numbers.append(("change of L(N)'s local exponent across the range of N, relative to its mean (a bent "
+                            "alternative, log L quadratic in log N; 0: one power law)", f"{drift.value:+.2f}",
+                            drift.text("+.2f").split("(", 1)[1].rstrip(")"), "0 (Kaplan: one power law over 6 "
+                                                                             "decades of N)"))
+        verdict(sec, "L(N) is one power law over the range measured: its local exponent changes by less than half "
+                     "its mean across it (against a bent alternative such as L = E + (N_c/N)^alpha)", drift,
+                Region.near(0.0, DRIFT_TOLERANCE, f"within ±{DRIFT_TOLERANCE}"), problem)
     verdict(sec, "Leaving out embeddings collapses the depths onto one trend (RMS scatter about one law with all "
                  "parameters minus without, percent points; Kaplan Fig. 6)", collapse, Region.above(0.0), problem)
     if len(one):
