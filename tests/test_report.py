@@ -190,16 +190,18 @@ def stops_early(r):
     return [(S // 5, 1.10), ((2 * S) // 5, 0.98), (S // 2, 0.99), ((3 * S) // 5, 0.995), ((4 * S) // 5, 0.998)]
 
 
-@pytest.mark.parametrize("alpha_n, alpha_d, stops, outcome", [
-    (0.076, 0.103, True, "supports"),  # N^0.74
-    (0.15, 0.08, True, "contradicts"),  # N^1.9
-    (0.076, 0.103, False, "inconclusive"),  # no run stopped early: not the data-limited corner
+@pytest.mark.parametrize("alpha_n, alpha_d, stops, outcome, quantitative", [
+    (0.076, 0.103, True, "supports", "supports"),  # N^0.74
+    (0.15, 0.08, True, "contradicts", "contradicts"),  # N^1.9
+    (0.03, 0.103, True, "supports", "contradicts"),  # N^0.29: sub-linear, but far from Kaplan's 0.74
+    (0.076, 0.103, False, "inconclusive", "inconclusive"),  # no run stopped early: not the data-limited corner
 ])
-def test_data_verdict_takes_all_three_values(tmp_path, alpha_n, alpha_d, stops, outcome):
+def test_data_verdict_takes_all_three_values(tmp_path, alpha_n, alpha_d, stops, outcome, quantitative):
     law = lambda r: ((1e7 / r["N"]) ** (alpha_n / alpha_d) + 1e4 / r["D"]) ** alpha_d
     synthetic_sweep(tmp_path / "data", DATA, law, converged=False, curve_of=stops_early if stops else None)
     sec = verdicts(tmp_path / "data", tmp_path)["data"]
     assert outcomes(sec, "sub-linearly") == [outcome], sec.verdicts
+    assert outcomes(sec, "Kaplan's 0.74") == [quantitative], sec.verdicts
     header, rows = next(t for t in sec.tables if t[0][0] == "run" and "early stop" in t[0][3])
     assert all(row[3] == ("16" if stops else "did not stop") for row in rows)  # 40% of 40 steps
 

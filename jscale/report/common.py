@@ -392,7 +392,8 @@ def curve_noise_correlation(exp: Experiment, sec: Section, run_ids) -> float:
 def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resamples: int, seed: int = 0,
                     rho: float = 0.0) -> noise.Estimate:
     """statistic(curves picked per group) -> float, with an interval from resampling each group's seed replicas
-    and drawing every evaluation again from its standard error over windows (the two noises of a curve).
+    (their spread about the group's mean curve scaled back to the full seed variance) and drawing every evaluation
+    again from its standard error over windows (the two noises of a curve).
     groups: per point (a size, a batch size), the run ids of its seed replicas.
 
     rho: the correlation of evaluation errors. Every evaluation of every run scores the same windows, so most of
@@ -405,13 +406,22 @@ def curve_bootstrap(groups: list[list[str]], curves: dict, statistic, n_resample
         return noise.Estimate(value, None, 0, 0, len(groups))
     shared, own = np.sqrt(rho), np.sqrt(1.0 - rho)
 
+    def replica(g: list[str], i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A resampled replica (steps, loss, standard error), its deviation from the group's mean curve scaled by
+        sqrt(k / (k - 1)): drawing k replicas from k keeps (k - 1) / k of the seed variance, which this restores."""
+        steps, val, se = curves[g[i]][:3]
+        if len(g) < 2 or any(len(curves[r][1]) != len(val) for r in g):
+            return steps, val, se
+        mean = np.mean([curves[r][1] for r in g], axis=0)
+        return steps, mean + np.sqrt(len(g) / (len(g) - 1)) * (val - mean), se
+
     def draw(rng: np.random.Generator) -> float:
         common = rng.normal()
         picked = []
         for g in groups:
-            runs = [g[i] for i in rng.integers(0, len(g), len(g))]
-            picked.append([(curves[r][0], np.maximum(curves[r][1] + (shared * common + own * rng.normal(
-                0, 1, len(curves[r][1]))) * curves[r][2], 1e-6)) for r in runs])
+            chosen = [replica(g, i) for i in rng.integers(0, len(g), len(g))]
+            picked.append([(steps, np.maximum(val + (shared * common + own * rng.normal(0, 1, len(val))) * se, 1e-6))
+                           for steps, val, se in chosen])
         return statistic(picked)
 
     return noise.percentile_estimate(value, draw, n_resamples, len(groups), seed, min_share=0.9,

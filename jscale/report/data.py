@@ -9,6 +9,8 @@ from jscale.report.common import (PATIENCE, Experiment, Section, curve_bootstrap
                                   series_style, stopping_step, units_note, validation_curves, verdict)
 from jscale.verdicts import Region
 
+KAPLAN_OVERFIT = 0.74  # alpha_N / alpha_D of Eq. 1.5 (Kaplan et al. 2020, Eq. 4.4)
+
 
 def stopping_bound_ratios(picked, points: list[dict], start: dict[str, float] | None = None
                           ) -> tuple[np.ndarray, laws.FittedLaw]:
@@ -47,12 +49,10 @@ def stopping_bound(runs, curves: dict, sec: Section, n_bootstrap: int, problem: 
                                                             * runs.loc[runs["run_id"] == g[0], "n_ctx"].iloc[0]),
                "warmup": max(c["train"]["warmup_steps"] for c in runs.loc[runs["run_id"].isin(g), "config_"])}
               for (n, d), g in zip(keys, groups)]
-    claim = "Early stopping comes no sooner than Eq. 5.7's bound (stopping step / bound > 1; Kaplan Eq. 5.7)"
     try:
         ratios, fit = stopping_bound_ratios([[curves[r][:2] for r in g] for g in groups], points)
     except laws.LawFitError as e:
         sec.notes.append(f"Eq. 5.7 not compared: Eq. 1.6 could not be fitted to the curves before repetition ({e}).")
-        verdict(sec, claim, None, Region.above(1.0), problem or f"Eq. 1.6 could not be fitted ({e})")
         return
 
     def geometric_mean(picked) -> float:
@@ -70,9 +70,10 @@ def stopping_bound(runs, curves: dict, sec: Section, n_bootstrap: int, problem: 
                      f"N_c = {p['N_c']:.3g}, alpha_N = {p['alpha_N']:.3f}; S counts steps at the fixed batch "
                      f"(Kaplan's S_min would need B_crit). Stopping step / bound of each run that stopped: "
                      f"{', '.join(f'{x:.2f}' for x in ratios) or 'none'}.")
-    if len(ratios) < 4 and problem is None:
-        problem = f"{len(ratios)} runs stopped early; Eq. 5.7 needs the data-limited corner"
-    verdict(sec, claim, est, Region.above(1.0), problem)
+    # No verdict: a run on repeated data starts on the fresh-data curve and cannot fall below it, so it stops after
+    # that curve reaches its loss, and the ratio exceeds 1 by construction (science-review-3 section 3). Shown only.
+    sec.notes.append("Eq. 5.7's ratio is shown, not judged: a repeated-data curve cannot fall below the fresh-data "
+                     "one it starts on, so the stop comes after the bound by construction; no region of it can fail.")
 
 def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """L(N, D) with early stopping on validation (Kaplan Eq. 1.5) and the overfitting bound."""
@@ -82,9 +83,9 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     curves = validation_curves(exp, runs["run_id"])
     runs["stop_step"] = [stopping_step(*curves[r][:2]) if r in curves else np.nan for r in runs["run_id"]]
     stopped = runs[np.isfinite(runs["stop_step"])]
-    # Eq. 1.5 is fitted to every run at its early-stopping point (its best validation step: the end for a run that
-    # never overfit); the claim is about the data-limited corner, so the verdict needs runs that stopped there.
-    fit_runs = runs
+    # Eq. 1.5 is about the data-limited corner: it is fitted to the runs that stopped early (at their best validation
+    # step); a run that never overfit says nothing about how much data avoids overfitting.
+    fit_runs = stopped if len(stopped) >= 5 else runs
     rows = [[r.name, f"{r.N:,}", f"{r.D:.2g}", f"{r.stop_step:,.0f}" if np.isfinite(r.stop_step) else "did not stop",
              f"{r.stop_step * r.batch_size * r.n_ctx / r.D:.2g}" if np.isfinite(r.stop_step) else "-", f"{r.best:.4f}"]
             for r in runs.sort_values(["N", "D"]).itertuples()]
@@ -110,8 +111,18 @@ def data_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     problem = None if len(stopped) >= 4 and n_D >= 2 else (
         f"{len(stopped)} of {len(runs)} runs stopped early (validation rising), at {n_D} dataset size"
         f"{'' if n_D == 1 else 's'}; Eq. 1.5 needs the data-limited corner (4 runs at 2 or more sizes)")
+    if fit_runs is runs and len(stopped) < len(runs):
+        sec.notes.append(f"Eq. 1.5 is fitted to all {len(runs)} runs: only {len(stopped)} stopped early (5 needed to "
+                         f"fit the stopped ones alone), so its alpha_N / alpha_D describes runs that mostly did not "
+                         f"overfit.")
+    else:
+        sec.notes.append(f"Eq. 1.5 is fitted to the {len(stopped)} runs that stopped early.")
     verdict(sec, "The data needed to avoid overfitting grows sub-linearly with N (alpha_N / alpha_D < 1; Kaplan "
-                 "Eq. 1.5)", est, Region.below(1.0), problem)
+                 "Eq. 1.5)", est, Region.below(1.0).sign(), problem)
+    # Kaplan's 0.74 is scale-free (a ratio of exponents), so it is tested, within 0.25 (0.49 to 0.99: linear growth
+    # and no growth are both outside).
+    verdict(sec, "alpha_N / alpha_D is Kaplan's 0.74 within 0.25 (Eq. 1.5)", est,
+            Region.near(KAPLAN_OVERFIT, 0.25, f"within 0.25 of {KAPLAN_OVERFIT}"), problem)
     stopping_bound(runs, curves, sec, n_bootstrap, problem)
     fig1 = plots.loss_nd_curves(fit, fit_runs["N"].to_numpy(), fit_runs["D"].to_numpy(), fit_runs["best"].to_numpy())
     fig1.axes[0].set_xlabel("dataset size D (tokens; random chunks, repeated as needed)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from jscale import noise, plots, regime
-from jscale.report.common import Experiment, Section, series_style, verdict
+from jscale.report.common import Experiment, Section, join_problems, series_style, tuning_problem, verdict
 from jscale.verdicts import Region
 
 
@@ -77,12 +77,25 @@ def efficiency_section(exps: list[Experiment], sec: Section, out: Path, latency:
                     best = (ratio, s, big)
     windows = {r: w for e in exps for r, w in e.windows.items()}
 
+    eff = next((e for e in exps if e.name == "efficiency"), None)
+    eff_runs = runs[runs["experiment"] == "efficiency"]
+    # the seed variance pooled over every point of the efficiency sweep (more degrees of freedom than one pair's)
+    eff_points = [np.stack([windows[i] for i in g["run_id"]]) for _, g in eff_runs.groupby("point")
+                  if all(i in windows for i in g["run_id"])]
+    sizes = {len(p[0]) for p in eff_points}
+    W = sizes.pop() if len(sizes) == 1 else None
+    blocks = eff.window_blocks(int(eff_runs["n_ctx"].iloc[0]), W) if eff is not None and W else None
+    pooled = noise.pooled_seed_variance(eff_points, blocks) if W else None
+
     def seeds_paired(a_ids: list[str], b_ids: list[str]) -> noise.Estimate | None:
-        """A's loss above B's, percent: windows paired, each side's seed replicas resampled."""
+        """A's loss above B's, percent: windows paired and resampled by document, seed effects from the seed
+        variance pooled over the sweep."""
         a, b = [windows.get(i) for i in a_ids], [windows.get(i) for i in b_ids]
         if any(x is None for x in a + b) or len({len(x) for x in a + b}) != 1:
             return None
-        return noise.paired_difference(np.stack(a), np.stack(b), n_resamples=1000)
+        same = W is not None and len(a[0]) == W
+        return noise.paired_difference(np.stack(a), np.stack(b), n_resamples=1000, blocks=blocks if same else None,
+                                       pooled=pooled if same else None)
 
     def paired(a_id, b_id) -> noise.Estimate | None:
         a, b = windows.get(a_id), windows.get(b_id)
@@ -105,6 +118,8 @@ def efficiency_section(exps: list[Experiment], sec: Section, out: Path, latency:
                             f"{diff.interval[0]:+.2f}% to {diff.interval[1]:+.2f}%", "-"))
     gqa = runs[(runs["experiment"] == "efficiency") & (runs["kind"] == "transformer")]
     problem = regime.problem(gqa) if len(gqa) else None  # attention quality is a claim about converged models
+    if eff is not None and len(gqa):
+        problem = join_problems(problem, tuning_problem(eff, gqa))
     for d_model, g in gqa.groupby("d_model"):
         mha = g[g["n_kv_heads"] == g["n_heads"]]
         if mha.empty:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from jscale import noise, plots, regime
-from jscale.report.common import (Experiment, Section, fit_power, log_binned, loglines, points_of,
-                                  rel_percent, series_style, verdict)
+from jscale.report.common import (Experiment, Section, fit_power, join_problems, log_binned, loglines, measured,
+                                  rel_percent, series_style, tuning_problem, verdict)
 from jscale.verdicts import Region
 
 
@@ -54,14 +54,15 @@ def point_grid(exp: Experiment, run) -> np.ndarray | None:
 
 def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """LSTMs against Transformers: loss against N and against context position (Kaplan Fig. 7)."""
-    points, losses = points_of(exp, exp.runs)
+    m = measured(exp, exp.runs, n_bootstrap)
+    points = m.points
     runs = points
     runs["family"] = [("Transformer" if k == "transformer" else f"LSTM, {n} layer{'s' if n > 1 else ''}")
                       for k, n in zip(runs["kind"], runs["n_layer"])]
     tf_mask = (runs["kind"] == "transformer").to_numpy()
     tf = runs[tf_mask]
     fit_tf = fit_power(tf["N"], tf["loss"], bootstrap=0)
-    problem = regime.problem(exp.runs)
+    problem = join_problems(regime.problem(exp.runs), tuning_problem(exp, exp.runs))
     fig, (ax, ax_pos) = plots.figure(2)
     families = sorted(runs["family"].unique(), key=lambda f: (f != "Transformer", f))
     grid = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
@@ -90,7 +91,7 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
                 return gap_at(large) - gap_at(small)
 
             verdict(sec, f"{fam}: the LSTM's deficit against the Transformer trend grows with N (percent points; "
-                         f"Kaplan Fig. 7)", noise.hierarchical_bootstrap(losses, growth, n_bootstrap, min_points=3),
+                         f"Kaplan Fig. 7)", m.bootstrap(growth, n_bootstrap, min_points=3),
                     Region.above(0.0), problem)
     ax.set_xscale("log"), ax.set_yscale("log")
     ax.set_xlabel(plots.n_label("non_embedding")), ax.set_ylabel("test loss (nats/token)")
@@ -133,7 +134,8 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         sec.tables.append(([f"position (largest models, N {tf_run.N:.2g} and {r.N:.2g})",
                             f"{fam} above the Transformer, same windows (seeds averaged)", "95% interval (windows)"],
                            rows))
-        gain = noise.paired_windows(a, b, lambda x, y: _late_gain(x) - _late_gain(y), n_bootstrap)
+        blocks = exp.window_blocks(int(tf_run.n_ctx), len(a))  # windows resampled by document
+        gain = noise.paired_windows(a, b, lambda x, y: _late_gain(x) - _late_gain(y), n_bootstrap, blocks=blocks)
         sec.numbers.append((f"late-context gain (positions {T // 8}-{T // 4} to the last quarter), Transformer "
                             f"minus {fam}, largest models", f"{gain.value:+.2f} points",
                             "-" if gain.interval is None else f"{gain.interval[0]:+.2f} to {gain.interval[1]:+.2f}",
@@ -143,7 +145,7 @@ def lstm_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
                 Region.above(0.0), problem)
         first = max(1, T // 16)
         early = noise.paired_windows(b, a, lambda x, y: 100 * (x[:, :first].mean() / y[:, :first].mean() - 1),
-                                     n_bootstrap)
+                                     n_bootstrap, blocks=blocks)
         verdict(sec, f"On the first {max(1, T // 16)} positions the {fam} matches the Transformer (loss difference "
                      f"within 5%, windows paired)", early, Region.near(0.0, 5.0, "within ±5%"), problem)
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from jscale import noise, plots, regime
-from jscale.report.common import Experiment, Section, fit_power, loglines, points_of, verdict
+from jscale import plots, regime
+from jscale.report.common import (Experiment, Section, fit_power, join_problems, loglines, measured, tuning_problem,
+                                  verdict)
 from jscale.verdicts import Region
 
 
 def recurrent_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """Universal Transformers (reuse over depth) and Transformer-XL (memory over time) against the standard
     Transformer, per parameter and per FLOP (Kaplan Fig. 17)."""
-    points, losses = points_of(exp, exp.runs)
+    m = measured(exp, exp.runs, n_bootstrap)
+    points = m.points
     runs = points
     runs["family"] = [("standard Transformer" if k == "transformer" else
                        f"Universal, reuse {r}x" if k == "universal" else f"Transformer-XL, memory {m}")
@@ -23,7 +25,7 @@ def recurrent_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     fit_c = fit_power(std["C_exact"], std["loss"], variable="C", bootstrap=0)
     sec.numbers.append(("standard Transformers: alpha_N", f"{fit_n.params['alpha']:.3f}", "-",
                         "0.076 (WebText2, BPE)"))
-    problem = regime.problem(exp.runs)
+    problem = join_problems(regime.problem(exp.runs), tuning_problem(exp, exp.runs))
     fig, (ax_n, ax_c) = plots.figure(2)
     families = sorted(runs["family"].unique(), key=lambda f: (not f.startswith("standard"), len(f), f))
     gn = np.geomspace(runs["N"].min() / 1.3, runs["N"].max() * 1.3, 100)
@@ -44,8 +46,8 @@ def recurrent_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
                 return float(100 * np.mean(np.log(loss[fam_mask]) - np.polyval(coef, x[fam_mask])))
             return stat
 
-        per_n = noise.hierarchical_bootstrap(losses, offset(logN), n_bootstrap, min_points=3)
-        per_c = noise.hierarchical_bootstrap(losses, offset(logC), n_bootstrap, min_points=3)
+        per_n = m.bootstrap(offset(logN), n_bootstrap, min_points=3)
+        per_c = m.bootstrap(offset(logC), n_bootstrap, min_points=3)
         sec.numbers.append((f"{fam}: loss vs a standard Transformer of equal N / equal training FLOPs (exact)",
                             f"{per_n.value:+.1f}% / {per_c.value:+.1f}%", f"{per_n.text('+.1f')} / {per_c.text('+.1f')}",
                             "slightly better / slightly worse" if fam.startswith("Universal") else "-"))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from jscale import noise, plots, regime
-from jscale.report.common import Experiment, Section, fit_power, points_of, rel_percent, series_style, verdict
+from jscale import plots, regime
+from jscale.report.common import (Experiment, Section, fit_power, join_problems, measured, rel_percent, series_style,
+                                  tuning_problem, verdict)
 from jscale.verdicts import Region
 
 
 def shape_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
     """Loss against shape at fixed N, measured against the L(N) fit over all runs (Kaplan Fig. 5)."""
-    points, losses = points_of(exp, exp.runs)
+    m = measured(exp, exp.runs, n_bootstrap)
+    points = m.points
     runs = points  # one row per shape (seeds pooled)
     fit = fit_power(runs["N"], runs["loss"], bootstrap=0)
     runs["excess"] = rel_percent(runs["loss"], fit.predict(X=runs["N"].to_numpy()))
@@ -61,10 +63,10 @@ def shape_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         return max(spreads) if spreads else float("nan")
 
     if ok.sum() >= 2:
-        spread = noise.hierarchical_bootstrap(losses, largest_spread, n_bootstrap)
+        spread = m.bootstrap(largest_spread, n_bootstrap)
         verdict(sec, "At fixed N, shape (aspect ratio 4-64, d_ff/d_model 1-4) moves loss by at most a few percent "
                      "(largest spread at one N, percent; Kaplan Fig. 5)", spread, Region.below(5.0, "< 5%"),
-                regime.problem(exp.runs))
+                join_problems(regime.problem(exp.runs), tuning_problem(exp, exp.runs)))
 
 
 ANALYSIS = "shape"  # the sweep's `analysis` (sweep.json) this section reads
