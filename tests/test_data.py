@@ -17,7 +17,8 @@ def test_builtin_corpus_splits_are_disjoint_representative_and_keep_prose_out(tm
     docs = list(corpus._named_documents())
     names = [n for n, _, _ in docs]
     assert len(names) == len(set(names))  # each piece of each file is in exactly one split
-    by_split = {s: [(n, t) for n, split, t in docs if split == s] for s in ("train", "validation", "test", "prose")}
+    by_split = {s: [(n, t) for n, split, t in docs if split == s]
+                for s in ("train", "validation", "test", "prose", "notes")}
     sizes = {s: sum(len(t.encode()) for _, t in d) for s, d in by_split.items()}
     total = sum(sizes[s] for s in ("train", "validation", "test"))
     for s in ("validation", "test"):
@@ -36,8 +37,17 @@ def test_builtin_corpus_splits_are_disjoint_representative_and_keep_prose_out(tm
     assert all(data.prose_share(t) >= data.PROSE_SHARE or n.startswith("pydoc_data/") for n, t in by_split["prose"])
     # Pieces land by a hash of their name: the same piece in the same split whatever else the corpus holds.
     assert all(data.split_by_hash(n, 0.05, 0.05) == "test" for n, _ in by_split["test"])
+    # Two held-out distributions of English, neither more than half one file (pydoc's topics.py is read only as far
+    # as the rest of the prose holds; it was 97% of it).
+    for extra in ("prose", "notes"):
+        per_file = {}
+        for n, t in by_split[extra]:
+            per_file[n] = per_file.get(n, 0) + len(t.encode())
+        assert len(per_file) >= 3 and max(per_file.values()) <= 0.5 * sum(per_file.values()), extra
+    assert "idlelib/NEWS.txt" in dict(by_split["notes"]) and sizes["notes"] > 100_000
     tokens = data.prepare(cfg)
-    assert tokens.eval_sets == ("validation", "test", "prose")
+    assert tokens.eval_sets == ("validation", "test", "prose", "notes")
+    assert tokens.meta["prose_largest_file_share"] <= 0.5 and tokens.meta["notes_largest_file_share"] <= 0.5
     assert len(tokens.train) >= 10_000_000
     assert tokens.meta["validation_documents"] == len(by_split["validation"])
     # Byte tokens are the UTF-8 bytes of the documents, in order, each followed by a separator.

@@ -107,16 +107,33 @@ SIZES = {"name": "size", "base": {"model": {"n_ctx": 32}, "train": {**TRAIN, "st
 
 @pytest.mark.parametrize("slope, outcome", [(1.0, "supports"), (2.0, "contradicts"), (1.25, "inconclusive")])
 def test_generalisation_verdict_takes_all_three_values(tmp_path, slope, outcome):
+    """Both of the built-in corpus's held-out distributions (prose and notes, each at most half one file), scored
+    beside test at every evaluation; judged on the final evaluations only."""
     loss = lambda r: 3.0 * (1e4 / r["N"]) ** 0.2
     synthetic_sweep(tmp_path / "size", SIZES, loss)
     rng = np.random.default_rng(1)
-    with sqlite3.connect(tmp_path / "size" / "results.sqlite") as c:  # a prose set scored beside test
+    with sqlite3.connect(tmp_path / "size" / "results.sqlite") as c:
         rows = c.execute("SELECT run_id, step, loss, se FROM evals WHERE split = 'test'").fetchall()
         se = 0.02 if outcome == "inconclusive" else 0.002
-        c.executemany("INSERT INTO evals VALUES (?, ?, 'prose', ?, ?, ?, '[]')",
-                      [(r, s, 0.5 + slope * (l - 2.5) + 2.5 + rng.normal(0, se), se, 1.0) for r, s, l, _ in rows])
+        for other, offset in (("prose", 0.5), ("notes", 0.3)):
+            # earlier evaluations off the line: the verdict must not read them
+            c.executemany(f"INSERT INTO evals VALUES (?, ?, '{other}', ?, ?, ?, '[]')",
+                          [(r, s, offset + slope * (l - 2.5) + 2.5 + rng.normal(0, se) + (0 if s == 40 else 3.0),
+                            se, 1.0) for r, s, l, _ in rows])
     sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
-    assert outcomes(sec, "slope near 1") == [outcome], sec.verdicts
+    assert outcomes(sec, "slope near 1") == [outcome] * 2, sec.verdicts
+
+
+def test_generalisation_needs_two_distributions_of_at_most_half_one_file(tmp_path):
+    loss = lambda r: 3.0 * (1e4 / r["N"]) ** 0.2
+    synthetic_sweep(tmp_path / "size", SIZES, loss)
+    with sqlite3.connect(tmp_path / "size" / "results.sqlite") as c:
+        rows = c.execute("SELECT run_id, step, loss, se FROM evals WHERE split = 'test'").fetchall()
+        c.executemany("INSERT INTO evals VALUES (?, ?, 'prose', ?, ?, ?, '[]')",
+                      [(r, s, l + 0.5, 0.002, 1.0) for r, s, l, _ in rows])
+    sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
+    assert outcomes(sec, "slope near 1") == ["inconclusive"]
+    assert "the claim needs two" in sec.decisions[0].reason
 
 
 def test_a_batch_size_whose_curve_shares_no_losses_with_the_others_is_left_out():

@@ -62,9 +62,10 @@ class TokenizedCorpus:
     def test_bytes_per_token(self) -> float:
         return self.bytes_per_token("test")
 
-    def window_capacity(self, n_ctx: int, context: int = 0) -> int:
-        """How many evaluation windows the smallest held-out set holds without overlapping."""
-        return min(len(self.splits[s]) // (context + n_ctx + 1) for s in self.eval_sets)
+    def window_capacity(self, n_ctx: int, context: int = 0, split: str | None = None) -> int:
+        """How many evaluation windows a held-out set (by default the smallest) holds without overlapping."""
+        sets = self.eval_sets if split is None else (split,)
+        return min(len(self.splits[s]) // (context + n_ctx + 1) for s in sets)
 
     def check_fits(self, n_ctx: int, max_train_tokens: int, context: int = 0, eval_windows: int = 0) -> None:
         """eval_windows: the count asked for explicitly (0: sized from data.eval_tokens, capped to what fits)."""
@@ -208,6 +209,8 @@ def write_token_files(corpus, tokenizer, target: Path) -> None:
             meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs,
                          f"sha256_{split}": file_digest(tmp / f"{split}.bin"),
                          f"sha256_{split}_docs": file_digest(tmp / f"{split}.docs.npy")})
+        if hasattr(corpus, "largest_file_shares"):  # how much of each set its largest file is (the report reads it)
+            meta.update({f"{s}_largest_file_share": round(v, 4) for s, v in corpus.largest_file_shares().items()})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, target)

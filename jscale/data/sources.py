@@ -42,7 +42,13 @@ CHUNK_BYTES = 1 << 12  # a corpus of fewer than CHUNK_BELOW_FILES files is dealt
 CHUNK_BELOW_FILES = 400
 BUILTIN_CHUNK_BYTES = 1 << 14  # the built-in corpus is always dealt in pieces (each split a mix of the library)
 PROSE_SHARE = 0.4  # a built-in file whose bytes are at least this share English-word runs is prose, not code
-CORPUS_VERSION = 2  # bump when the split rules change: cached token files of another version are not reused
+CORPUS_VERSION = 3  # bump when the split rules change: cached token files of another version are not reused
+# The built-in corpus's second held-out distribution, `notes`: IDLE's change logs and notes, the licence and the
+# email package's design note (English, not docstrings: no file is more than 40% of it on CPython 3.11.7).
+STDLIB_NOTES = ("idlelib/NEWS.txt", "idlelib/NEWS2x.txt", "idlelib/README.txt", "idlelib/HISTORY.txt",
+                "idlelib/TODO.txt", "idlelib/extend.txt", "idlelib/CREDITS.txt", "LICENSE.txt",
+                "email/architecture.rst")
+MAX_FILE_SHARE = 0.5  # an extra evaluation set of the built-in corpus holds at most this share of any one file
 
 
 def _hash_fraction(name: str) -> float:
@@ -96,16 +102,19 @@ class FileCorpus(Corpus):
     chunk_bytes: int  # 0: each file is one document
     assigned: tuple[tuple[str, str], ...] = ()  # (file name, split) for files whose split is given, not hashed
     extra: tuple[str, ...] = ()  # names of the extra evaluation sets among the assigned splits
+    caps: tuple[tuple[str, int], ...] = ()  # (file name, bytes): an assigned file is read only that far
 
     def split_names(self) -> tuple[str, ...]:
         return SPLITS + self.extra
 
     def _named_documents(self) -> Iterator[tuple[str, str, str]]:
         """(document name, split, text) in path order."""
-        given = dict(self.assigned)
+        given, caps = dict(self.assigned), dict(self.caps)
         for path in self.files:
             name = path.relative_to(self.root).as_posix()
             text = path.read_text(encoding="utf-8", errors="replace")
+            if name in caps:
+                text = _head(text, caps[name])
             if name in given:
                 yield name, given[name], text
             elif self.chunk_bytes:
@@ -131,6 +140,15 @@ class FileCorpus(Corpus):
         for _, split, text in self._named_documents():
             sizes[split] += len(text.encode()) + 1
         return sizes
+
+    def largest_file_shares(self) -> dict[str, float]:
+        """Per split, the share of its bytes from the one file that contributes most (pieces of a file count
+        together): an evaluation set that is mostly one file is one sample of text, however many windows it has."""
+        per_file: dict[str, dict[str, int]] = {}
+        for name, split, text in self._named_documents():
+            f = per_file.setdefault(split, {})
+            f[name.split("#")[0]] = f.get(name.split("#")[0], 0) + len(text.encode())
+        return {s: max(f.values()) / sum(f.values()) for s, f in per_file.items() if sum(f.values())}
 
     def names(self, split: str) -> list[str]:
         return [name for name, s, _ in self._named_documents() if s == split]
@@ -164,19 +182,43 @@ def _stamp(files: list[Path], root: Path) -> str:
     return stamp.hexdigest()[:12]
 
 
+def _head(text: str, n: int) -> str:
+    """The first n characters of a text, cut back to a line end."""
+    if len(text) <= n:
+        return text
+    end = text.rfind("\n", 0, n)
+    return text[:end + 1 if end >= 0 else n]
+
+
+def _caps(root: Path, sets: dict[str, list[str]]) -> dict[str, int]:
+    """For each file of each extra set: read at most as much of it as the rest of its set holds, so that no file is
+    more than MAX_FILE_SHARE of the set (pydoc's topics.py, 757 kB, would otherwise be 97% of the prose)."""
+    caps = {}
+    for names in sets.values():
+        sizes = {n: (root / n).stat().st_size for n in names}
+        for n, size in sizes.items():
+            rest = sum(sizes.values()) - size
+            if size > rest * MAX_FILE_SHARE / (1 - MAX_FILE_SHARE):
+                caps[n] = int(0.98 * rest * MAX_FILE_SHARE / (1 - MAX_FILE_SHARE))  # (2% for cuts at line ends)
+    return caps
+
+
 def _file_corpus(files: list[Path], root: Path, label: str, cfg: DataConfig, chunk_bytes: int,
-                 assigned: dict[str, str], extra: tuple[str, ...]) -> FileCorpus:
-    """A corpus of files under root. assigned: files (by name under root) whose split is given."""
+                 assigned: dict[str, str], extra: tuple[str, ...], caps: dict[str, int] | None = None) -> FileCorpus:
+    """A corpus of files under root. assigned: files (by name under root) whose split is given; caps: bytes an
+    assigned file is read to."""
     files = sorted(set(files), key=lambda p: p.relative_to(root).as_posix())
     val_fraction = 0.0 if "validation" in assigned.values() else cfg.validation_fraction
     test_fraction = 0.0 if "test" in assigned.values() else cfg.test_fraction
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")[-40:]
     rules = hashlib.sha256(json.dumps([CORPUS_VERSION, val_fraction, test_fraction, chunk_bytes,
-                                       sorted(assigned.items())]).encode()).hexdigest()[:8]
+                                       sorted(assigned.items()), sorted((caps or {}).items())]).encode()
+                           ).hexdigest()[:8]
     return FileCorpus(id=f"{slug}-{_stamp(files, root)}-{rules}",
                       description=f"{label}: {len(files)} files", root=root, files=tuple(files),
                       validation_fraction=val_fraction, test_fraction=test_fraction, chunk_bytes=chunk_bytes,
-                      assigned=tuple(sorted(assigned.items())), extra=extra)
+                      assigned=tuple(sorted(assigned.items())), extra=extra,
+                      caps=tuple(sorted((caps or {}).items())))
 
 
 @functools.lru_cache(maxsize=1)
@@ -243,9 +285,12 @@ def file_corpus_from_config(cfg: DataConfig) -> "FileCorpus":
     if spec == "builtin:stdlib":
         root, files = stdlib_files()
         v = sys.version_info
-        prose = dict.fromkeys(stdlib_prose(cache_root(cfg)), "prose")
-        return _file_corpus(files, root, f"stdlib-py{v.major}.{v.minor}.{v.micro}", cfg, BUILTIN_CHUNK_BYTES,
-                            prose, ("prose",))
+        prose = list(stdlib_prose(cache_root(cfg)))
+        notes = [n for n in STDLIB_NOTES if (root / n).is_file()]
+        assigned = {**dict.fromkeys(prose, "prose"), **dict.fromkeys(notes, "notes")}
+        return _file_corpus(list(files) + [root / n for n in notes], root, f"stdlib-py{v.major}.{v.minor}.{v.micro}",
+                            cfg, BUILTIN_CHUNK_BYTES, assigned, ("prose", "notes") if notes else ("prose",),
+                            _caps(root, {"prose": prose, "notes": notes}))
     if spec.startswith("builtin:"):
         raise ConfigError(f"data.corpus: unknown built-in corpus {spec!r} (the built-in one is builtin:stdlib)")
     files, root = _glob_files(spec, "data.corpus")

@@ -109,14 +109,17 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
 
     n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
-    if not explicit:  # sized from eval_tokens: at most what the held-out sets hold without overlapping
-        n_final = min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model)))
-    eval_sets = {split: corpus.eval_windows(n_final, n_ctx, eval_context(cfg.model), split, strict=explicit)
+    # sized from eval_tokens: each set at most what it holds without overlapping (a small extra set scores fewer
+    # windows; validation and test keep theirs)
+    counts = {split: n_final if explicit else min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model),
+                                                                                   split))
+              for split in corpus.eval_sets}
+    eval_sets = {split: corpus.eval_windows(counts[split], n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
     curve_subset = {split: results.curve_subset(len(w), n_curve)
                     for split, w in eval_sets.items()}  # what the evaluations before the last score
     if hasattr(writer, "record_blocks"):  # the document of each window: intervals resample documents (jscale.noise)
-        writer.record_blocks({split: corpus.window_blocks(n_final, n_ctx, eval_context(cfg.model), split,
+        writer.record_blocks({split: corpus.window_blocks(counts[split], n_ctx, eval_context(cfg.model), split,
                                                           strict=explicit) for split in eval_sets},
                              n_ctx, eval_context(cfg.model))
     consecutive = has_memory(cfg.model)  # Transformer-XL reads each batch row's stream segment by segment
