@@ -145,11 +145,11 @@ def memory_estimate(cfg: ModelConfig, batch_size: int, bytes_per_activation: int
 
 
 def eval_sets(cfg) -> int:
-    """How many sets each evaluation scores: validation and test, and the extra sets (the built-in corpus's prose,
-    or data.extra_eval's)."""
+    """How many sets each evaluation scores: validation and test, and the extra sets (the built-in corpus's prose and
+    notes, or data.extra_eval's)."""
     d = cfg.data
     if d.corpus == "builtin:stdlib":
-        return 3
+        return 4
     return 2 + len([x for x in d.extra_eval.split(",") if x.strip()])
 
 
@@ -159,7 +159,8 @@ def eval_cost(cfg) -> dict[str, float]:
     m, t = cfg.model, cfg.train
     final, curve = eval_window_counts(cfg.data, m.n_ctx)
     evals = len(t.eval_steps())
-    windows = eval_sets(cfg) * (final + curve * max(evals - 1, 0))
+    # each cooldown branch scores the validation set's final windows
+    windows = eval_sets(cfg) * (final + curve * max(evals - 1, 0)) + t.anneal_branches * final
     tokens = windows * m.n_ctx
     flops = tokens * account(m).train_flops_exact / 3  # a forward pass is a third of a training step's FLOPs
     return {"windows_final": final, "windows_curve": curve, "sets": eval_sets(cfg), "evaluations": evals,

@@ -157,7 +157,7 @@ def estimate(groups, measured: dict) -> dict[str, float]:
         overhead, rate = fits[FAMILY[c.model.kind]]
         per_token = accounting.account(c.model).train_flops_exact
         step_flops = members * c.train.batch_size * c.model.n_ctx * per_token
-        train_s += c.train.steps * (overhead + step_flops / rate)
+        train_s += (c.train.steps + c.train.branch_steps()) * (overhead + step_flops / rate)  # cooldowns too
         cost = accounting.eval_cost(c)
         eval_s += cost["evaluations"] * overhead + members * cost["flops"] / rate
         shapes.add((json.dumps(c.model.__dict__, sort_keys=True), members, c.train.batch_size))
