@@ -209,3 +209,70 @@ def statement(runs, law: str) -> tuple[str, bool]:
         return f"{head}; {law} is about {need} runs and these are in that regime", True
     return f"{head}; {law} is about {need} runs: NOT in that regime ({why}), so read this fit as a description " \
            f"of these runs, not as the law", False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# L(N, D -> inf) from the cooldown branches.
+
+MIN_HORIZONS = 4  # an extrapolation with an irreducible term needs this many annealed horizons
+
+
+def extrapolate(tokens: np.ndarray, losses: np.ndarray) -> tuple[float, float, float]:
+    """L(D) = L_inf + B D^-beta through a run's annealed losses (least squares on the relative error): (L_inf, B,
+    beta). Raises ValueError when the horizons cannot determine it (too few, or no fall to extrapolate)."""
+    from scipy import optimize
+
+    t, L = np.asarray(tokens, float), np.asarray(losses, float)
+    if len(t) < MIN_HORIZONS:
+        raise ValueError(f"{len(t)} horizons, fewer than {MIN_HORIZONS}")
+    if not L[-1] < L[0]:
+        raise ValueError("the annealed loss does not fall with tokens")
+    x = np.log(t / t[-1])  # tokens relative to the longest horizon
+
+    def resid(p):
+        l_inf, log_b, beta = p
+        return (l_inf + np.exp(log_b - beta * x)) / L - 1
+
+    best = None
+    for beta0 in (0.1, 0.3, 1.0):
+        start = [0.8 * L[-1], np.log(0.2 * L[-1]), beta0]
+        r = optimize.least_squares(resid, start, bounds=([0, -50, 1e-3], [L[-1], 50, 5]))
+        if best is None or r.cost < best.cost:
+            best = r
+    l_inf, log_b, beta = best.x
+    return float(l_inf), float(np.exp(log_b) * t[-1] ** beta), float(beta)
+
+
+def extrapolated_losses(anneals, runs, blocks: dict | None, n_resamples: int, seed: int = 0):
+    """Per run with MIN_HORIZONS or more annealed horizons: L_inf (its validation loss extrapolated to infinite
+    tokens) and n_resamples draws of it with the windows resampled by document (one draw of documents shared by every
+    horizon of every run, so the runs stay paired). Returns {run_id: (L_inf, draws)}; a draw that cannot be fitted
+    is NaN."""
+    out = {}
+    val = anneals[anneals["split"] == "validation"]
+    rng = np.random.default_rng(seed)
+    by_run = {r: g.sort_values("tokens") for r, g in val.groupby("run_id") if len(g) >= MIN_HORIZONS}
+    if not by_run:
+        return out
+    W = {len(g["losses"].iloc[0]) for g in by_run.values()}
+    n_ctx = dict(zip(runs["run_id"], runs["n_ctx"]))
+    W = W.pop() if len(W) == 1 else None
+    first = next(iter(by_run))
+    wb = WindowBlocks(_blocks_for(blocks, int(n_ctx.get(first, 0)), W) if W else None, W) if W else None
+    draws = wb.draw(rng, n_resamples) if wb is not None and n_resamples else None
+    for run_id, g in by_run.items():
+        tokens, per_window = g["tokens"].to_numpy(float), np.stack(list(g["losses"])).astype(float)
+        try:
+            value = extrapolate(tokens, per_window.mean(axis=1))[0]
+        except ValueError:
+            continue
+        reps = np.full(n_resamples, np.nan)
+        if draws is not None:
+            means = wb.means(wb.sums(per_window), draws)  # (n, horizons)
+            for i, m in enumerate(means):
+                try:
+                    reps[i] = extrapolate(tokens, m)[0]
+                except ValueError:
+                    pass
+        out[run_id] = (value, reps)
+    return out

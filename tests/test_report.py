@@ -29,7 +29,8 @@ def record(row, loss, per_position=None, step=None, se=0.001, windows=None, grid
             "wall_time": 1.0, "tokens_per_s": 1.0}
 
 
-def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True, window_sd=0.05, curve_of=None):
+def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True, window_sd=0.05, curve_of=None,
+                    anneal_of=None):
     """A sweep directory as `jscale run` leaves it: each run's final test loss is loss_of(run_row), scored on W
     windows that share their content (what each window holds) across runs, with a little per-run window noise;
     three evaluations, flat over the last 30% when converged (else still falling 10%), and a cooldown branch at half
@@ -53,12 +54,14 @@ def synthetic_sweep(directory, spec, loss_of, positions_of=None, converged=True,
             for step, factor in curve:
                 db.record_eval([record(r, loss * factor, per_position, step=step)])
             db.record_eval([record(r, loss, per_position, windows=windows, grid=grid_)])
-            branch = (windows * (1.002 if converged else 1.05)).astype(np.float32)
-            db.record_anneal([{"run_id": r["run_id"], "horizon": S // 2, "start": (2 * S) // 5,
-                               "tokens": S // 2 * r["batch_size"] * r["n_ctx"], "flops_exact": 1.0,
-                               "evals": {s: {"loss": float(branch.mean()), "se": 0.001, "bits_per_byte": 1.0}
-                                         for s in ("validation", "test")},
-                               "per_window": {"validation": branch, "test": branch}}])
+            # cooldown branches: (horizon in steps, loss relative to the run's) from anneal_of, else one at half
+            for horizon, factor in (anneal_of(r) if anneal_of else [(S // 2, 1.002 if converged else 1.05)]):
+                branch = (windows * factor).astype(np.float32)
+                db.record_anneal([{"run_id": r["run_id"], "horizon": horizon, "start": (4 * horizon) // 5,
+                                   "tokens": horizon * r["batch_size"] * r["n_ctx"], "flops_exact": 1.0,
+                                   "evals": {"validation": {"loss": float(branch.mean()), "se": 0.001,
+                                                            "bits_per_byte": 1.0}},
+                                   "per_window": {"validation": branch}}])
     return sw
 
 
@@ -106,6 +109,26 @@ def test_the_power_law_is_tested_against_a_bent_alternative(tmp_path, loss, outc
     assert outcomes(sec, "one power law over the range") == [outcome], sec.verdicts
     assert "(direction only)" in next(v for v in sec.verdicts if "power of non-embedding N" in v)
     assert "interval from measurement" in next(v for v in sec.verdicts if "power of non-embedding N" in v)
+
+
+def test_l_n_extrapolated_to_infinite_data_from_the_cooldown_branches(tmp_path):
+    """Runs still improving (so L(N) is not decided on them) whose annealed horizons follow
+    L(N, D) = L_inf(N) + B D^-0.5 with L_inf = (1e9/N)^0.08: the extrapolation recovers L_inf and its exponent."""
+    L_inf = lambda r: (1e9 / r["N"]) ** 0.08
+    tokens = lambda r, steps: steps * r["batch_size"] * r["n_ctx"]
+    law = lambda r, steps: L_inf(r) + 20 / tokens(r, steps) ** 0.5
+    S = TRAIN["steps"]
+    anneal_of = lambda r: [(S // 2 ** k, law(r, S // 2 ** k) / law(r, S)) for k in (4, 3, 2, 1)]
+    synthetic_sweep(tmp_path / "size", SIZE, lambda r: law(r, S), converged=False, anneal_of=anneal_of, window_sd=0.01)
+    sec = verdicts(tmp_path / "size", tmp_path)["size"]
+    assert outcomes(sec, "power of non-embedding N") == ["inconclusive"]  # not converged
+    name, value, ci, _ = next(n for n in sec.numbers if n[0].startswith("alpha_N of L(N, D -> inf)"))
+    assert float(value) == pytest.approx(0.08, abs=0.005)
+    assert outcomes(sec, "L(N, D -> inf), extrapolated") == ["supports"], sec.verdicts
+    rows = next(rows for h, rows in sec.tables if h[1].startswith("L_inf"))
+    by_n = {int(r[0].replace(",", "")): float(r[1]) for r in rows}
+    for n, v in by_n.items():
+        assert v == pytest.approx((1e9 / n) ** 0.08, rel=0.02)
 
 
 SHAPE = {"name": "shape", "base": {"model": {"n_ctx": 32}, "train": TRAIN},

@@ -51,6 +51,7 @@ class Experiment:
     evals: Any = None  # one row per evaluation and evaluation set (run_id, step, split, loss, se, ...)
     blocks: dict = dataclasses.field(default_factory=dict)  # results.load's: (split, n_ctx, context, W) -> documents
     pilots: dict = dataclasses.field(default_factory=dict)  # tuned point -> (lrs, validation losses (G, W), blocks)
+    anneals: Any = None  # results.load's cooldown branches (each run's final evaluation as its longest horizon)
 
     def window_blocks(self, n_ctx: int, n_windows: int, split: str = "test") -> np.ndarray | None:
         """The document of each of a set's windows (None: not recorded, as in older databases)."""
@@ -101,7 +102,7 @@ def find_experiments(root: Path) -> list[Experiment]:
         grids = {r: g for r, g in zip(test["run_id"], test.get("positions", [None] * len(test))) if g is not None}
         out.append(Experiment(d, info, done, tables["curves"], tables["positions"], len(runs), windows, grids,
                               tables["tuning"], tables["evals"], tables.get("blocks", {}),
-                              _pilot_windows(tables)))
+                              _pilot_windows(tables), tables.get("anneals")))
     return sorted(out, key=lambda e: e.name)  # jscale.report puts them in its sections' order
 
 def _pilot_windows(tables) -> dict:

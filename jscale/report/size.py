@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jscale import plots, regime
+from jscale import noise, plots, regime
 from jscale.report.common import (Experiment, KAPLAN, Section, fit_power, loglines, measured, power_estimate,
                                   rel_percent, units_note, verdict)
 from jscale.verdicts import Region
@@ -93,10 +93,74 @@ def size_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
                 Region.near(0.0, DRIFT_TOLERANCE, f"within ±{DRIFT_TOLERANCE}"), problem)
     verdict(sec, "Leaving out embeddings collapses the depths onto one trend (RMS scatter about one law with all "
                  "parameters minus without, percent points; Kaplan Fig. 6)", collapse, Region.above(0.0), problem)
+    extrapolated_law(exp, deep, sec, n_bootstrap)
     if len(one):
         off = rel_percent(one["loss"], fit_n.predict(X=one["N"].to_numpy()))
         sec.numbers.append(("1-layer models: mean loss above the 2+ layer trend", f"{off.mean():+.1f}%", "-",
                             "1-layer models fall off the trend"))
+
+
+MAX_EXTRAPOLATION = 0.25  # L_inf at most this far below the longest annealed horizon's loss: the regime of the claim
+
+
+def extrapolated_law(exp: Experiment, runs, sec: Section, n_bootstrap: int) -> None:
+    """L(N, D -> inf): each run's validation loss extrapolated from its cooldown branches (L = L_inf + B D^-beta, an
+    irreducible term included), then the power law in N through the points (seeds averaged). Its interval: windows
+    resampled by document (every horizon of every run refitted on the same draw), seed effects from the pooled
+    between-seed variance of L_inf, and the wider of that and the points' scatter about the law."""
+    anneals = exp.anneals
+    if anneals is None or not len(anneals):
+        return
+    ex = regime.extrapolated_losses(anneals, runs, exp.blocks, n_bootstrap)
+    if not ex or not set(runs["run_id"]) <= set(ex):
+        if ex:
+            sec.notes.append(f"L(N, D -> inf) not extrapolated: {len(set(runs['run_id']) - set(ex))} runs have fewer "
+                             f"than {regime.MIN_HORIZONS} annealed horizons or no fall to extrapolate.")
+        return
+    groups = [list(g["run_id"]) for _, g in runs.groupby("point", sort=False)]
+    N = np.array([float(runs.loc[runs["run_id"] == g[0], "N"].iloc[0]) for g in groups])
+    value = np.array([np.mean([ex[r][0] for r in g]) for g in groups])
+    draws = np.stack([np.mean([ex[r][1] for r in g], axis=0) for g in groups], axis=1)  # (n, points)
+    seeds = [np.array([ex[r][0] for r in g])[:, None] for g in groups]  # (k, 1) per point, for the pooled variance
+    pooled = noise.pooled_seed_variance(seeds)
+    rng = np.random.default_rng(7)
+    if n_bootstrap:
+        draws = draws + noise.seed_effects(rng, len(draws), value, np.array([len(g) for g in groups]), pooled)
+    last = anneals[(anneals["split"] == "validation")].sort_values("tokens").groupby("run_id")["loss"].last()
+    reach = max((last[r] - ex[r][0]) / last[r] for g in groups for r in g)
+    alpha = noise.log_slope(N)
+    reps = [alpha(d) for d in draws if np.all(np.isfinite(d)) and np.all(d > 0)]
+    measured_ci = (tuple(np.quantile(reps, [0.025, 0.975])) if len(reps) >= noise.MIN_SHARE * n_bootstrap
+                   and n_bootstrap else None)
+    est = noise.with_scatter(noise.Estimate(alpha(value), measured_ci, n_bootstrap, n_bootstrap - len(reps), len(N)),
+                             noise.power_law_scatter(N)(value) if len(N) >= 3 else None,
+                             noise.seed_note(seeds, pooled))
+    sec.numbers.append(("alpha_N of L(N, D -> inf) (validation loss extrapolated per run from its cooldown branches, "
+                        "L = L_inf + B D^-beta; the wider of the measurement interval and the points' scatter)",
+                        f"{est.value:.3f}", est.text().split("(", 1)[1].rstrip(")") +
+                        (f"; {est.components_text()}" if est.components else ""),
+                        f"{KAPLAN['alpha_N']} (WebText2, BPE: scale-free but corpus-specific)"))
+    sec.tables.append((["N", "L_inf (validation, extrapolated)", "95% interval (windows)", "longest horizon's loss"],
+                       [[f"{n:,.0f}", f"{v:.4f}",
+                         "-" if not n_bootstrap else " to ".join(f"{x:.4f}" for x in np.nanquantile(draws[:, i],
+                                                                                                  [0.025, 0.975])),
+                         f"{np.mean([last[r] for r in groups[i]]):.4f}"] for i, (n, v) in enumerate(zip(N, value))]))
+    problem = (None if reach <= MAX_EXTRAPOLATION else
+               f"the extrapolation reaches {100 * reach:.0f}% below the longest annealed horizon (at most "
+               f"{100 * MAX_EXTRAPOLATION:.0f}%)")
+    sec.notes.append(f"L(N, D -> inf) extrapolates at most {100 * reach:.1f}% below each run's longest annealed "
+                     f"horizon; the claims on it need at most {100 * MAX_EXTRAPOLATION:.0f}%.")
+    verdict(sec, "L(N, D -> inf), extrapolated from the cooldown branches, falls as a power of N (alpha_N > 0)", est,
+            Region.above(0.0).sign(), problem)
+    if len(N) >= 4:
+        drift_of = _curvature_drift(np.log(N))
+        reps = [drift_of(d) for d in draws if np.all(np.isfinite(d)) and np.all(d > 0)]
+        ci = (tuple(np.quantile(reps, [0.025, 0.975])) if len(reps) >= noise.MIN_SHARE * n_bootstrap and n_bootstrap
+              else None)
+        drift = noise.Estimate(drift_of(value), ci, n_bootstrap, n_bootstrap - len(reps), len(N))
+        verdict(sec, "L(N, D -> inf) is one power law over the range measured (its local exponent changes by less "
+                     "than half its mean; against a bent alternative)", drift,
+                Region.near(0.0, DRIFT_TOLERANCE, f"within ±{DRIFT_TOLERANCE}"), problem)
 
 
 ANALYSIS = "size"  # the sweep's `analysis` (sweep.json) this section reads
