@@ -195,6 +195,13 @@ def _import(args) -> None:
         print(text, end="")
 
 
+def _corpus(args) -> None:
+    from jscale.data import packages
+
+    names = packages.read_package_list(args.packages, args.packages_file)
+    packages.prepare_packages(names, Path(args.out), Path(args.archives) if args.archives else None)
+
+
 def _status(args) -> None:
     from jscale import grid
 
@@ -329,6 +336,14 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the n-gram baselines (counted once per corpus and windows, then cached)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("corpus", help="build a larger offline corpus (bin:DIR) from the Python source of pinned "
+                                      "packages, with a manifest of every file")
+    p.add_argument("--packages", nargs="*", default=[], help="pinned packages, name==version")
+    p.add_argument("--packages-file", help="a file of pinned packages, one per line")
+    p.add_argument("--archives", help="a folder of already downloaded archives (.whl, .tar.gz, .zip): no network")
+    p.add_argument("--out", required=True, help="the corpus directory (train.bin, val.bin, test.bin, manifest.json)")
+    p.set_defaults(func=_corpus)
 
     from jscale import fit_cli
 
