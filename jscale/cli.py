@@ -98,11 +98,17 @@ def _plan(args) -> None:
     if args.ensemble_size is None:
         print(f"(groups shown at up to {members} members; `jscale run` measures whether this backend trains them "
               f"faster as ensembles or one by one, and how many fit in memory)")
+    rate = None
     if not args.no_estimate or sw.budget_minutes:
         from jscale import throughput
 
         measured = throughput.for_device(sw.device, log=lambda line: print(line, flush=True))
         print(throughput.describe(groups, measured, sw.budget_minutes))
+        rate = throughput.tokens_per_s(groups, measured)
+    from jscale import planning
+
+    for line in planning.describe(sw, groups, rate):
+        print(line)
 
 
 def _run(args) -> None:

@@ -466,10 +466,10 @@ def validate(cfg: Config) -> None:
     if t.anneal_branches and t.schedule != "wsd":
         raise ConfigError(f"train.anneal_branches: cooldown branches need train.schedule = \"wsd\" (a stable phase "
                           f"to branch off), not {t.schedule!r}")
-    for horizon, start in t.anneal_horizons():
-        if start <= t.warmup_steps or horizon <= start:
+    for horizon, start in t.anneal_horizons():  # (a branch may start where warmup ends: WSD with no stable phase)
+        if start < t.warmup_steps or horizon <= start:
             raise ConfigError(f"train.anneal_branches: the branch of {horizon} steps would start at step {start}, "
-                              f"{'inside the warmup of ' + str(t.warmup_steps) + ' steps' if start <= t.warmup_steps else 'with no cooldown'}; "
+                              f"{'inside the warmup of ' + str(t.warmup_steps) + ' steps' if start < t.warmup_steps else 'with no cooldown'}; "
                               f"use fewer branches ({t.anneal_branches} asked), more steps or a shorter warmup")
     if t.warmup_tokens < 0 or t.warmup_per_param < 0:
         key = "warmup_tokens" if t.warmup_tokens < 0 else "warmup_per_param"

@@ -165,6 +165,17 @@ def estimate(groups, measured: dict) -> dict[str, float]:
     return {"train": train_s, "eval": eval_s, "compile": compile_s, "total": train_s + eval_s + compile_s}
 
 
+def tokens_per_s(groups, measured: dict) -> float | None:
+    """The estimated training rate (tokens per second, one member) of the largest model among these groups."""
+    if not groups:
+        return None
+    g = max(groups, key=lambda g: accounting.account(g.cfg.model).N_total)
+    one = type(g)(g.group_id, g.runs[:1])
+    seconds = estimate([one], measured)["train"]
+    t = g.cfg.train
+    return (t.steps + t.branch_steps()) * t.batch_size * g.cfg.model.n_ctx / seconds if seconds else None
+
+
 def describe(groups, measured: dict, budget_minutes: float = 0.0) -> str:
     e = estimate(groups, measured)
     fmt = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"

@@ -15,7 +15,7 @@ EXPERIMENTS = ("shape", "size", "sample_efficiency", "lstm", "recurrent", "compu
 def test_every_scale_plans_and_every_run_can_start(name):
     path = REPO / "experiments" / f"{name}.toml"
     sizes = {}
-    for scale in ("cpu", "gpu", "full"):
+    for scale in sweep.scales(sweep.config.read_toml(path)):
         sw = sweep.load(path, scale=scale)
         assert sw.claim and sw.analysis == name and sw.scale == scale
         for run in sw.runs:  # what `jscale run` checks before it trains anything
@@ -57,8 +57,9 @@ def test_a_scale_over_its_budget_is_refused_without_force_and_plan_says_so(tmp_p
     (tmp_path / "over.toml").write_text(BUDGETED.format(budget=0.01))
     (tmp_path / "within.toml").write_text(BUDGETED.format(budget=60))
     plan = jscale_here("plan", str(tmp_path / "over.toml"), "--scale", "gpu", check=0)
-    last = plan.stdout.strip().splitlines()[-1]
+    last = next(line for line in plan.stdout.splitlines() if line.startswith("estimated wall time"))
     assert last.startswith("estimated wall time on gpu:NVIDIA H100") and "OVER it" in last
+    assert "epochs: the most repeated run sees" in plan.stdout  # and what the runs repeat of their corpus
     run = jscale_here("run", str(tmp_path / "over.toml"), "--scale", "gpu", "--out", str(tmp_path / "out"))
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "over the scale's budget of 0.01 min" in run.stderr and "--force" in run.stderr
@@ -73,3 +74,16 @@ def test_scale_budget_keys_are_checked(tmp_path, old, new, names, jscale_here):
     (tmp_path / "bad.toml").write_text(BUDGETED.format(budget=10).replace(old, new))
     r = jscale_here("plan", str(tmp_path / "bad.toml"), "--scale", "gpu", "--no-estimate")
     assert r.returncode == 2 and names in r.stderr
+
+
+def test_plan_says_whether_a_converged_claim_can_be_decided_and_how_often_runs_repeat_their_corpus(jscale_here):
+    """shape at full: the largest model's expected improvement per doubling (the long tier's measured relation,
+    about 0.79 / sqrt(tokens per parameter)) is far above 1%, and its runs repeat the built-in corpus 47 times."""
+    from jscale import planning
+
+    plan = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full", "--no-estimate")
+    line = next(x for x in plan.stdout.splitlines() if x.startswith("convergence:"))
+    assert "NOT expected to converge" in line and "extrapolated from the cooldown branches" in line
+    assert "epochs: WARNING" in plan.stdout and "jscale corpus" in plan.stdout
+    assert planning.expected_doubling(planning.tokens_per_param_needed()) == pytest.approx(0.01)
+    assert planning.expected_doubling(100) == pytest.approx(0.079)

@@ -214,4 +214,7 @@ def test_cooldown_branches_are_refused_where_they_cannot_be_taken():
         resolve.resolve(config.from_dict({"train": {"anneal_branches": 1}}))
     with pytest.raises(ConfigError, match="inside the warmup"):
         resolve.resolve(config.from_dict({"train": {"anneal_branches": 3, "schedule": "wsd", "steps": 400,
-                                                    "warmup_steps": 40}}))
+                                                    "warmup_steps": 41}}))
+    # a branch starting where the warmup ends is WSD with no stable phase: allowed (400 / 8 = 50 steps, from 40)
+    resolve.resolve(config.from_dict({"train": {"anneal_branches": 3, "schedule": "wsd", "steps": 400,
+                                                "warmup_steps": 40}}))
