@@ -88,9 +88,27 @@ def _eval_text(cfg, train_flops: float) -> str:
             f"({100 * e['flops'] / train_flops:.0f}% of training)")
 
 
+def _check_run_flags(args) -> None:
+    """Flags that a run or a plan would otherwise take silently, refused in one line before anything is written."""
+    from jscale.errors import ConfigError
+
+    if getattr(args, "ensemble_size", None) is not None and args.ensemble_size < 1:
+        raise ConfigError(f"--ensemble-size: must be >= 1, got {args.ensemble_size}")
+    n, i = getattr(args, "num_processes", None), getattr(args, "process_id", None)
+    if n is not None and n < 1:
+        raise ConfigError(f"--num-processes: must be >= 1, got {n}")
+    if i is not None and (i < 0 or (n is not None and i >= n)):
+        raise ConfigError(f"--process-id: must be in [0, --num-processes), got {i}")
+    if (n is not None or i is not None) and not getattr(args, "coordinator", None) and not os.environ.get(
+            "JAX_COORDINATOR_ADDRESS"):
+        flag = "--process-id" if i is not None else "--num-processes"
+        raise ConfigError(f"{flag}: a multi-process run needs --coordinator HOST:PORT (process 0's address)")
+
+
 def _plan(args) -> None:
     from jscale import grid, sweep
 
+    _check_run_flags(args)
     sw = sweep.load(args.sweep, args.overrides, args.scale)
     members = args.ensemble_size or grid.MAX_MEMBERS
     groups = sw.groups(members)
@@ -114,6 +132,7 @@ def _plan(args) -> None:
 def _run(args) -> None:
     from jscale import grid, sweep
 
+    _check_run_flags(args)
     shard = grid.parse_shard(args.shard)
     sw = sweep.load(args.sweep, args.overrides, args.scale)  # validated before any device work
     if sw.budget_minutes:

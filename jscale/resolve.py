@@ -46,6 +46,9 @@ def _resolve_warmup(cfg: Config) -> TrainConfig:
     compute-optimal length, and a short run warmed up for a quarter or half of its steps (as ours were) measures the
     warmup, not the model. Given with a non-default warmup_steps, they are refused."""
     t = cfg.train
+    for key in ("warmup_tokens", "warmup_per_param"):  # checked before they are turned into steps (and zeroed)
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
     if not (t.warmup_tokens or t.warmup_per_param):
         return t
     if t.warmup_tokens and t.warmup_per_param:

@@ -99,6 +99,7 @@ class Sweep:
     seeds: int = 1  # replicas of every point over train.seed (init and data order)
     device: str = ""  # the device a scale is sized for ([scale.NAME] device = "H100"): whose throughput estimates it
     budget_minutes: float = 0.0  # the scale's budget on that device; `jscale run` refuses more without --force
+    merged: int = 0  # runs of the axes whose config another run already has (trained once; plan says so)
 
     def describe(self) -> dict[str, Any]:
         """What sweep.json records in the sweep directory."""
@@ -440,7 +441,7 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
             raise ConfigError(f"axis[{i}]: expected a table")
         runs = [({**flat, **point}, {**tags, **point}) for flat, tags in runs
                 for point in _axis_points(axis, i, flat)]
-    out, seen = [], set()
+    out, seen, merged = [], set(), 0
     seeds = spec.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds: the number of seeds per point must be an integer >= 1, got {seeds!r}")
@@ -457,6 +458,7 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
             tags = {**tags, "tune.of": tuning.point_of(cfg, tune)}
         run_id = _hash_config(cfg)  # a tuned run's id changes once its values are chosen (tuned_runs)
         if run_id in seen:
+            merged += 1
             continue
         seen.add(run_id)
         name = " ".join(_tag_text(k, v) for k, v in tags.items() if k not in HIDDEN_TAGS) or "base"
@@ -469,7 +471,7 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
     budget = spec.get("_budget", {})
     return Sweep(name=name, claim=str(spec.get("claim", "")), runs=tuple(out), source=source, scale=scale,
                  analysis=str(spec.get("analysis", name)), tune=tune, seeds=seeds, device=budget.get("device", ""),
-                 budget_minutes=float(budget.get("budget_minutes", 0.0)))
+                 budget_minutes=float(budget.get("budget_minutes", 0.0)), merged=merged)
 
 
 def pilot_runs(finals: list[Run], tune: tuning.Tune, grid: dict[str, list] | None = None,
@@ -527,6 +529,9 @@ def plan_table(sweep: Sweep, groups: list[Group]) -> str:
     lines = [f"sweep {sweep.name}" + (f" at scale {sweep.scale}" if sweep.scale else "") +
              f": {len(sweep.runs)} runs in {len(groups)} groups" +
              (f"  (claim: {sweep.claim})" if sweep.claim else "")]
+    if sweep.merged:
+        lines.append(f"note: {sweep.merged} run{'s' if sweep.merged > 1 else ''} of the axes repeat another run's config "
+                     f"exactly and {'are' if sweep.merged > 1 else 'is'} trained once (merged)")
     lines.append(f"{'group':<13}{'run':<13}{'name':<44}{'N':>10}{'N_total':>10}{'steps':>7}{'tokens':>10}"
                  f"{'C (6ND)':>10}{'C exact':>10}")
     total_6n = total_exact = 0.0

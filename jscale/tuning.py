@@ -75,6 +75,8 @@ def parse(table: Any) -> Tune:
         if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in values):
             raise ConfigError(f"tune.grid.{key}: expected a list of numbers")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"tune.grid.{key}: every value must be a finite number, got {values}")
         if len(set(values)) < 2:
             raise ConfigError(f"tune.grid.{key}: a tuning grid needs at least 2 distinct values, got {values}")
         integer = key in ("train.warmup_steps", "train.batch_size")

@@ -77,6 +77,8 @@ def work(tmp_path, monkeypatch):
     _write(w, "small/a.txt", "tiny corpus\n" * 4)  # 48 bytes: one file, one chunk
     _write(w, "sweep_zero_seeds.toml", "seeds = 0\n" + SWEEP)
     _write(w, "sweep_one_value_grid.toml", SWEEP + '[tune]\ngrid = { "train.lr" = [1e-3] }\n')
+    _write(w, "sweep_nan_tune.toml", SWEEP + '[tune]\ngrid = { "train.lr" = [1e-3, nan] }\n')
+    _write(w, "sweep_inf_tune.toml", SWEEP + '[tune]\ngrid = { "train.lr" = [1e-3, inf] }\n')
     _write(w, "a_file", "not a directory")
     _write(w, "run_garbled/config.json", "{not json")
     _write(w, "other_sweep/sweep.json", '{"name": "another", "scale": null}')
@@ -155,7 +157,16 @@ CASES = [
     (["train", "good.toml", "data.corpus=hf:nobody/no_such_dataset"], 2, "hf:nobody/no_such_dataset"),
     (["train", "good.toml", "data.hf_name=wikitext-2-raw-v1"], 2, "data.hf_name"),
     (["train", "good.toml", "data.tokenizer=gpt3"], 2, "data.tokenizer"),
+    (["train", "good.toml", "train.warmup_tokens=-100"], 2, "train.warmup_tokens"),
+    (["train", "good.toml", "train.warmup_per_param=-1"], 2, "train.warmup_per_param"),
     # sweep files and sweep CLI arguments
+    (["run", "sweep_nan_tune.toml", "--out", "out"], 2, "tune.grid.train.lr"),
+    (["run", "sweep_inf_tune.toml", "--out", "out"], 2, "tune.grid.train.lr"),
+    (["run", "sweep.toml", "--out", "out", "--num-processes", "0"], 2, "--num-processes"),
+    (["run", "sweep.toml", "--out", "out", "--process-id", "3"], 2, "--process-id"),
+    (["run", "sweep.toml", "--out", "out", "--num-processes", "2", "--process-id", "2",
+      "--coordinator", "localhost:1"], 2, "--process-id"),
+    (["plan", "sweep.toml", "--ensemble-size", "-1"], 2, "--ensemble-size"),
     (["plan", "missing_sweep.toml"], 2, "missing_sweep.toml"),
     (["plan", "sweep_unknown_key.toml"], 2, "bogus"),
     (["plan", "sweep_unknown_axis_field.toml"], 2, "valuez"),

@@ -183,3 +183,13 @@ def test_a_sweep_directory_holds_one_sweep_at_one_scale(tmp_path):
     grid.check_sweep_dir(sweep.expand(SCALED), tmp_path)  # the same again is fine
     with pytest.raises(ConfigError, match="holds sweep 's' at scale 'cpu', not 's' at scale 'gpu'"):
         grid.check_sweep_dir(sweep.expand(SCALED, scale="gpu"), tmp_path)
+
+
+def test_plan_says_when_runs_of_the_axes_are_merged(tmp_path, jscale_here):
+    """Two axes that give one config twice: trained once, and the plan says so."""
+    spec = tmp_path / "dup.toml"
+    spec.write_text('name = "dup"\n[base.model]\nn_layer = 1\nd_model = 16\nn_heads = 2\nn_ctx = 16\n'
+                    '[[axis]]\nkey = "train.lr"\nvalues = [1e-3, 1e-3, 2e-3]\n')
+    assert sweep.load(spec).merged == 1 and len(sweep.load(spec).runs) == 2
+    plan = jscale_here("plan", str(spec), "--no-estimate")
+    assert "note: 1 run of the axes repeat another run's config exactly and is trained once (merged)" in plan.stdout
