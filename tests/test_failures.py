@@ -223,6 +223,38 @@ def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run_dir, r
     assert metrics(out) == reference_run
 
 
+def test_a_damaged_middle_record_of_the_metrics_is_rebuilt_not_dropped(train_toml, reference_run_dir, reference_run,
+                                                                       tmp_path, jscale_here):
+    out = tmp_path / "run"
+    shutil.copytree(reference_run_dir, out)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:40] + "\x00garbled" + lines[2][60:]  # record 3 of 6 (step 6)
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    p = jscale_here("train", str(train_toml), "--out", str(out), "--quiet", check=0)
+    assert "record 3 of 6 is damaged" in p.stdout
+    assert metrics(out) == reference_run  # every record there, the damaged one written again bitwise
+
+
+def test_an_emptied_newest_checkpoint_falls_back_to_the_intact_one_before_it(tmp_path, jscale_here):
+    """A run stopped at step 10 of 12 (checkpoints every 2 steps, 3 kept), its newest checkpoint's directory
+    emptied: the resume says so, falls back to step 8, and ends where an uninterrupted run ends (the earlier
+    checkpoints were once deleted too, the history cut to one record and the run ended with no error line)."""
+    from jscale import resolve, train
+
+    cfg_path = tmp_path / "every2.toml"
+    cfg_path.write_text(TRAIN.replace("checkpoint_every = 4", "checkpoint_every = 2").replace(
+        "keep_checkpoints = 5", "keep_checkpoints = 3"))
+    cfg = resolve.load(cfg_path)
+    train.train(cfg, tmp_path / "run", progress=False, stop_after=10)
+    newest = tmp_path / "run" / "checkpoints" / "10"
+    shutil.rmtree(newest)
+    newest.mkdir()
+    p = jscale_here("train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet", check=0)
+    assert "checkpoints/10 is damaged" in p.stdout and "falling back to step 8" in p.stdout
+    jscale_here("train", str(cfg_path), "--out", str(tmp_path / "straight"), "--quiet", check=0)
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "straight")
+
+
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
 def test_a_lost_results_database_is_rebuilt_from_the_sweep(sweep_toml, reference_sweep_dir, reference_sweep, tmp_path,
                                                            damage, jscale_here):

@@ -101,7 +101,7 @@ class Checkpoints:
     unusable step is deleted, with a line saying so, and the one before it tried, down to a fresh start."""
 
     def __init__(self, directory: Path, keep: int):
-        self.directory = directory
+        self.directory, self.keep = directory, keep
         self.manager = _checkpoint_manager(directory, keep)
         self.sums_path = directory / "checksums.json"
 
@@ -118,6 +118,24 @@ class Checkpoints:
             shutil.rmtree(self.directory / str(step), ignore_errors=True)
         self.manager.reload()
 
+    def _fresh_manager(self) -> None:
+        """A new CheckpointManager: a failed restore leaves orbax's manager unable to read even whole steps (an
+        emptied step made it refuse every earlier one, which were then deleted)."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 (closing a manager in that state may fail too)
+            pass
+        self.manager = _checkpoint_manager(self.directory, self.keep)
+
+    def _missing(self, step: int) -> str | None:
+        """What makes a step directory unreadable before orbax is asked: its metadata, or its state, missing."""
+        d = self.directory / str(step)
+        if not (d / "_CHECKPOINT_METADATA").is_file():
+            return "its metadata file is missing"
+        if not any(p.is_dir() for p in d.iterdir()):
+            return "it holds no saved state"
+        return None
+
     def restore(self, target, recorded: int, log: Callable[[str], None]) -> tuple[Any, int]:
         import orbax.checkpoint as ocp
 
@@ -128,14 +146,19 @@ class Checkpoints:
                     f"from the results; training again from an earlier step to redo them")
                 self._delete(step)
                 continue
-            try:
-                state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-                problem = None if sums.get(str(step)) in (None, state_checksum(state)) else "checksum mismatch"
-            except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: fall back to the one before)
-                problem = " ".join(str(e).split())[:200] or type(e).__name__
+            problem = self._missing(step)
+            if problem is None:
+                try:
+                    state = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                    problem = None if sums.get(str(step)) in (None, state_checksum(state)) else "checksum mismatch"
+                except Exception as e:  # noqa: BLE001 (any unreadable checkpoint: fall back to the one before)
+                    problem = " ".join(str(e).split())[:200] or type(e).__name__
+                    self._fresh_manager()
             if problem is None:
                 return state, step
-            log(f"checkpoint {self.directory / str(step)} is damaged ({problem}); falling back to the one before")
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            log(f"checkpoint {self.directory / str(step)} is damaged ({problem}); "
+                + (f"falling back to step {max(earlier)}" if earlier else "no earlier checkpoint: starting afresh"))
             self._delete(step)
         return None, 0
 

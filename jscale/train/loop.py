@@ -367,6 +367,10 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     _check_run_dir(run_dir, cfg)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     recorded = sink.last_step()  # the checkpoint resumed from is the newest one not past the recorded steps
+    if sink.damaged:
+        line, lines = sink.damaged
+        print(f"jscale: {sink.path}: record {line} of {lines} is damaged; resuming from the newest checkpoint at or "
+              f"before step {recorded} to write it and the ones after it again", flush=True)
     on_disk = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
     bar = progress_bar(progress and jax.process_index() == 0, cfg.train.steps,
                         max([s for s in on_disk if s <= recorded], default=0))

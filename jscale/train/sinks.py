@@ -18,16 +18,24 @@ class JsonlSink:
     def __init__(self, path: Path):
         self.path = path
         self.anneals_path = path.with_name("anneals.jsonl")
+        self.damaged: tuple[int, int] | None = None  # (line, lines) of a damaged record found by records()
 
     def records(self) -> list[dict]:
+        """The records up to the first damaged line. A last line cut short is a crash mid-write; a damaged line
+        before others is damage (self.damaged says where): either way the records from it on are not trusted, so
+        the run resumes from a checkpoint before it and writes them again, bitwise the same."""
+        self.damaged = None
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text().splitlines():
+        lines = self.path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    self.damaged = (i + 1, len(lines))
+                break
         return out
 
     def last_step(self) -> int:
