@@ -18,8 +18,9 @@ Tables:
 - anneals: each cooldown branch of a run (train.anneal_branches): its horizon (the steps of the shorter run it is),
   the step it left the run at, and every evaluation set's loss, standard error and per-window losses (float32).
 
-- claims: which process is training which group now (host, pid, heartbeat), so that concurrent jobs on one
-  directory never train the same group twice; a claim whose process is gone is taken over.
+- claims: which process is training which group now (host, pid, the process's start time, heartbeat), so that
+  concurrent jobs on one directory never train the same group twice; a claim whose process is gone is taken over,
+  and so is one whose pid now belongs to another process (pids are reused: the start time tells them apart).
 
 The schema is created in one transaction, and every evaluation of a group is written in one transaction, so a crash
 or a full disk leaves each committed point intact and never half of one. WAL mode and a busy timeout let several
@@ -67,7 +68,7 @@ CREATE TABLE IF NOT EXISTS evals (
 );
 CREATE TABLE IF NOT EXISTS windows (run_id TEXT, split TEXT, step INTEGER, losses BLOB, positions BLOB,
                                     PRIMARY KEY (run_id, split));
-CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL);
+CREATE TABLE IF NOT EXISTS claims (group_id TEXT PRIMARY KEY, host TEXT, pid INTEGER, heartbeat REAL, started TEXT);
 CREATE TABLE IF NOT EXISTS window_blocks (
     split TEXT, n_ctx INTEGER, context INTEGER, n_windows INTEGER, blocks BLOB,
     PRIMARY KEY (split, n_ctx, context, n_windows)
@@ -88,6 +89,7 @@ ADDED_COLUMNS = {
              "final_test_se REAL", "best_val_loss REAL", "best_val_step INTEGER", "epochs REAL"),
     "curves": ("val_loss REAL", "val_se REAL", "test_se REAL", "epochs REAL", "lr REAL"),
     "tuning": ("margin REAL", "rounds INTEGER"),
+    "claims": ("started TEXT",),
 }
 STALE_CLAIM_S = 1800  # a claim from another host with no heartbeat for this long is taken over
 
@@ -193,12 +195,14 @@ class ResultsDB:
         with db_errors(self.path):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self.conn.execute("SELECT host, pid, heartbeat FROM claims WHERE group_id = ?",
+                row = self.conn.execute("SELECT host, pid, heartbeat, started FROM claims WHERE group_id = ?",
                                         (group_id,)).fetchone()
-                if row is not None and (row[0], row[1]) != me and _alive(*row):
+                if row is not None and ((row[0], row[1]) != me or row[3] != process_started(os.getpid())) \
+                        and _alive(*row):
                     self.conn.execute("ROLLBACK")
                     return False
-                self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (group_id, *me, time.time()))
+                self.conn.execute("INSERT OR REPLACE INTO claims (group_id, host, pid, heartbeat, started) "
+                                  "VALUES (?, ?, ?, ?, ?)", (group_id, *me, time.time(), process_started(os.getpid())))
                 self.conn.execute("COMMIT")
                 return True
             except BaseException:
@@ -318,7 +322,19 @@ def _migration(conn: sqlite3.Connection) -> str:
     return "".join(statements)
 
 
-def _alive(host: str, pid: int, heartbeat: float) -> bool:
+def process_started(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names one process
+    for good (a pid is reused by others). None where /proc is not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # fields after the command name, which may hold spaces
+
+
+def _alive(host: str, pid: int, heartbeat: float, started: str | None = None) -> bool:
+    """Whether a claim's holder is still running: on another host, a recent heartbeat; here, its pid alive and
+    started when the claim says (a pid reused by another process is not the holder)."""
     if host != socket.gethostname():
         return time.time() - heartbeat < STALE_CLAIM_S
     try:
@@ -326,8 +342,9 @@ def _alive(host: str, pid: int, heartbeat: float) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
-    return True
+        pass
+    now = process_started(pid)
+    return started is None or now is None or now == started
 
 
 def load(sweep_dir: str | Path) -> dict[str, Any]:
@@ -386,7 +403,8 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
     rows = [(r.run_id, r.step, t + 1, loss) for r in raw.itertuples() for t, loss in enumerate(json.loads(r.losses))]
     positions = pd.DataFrame(rows, columns=["run_id", "step", "position", "loss"])
     # A group claimed by a live process is being trained even before its first evaluation is recorded.
-    live = {c.group_id for c in claims.itertuples() if _alive(c.host, int(c.pid), float(c.heartbeat))}
+    live = {c.group_id for c in claims.itertuples()
+            if _alive(c.host, int(c.pid), float(c.heartbeat), getattr(c, "started", None))}
     runs.loc[runs["group_id"].isin(live) & (runs["status"] == "pending"), "status"] = "running"
     curves = _comparable_curves(curves, runs, windows)
     return {"runs": runs, "curves": curves, "positions": positions, "evals": evals, "windows": windows,

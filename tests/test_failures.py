@@ -223,6 +223,24 @@ def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run_dir, r
     assert metrics(out) == reference_run
 
 
+def test_a_stale_claim_whose_pid_was_reused_is_taken_over(sweep_toml, reference_sweep, tmp_path, jscale_here):
+    """Claims left by a killed job whose pid now belongs to a live process (here: this one, with another start
+    time): the groups are trained, not skipped forever with exit status 0."""
+    sw = sweep.load(sweep_toml)
+    out = tmp_path / "sweep"
+    grid.check_sweep_dir(sw, out)
+    with results.ResultsDB(out) as db:
+        groups = sw.groups(2)
+        db.add_runs(sweep.run_row(r, g.group_id) for g in groups for r in g.runs)
+        db.conn.executemany("INSERT INTO claims (group_id, host, pid, heartbeat, started) VALUES (?, ?, ?, ?, ?)",
+                            [(g.group_id, __import__("socket").gethostname(), os.getpid(), time.time(), "1")
+                             for g in groups])
+        db.conn.commit()
+    p = jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    assert "2 trained now" in p.stdout
+    assert curves(out) == reference_sweep
+
+
 def test_a_damaged_middle_record_of_the_metrics_is_rebuilt_not_dropped(train_toml, reference_run_dir, reference_run,
                                                                        tmp_path, jscale_here):
     out = tmp_path / "run"
