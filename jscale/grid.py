@@ -54,6 +54,10 @@ class DBSink:
     def record_anneal(self, records: list[dict]) -> None:
         self.db.record_anneal(records)
 
+    def finish(self) -> None:
+        """The group's final checkpoint is written: its runs' final evaluations (recorded as running) are done."""
+        self.db.finish(self.run_ids)
+
     def record_blocks(self, blocks: dict, n_ctx: int, context: int) -> None:
         self.db.record_blocks(blocks, n_ctx, context)
 

@@ -294,6 +294,13 @@ class ResultsDB:
                                json.dumps(chosen), int(bracketed), int(extended), note,
                                margin if np.isfinite(margin) else None, rounds))
 
+    def finish(self, run_ids: list[str]) -> None:
+        """Runs whose final evaluation and final checkpoint are both written: running becomes done (diverged stays)."""
+        marks = ", ".join("?" for _ in run_ids)
+        with db_errors(self.path), self.conn:
+            self.conn.execute(f"UPDATE runs SET status = 'done', updated = ? WHERE status = 'running' AND run_id IN "
+                              f"({marks}) AND step = steps", [time.time(), *run_ids])
+
     def mark(self, run_ids: list[str], status: str) -> None:
         with db_errors(self.path), self.conn:
             self.conn.executemany("UPDATE runs SET status = ?, updated = ? WHERE run_id = ?",

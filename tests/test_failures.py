@@ -223,6 +223,29 @@ def test_deleted_metrics_are_redone_not_skipped(train_toml, reference_run_dir, r
     assert metrics(out) == reference_run
 
 
+def test_done_means_final_results_and_final_weights(sweep_toml, reference_sweep, tmp_path, jscale_here):
+    """Killed at the final checkpoint (the only one), after the final evaluations were committed: the runs are not
+    done, and a re-run writes the final weights (they were marked done with no final checkpoint, so jscale eval and
+    export loaded an earlier step or none)."""
+    toml = tmp_path / "final_only.toml"
+    toml.write_text(sweep_toml.read_text().replace("checkpoint_every = 4", "checkpoint_every = 8"))
+    out = tmp_path / "sweep"
+    p = jscale("run", str(toml), "--out", str(out), "--quiet", "--ensemble-size", "2",
+               env={"JSCALE_SIGNAL_AT": "checkpoint:SIGKILL:0"})
+    assert p.returncode == -signal.SIGKILL
+    with sqlite3.connect(out / "results.sqlite") as c:
+        statuses = dict(c.execute("SELECT run_id, status FROM runs").fetchall())
+        recorded = c.execute("SELECT MAX(step) FROM curves").fetchone()[0]
+    assert recorded == 8 and "done" not in statuses.values()  # evaluated at the end, but not done
+    jscale_here("run", str(toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    # (another checkpoint interval is another run id: the losses are the reference's, bitwise)
+    assert sorted(c[1:] for c in curves(out)) == sorted(c[1:] for c in reference_sweep)
+    finals = list(out.glob("groups/*/checkpoints/8"))
+    assert len(finals) == 2 and all(any(d.iterdir()) for d in finals)
+    with sqlite3.connect(out / "results.sqlite") as c:
+        assert {s for (s,) in c.execute("SELECT status FROM runs")} == {"done"}
+
+
 def test_a_stale_claim_whose_pid_was_reused_is_taken_over(sweep_toml, reference_sweep, tmp_path, jscale_here):
     """Claims left by a killed job whose pid now belongs to a live process (here: this one, with another start
     time): the groups are trained, not skipped forever with exit status 0."""

@@ -101,6 +101,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 state = _start_from(state, cfg, M if stacked else None, state_sh)
     if writer is not None:
         writer.resume(start)
+        if start == t.steps and hasattr(writer, "finish"):  # killed after its final checkpoint, before marking
+            writer.finish()
     if on_resume is not None:  # a progress bar starts where the run resumes
         on_resume(start)
     tracker = tracker if writer is not None else None
@@ -221,7 +223,11 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                         "wall_time": now - last_time,
                     })
                 if writer is not None:
-                    writer.record(last)
+                    # A sink that can (grid.DBSink) marks a run done only once its final weights are written too:
+                    # until then the final evaluation is committed as running, so a kill in between is redone.
+                    deferred = final and hasattr(writer, "finish")
+                    writer.record([{**r, "status": "running"} if deferred and r["status"] == "done" else r
+                                   for r in last])
                 if tracker is not None:
                     tracker.record(last)
                 if log is not None:
@@ -237,6 +243,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                     interrupts.point("checkpoint")
                     with _timed(times, "checkpoint"):
                         checkpoints.save(done, state)
+                if final and writer is not None and hasattr(writer, "finish"):
+                    writer.finish()  # results and final weights both durable: now the runs are done
             if on_step is not None:
                 on_step(1)
             if step == start:
