@@ -374,6 +374,14 @@ def _unfinished(groups: list[sweeps.Group], db) -> list[sweeps.Group]:
     if db is not None:
         statuses = db.status(r.run_id for g in groups for r in g.runs)
         finished = {rid for rid, s in statuses.items() if s in ("done", "diverged")}
+        for g in groups:  # a finished group counts only with all its rows; else it is trained again from there
+            if all(r.run_id in finished for r in g.runs):
+                kept = db.complete_until([r.run_id for r in g.runs], g.cfg.train.eval_steps())
+                if kept < g.cfg.train.steps:
+                    print(f"jscale: group {g.group_id}: its results after step {kept} are missing from "
+                          f"{db.path}; training again from the checkpoint before them to rebuild them", flush=True)
+                    db.truncate([r.run_id for r in g.runs], kept)
+                    finished -= {r.run_id for r in g.runs}
     flags = np.array([all(r.run_id in finished for r in g.runs) for g in groups], bool)
     if jax.process_count() > 1:  # every process must agree on which groups to train
         from jax.experimental import multihost_utils

@@ -294,6 +294,30 @@ class ResultsDB:
                                json.dumps(chosen), int(bracketed), int(extended), note,
                                margin if np.isfinite(margin) else None, rounds))
 
+    def complete_until(self, run_ids: list[str], eval_steps: list[int]) -> int:
+        """The last step up to which every one of these runs has all its rows: a curve point and evaluation sets at
+        every evaluation, and the final evaluation's per-window losses (validation and test). 0 when the first is
+        missing."""
+        marks = ", ".join("?" for _ in run_ids)
+        with db_errors(self.path):
+            curves = {(r, s) for r, s in self.conn.execute(
+                f"SELECT run_id, step FROM curves WHERE run_id IN ({marks})", run_ids)}
+            evals = {(r, s) for r, s in self.conn.execute(
+                f"SELECT run_id, step FROM evals WHERE run_id IN ({marks}) GROUP BY run_id, step "
+                f"HAVING COUNT(*) >= 2", run_ids)}
+            windows = {(r, s) for r, s in self.conn.execute(
+                f"SELECT run_id, step FROM windows WHERE run_id IN ({marks}) AND split IN ('validation', 'test') "
+                f"GROUP BY run_id HAVING COUNT(*) = 2", run_ids)}
+        kept = 0
+        for step in eval_steps:
+            have = all((r, step) in curves and (r, step) in evals for r in run_ids)
+            if step == eval_steps[-1]:
+                have = have and all((r, step) in windows for r in run_ids)
+            if not have:
+                break
+            kept = step
+        return kept
+
     def finish(self, run_ids: list[str]) -> None:
         """Runs whose final evaluation and final checkpoint are both written: running becomes done (diverged stays)."""
         marks = ", ".join("?" for _ in run_ids)

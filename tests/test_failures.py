@@ -314,6 +314,23 @@ def test_a_lost_results_database_is_rebuilt_from_the_sweep(sweep_toml, reference
     assert "done      4" in text and "100.0% done" in text
 
 
+@pytest.mark.parametrize("table", ["curves", "evals", "windows"])
+def test_a_finished_runs_deleted_rows_are_rebuilt(sweep_toml, reference_sweep_dir, reference_sweep, tmp_path, table,
+                                                  jscale_here):
+    """One finished run's rows of one table deleted: the run is not counted done with them missing (it was: exit 0,
+    '0 trained now', status 100%); its group is trained again from the checkpoint before the gap, bitwise."""
+    out = tmp_path / "sweep"
+    shutil.copytree(reference_sweep_dir, out)
+    with sqlite3.connect(out / "results.sqlite") as c:
+        run_id = c.execute("SELECT run_id FROM runs ORDER BY run_id LIMIT 1").fetchone()[0]
+        c.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+    p = jscale_here("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2", check=0)
+    assert "are missing from" in p.stdout and "1 trained now" in p.stdout
+    assert curves(out) == reference_sweep
+    with sqlite3.connect(out / "results.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM windows WHERE run_id = ?", (run_id,)).fetchone()[0] >= 2
+
+
 def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path, jscale_here):
     cache = tmp_path / "cache"
     env = {"JSCALE_CACHE": str(cache)}
