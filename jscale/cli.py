@@ -148,6 +148,8 @@ def _run(args) -> None:
     if jax.process_index() == 0:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
+        if summary.get("left"):
+            print(f"left: {summary['left']}")
 
 
 def _report(args) -> None:

@@ -340,24 +340,41 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             bar.total = round(bar.total + sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in more), 3)
             bar.refresh()
 
-    tuned_groups = 0
+    tuned_groups, left = 0, ""
     try:
         if train_groups(todo) and awaiting:
-            # The pilots of every point are trained: choose each point's values, then train its final runs.
-            chosen = {}
-            for point in sorted({r.tags["tune.of"] for r in awaiting}):
-                if shard_of(point, shard[1]) != shard[0]:
-                    continue
+            # Choose every point's values from its pilots (whichever shard trained them: the choice is the same from
+            # the same pilots), then train the final runs. They are grouped over all points, so they wait until
+            # every point is chosen; the job that completes the tuning trains all of them (claims keep a re-run of
+            # another shard from training a group twice), and a job that cannot says what it left.
+            chosen, waiting = {}, []
+            points = sorted({r.tags["tune.of"] for r in awaiting})
+            for point in points:
                 choice = _tune_point(sweep, point, awaiting, db, members, train_groups, add_to_bar, bar)
-                if choice is not None:
+                if choice is None:
+                    waiting.append(point)
+                else:
                     chosen[point] = choice
-            finals = sweeps.tuned_runs(awaiting, chosen)
-            final_groups = sweeps.group_runs(finals, members)
-            db.add_runs(sweeps.run_row(r, g.group_id) for g in final_groups for r in g.runs)
-            more = _unfinished(final_groups, db)
-            add_to_bar(more)
-            tuned_groups = len(final_groups)
-            train_groups(more)
+            if waiting:
+                left = (f"{len(waiting)} of {len(points)} tuned points wait for pilots another job is training, so "
+                        f"the {len(awaiting)} final runs are not planned yet: re-run this command when it is done")
+            else:
+                finals = sweeps.tuned_runs(awaiting, chosen)
+                final_groups = sweeps.group_runs(finals, members)
+                db.add_runs(sweeps.run_row(r, g.group_id) for g in final_groups for r in g.runs)
+                more = _unfinished(final_groups, db)
+                add_to_bar(more)
+                tuned_groups = len(final_groups)
+                train_groups(more)
+                busy = _unfinished(final_groups, db)
+                if busy:
+                    left = (f"{len(busy)} final groups are being trained by another job (or stopped unfinished): "
+                            f"re-run this command to check")
+        if not left and shard[1] > 1 and leader:
+            others = _unfinished([g for g in groups if shard_of(g.group_id, shard[1]) != shard[0]], db)
+            if others:
+                left = (f"{len(others)} groups of the other shards are not finished: their jobs (--shard i/{shard[1]}) "
+                        f"are still running or must be run")
     finally:
         compiler.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
@@ -365,7 +382,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
         if db is not None:
             db.close()
     return {"runs": len(sweep.runs), "groups": len(groups) + tuned_groups, "trained_groups": counts["trained"],
-            "members": members, "busy_groups": counts["busy"]}
+            "members": members, "busy_groups": counts["busy"], "left": left}
 
 
 def _unfinished(groups: list[sweeps.Group], db) -> list[sweeps.Group]:
@@ -505,8 +522,12 @@ def status_table(out: str | Path) -> str:
     lines = [f"{out}: {len(runs)} runs"]
     for s in ("done", "running", "pending", "diverged"):
         lines.append(f"  {s:<9} {counts.get(s, 0)}")
+    tuned = set(runs.loc[runs["role"] == "pilot", "point"]) if "role" in runs else set()
+    unplanned = len(tuned - set(tables["tuning"]["point"]))
     lines.append(f"  compute spent {spent:.3e} FLOPs (6ND), left {total - spent:.3e} of {total:.3e} "
-                 f"({100 * spent / total if total else 0:.1f}% done)")
+                 f"({100 * spent / total if total else 0:.1f}% done"
+                 + (f" of what is planned: the final runs of {unplanned} tuned point{'s' if unplanned > 1 else ''} "
+                    f"are not planned until their pilots choose)" if unplanned else ")"))
     for t in tables["tuning"].itertuples():
         chosen = json.loads(t.chosen)
         lines.append(f"  tuned point {t.point}: {tuning.values_text(chosen)} ({t.note}); pilot validation losses: "

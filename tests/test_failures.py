@@ -331,6 +331,30 @@ def test_a_finished_runs_deleted_rows_are_rebuilt(sweep_toml, reference_sweep_di
         assert c.execute("SELECT COUNT(*) FROM windows WHERE run_id = ?", (run_id,)).fetchone()[0] >= 2
 
 
+def test_shards_of_a_tuned_sweep_add_up_to_the_whole_sweep_or_say_what_is_left(tmp_path, jscale_here):
+    """Two --shard jobs, one after the other, on a sweep with pilots: the first cannot choose the points whose
+    pilots the second trains, and says so (and status does not say 100%); the second chooses every point and trains
+    every final run. (Both used to exit 0 with 7 of 10 runs trained and status at 100% done.)"""
+    toml = tmp_path / "tuned.toml"
+    base = SWEEP[SWEEP.index("[base.model]"):SWEEP.index("[[axis]]")]
+    toml.write_text('name = "tiny"\nseeds = 2\n' + base + '[[axis]]\nkey = "model.d_model"\nvalues = [16, 32]\n'
+                    '[tune]\ngrid = { "train.lr" = [1e-3, 3e-3, 1e-2] }\nextend = false\n')
+    sw = sweep.load(toml)
+    assert sum(r.role == "pilot" for r in sw.runs) == 6 and sum(r.role == "final" for r in sw.runs) == 4
+    out = tmp_path / "sweep"
+    first = jscale_here("run", str(toml), "--out", str(out), "--quiet", "--ensemble-size", "3", "--shard", "0/2",
+                        check=0)
+    assert "left:" in first.stdout and "tuned points wait for pilots" in first.stdout
+    assert "of what is planned" in jscale_here("status", str(out), check=0).stdout
+    second = jscale_here("run", str(toml), "--out", str(out), "--quiet", "--ensemble-size", "3", "--shard", "1/2",
+                         check=0)
+    assert "left:" not in second.stdout
+    with sqlite3.connect(out / "results.sqlite") as c:
+        finals = c.execute("SELECT status FROM runs WHERE role = 'final'").fetchall()
+    assert len(finals) == 4 and {s for (s,) in finals} == {"done"}
+    assert "100.0% done)" in jscale_here("status", str(out), check=0).stdout
+
+
 def test_a_damaged_token_cache_is_rebuilt(train_toml, reference_run, tmp_path, jscale_here):
     cache = tmp_path / "cache"
     env = {"JSCALE_CACHE": str(cache)}

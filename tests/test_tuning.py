@@ -54,16 +54,26 @@ def test_pilot_finds_the_planted_optimum_and_seeds_train_as_one_ensemble(tmp_pat
     assert again["trained_groups"] == 0
 
 
+def _planted_record(row, val, test, lr):
+    """A finished run's final evaluation with every row a real one has (evaluation sets, per-window losses)."""
+    import numpy as np
+
+    evals = {split: {"loss": loss, "se": 0.01, "bits_per_byte": 1.0, "per_position": [loss]}
+             for split, loss in (("validation", val), ("test", test))}
+    return {"run_id": row["run_id"], "step": row["steps"], "tokens": row["tokens"], "epochs": 0.1, "flops_6N": 1.0,
+            "flops_exact": 1.0, "train_loss": val, "val_loss": val, "val_se": 0.01, "test_loss": test,
+            "test_se": 0.01, "test_bits_per_byte": 1.0, "lr": lr, "evals": evals,
+            "per_window": {"validation": np.full(8, val, np.float32), "test": np.full(8, test, np.float32)},
+            "status": "done", "wall_time": 1.0, "tokens_per_s": 1.0}
+
+
 def _planted_pilots(db, runs, loss_of_lr):
     """Record these pilot runs as finished with a planted validation loss (nothing trains them)."""
     rows = [sweep.run_row(r, "planted") for r in runs]
     db.add_runs(rows)
     for r in rows:
         lr = json.loads(r["config"])["train"]["lr"]
-        db.record_eval([{"run_id": r["run_id"], "step": r["steps"], "tokens": r["tokens"], "epochs": 0.1,
-                         "flops_6N": 1.0, "flops_exact": 1.0, "train_loss": 1.0, "val_loss": loss_of_lr(lr),
-                         "val_se": 0.01, "test_loss": 1.0, "test_se": 0.01, "test_bits_per_byte": 1.0, "lr": lr,
-                         "evals": {}, "per_window": None, "status": "done", "wall_time": 1.0, "tokens_per_s": 1.0}])
+        db.record_eval([_planted_record(r, loss_of_lr(lr), 1.0, lr)])
 
 
 def test_a_grid_extends_until_the_optimum_is_bracketed_then_takes_the_parabolas_vertex(tmp_path):
@@ -155,11 +165,7 @@ def test_selection_reads_validation_never_test(tmp_path):
         for r in rows:
             lr = json.loads(r["config"])["train"]["lr"]
             val, test = {1e-5: (3.0, 1.0), 3e-3: (2.0, 2.5), 30.0: (4.0, 4.0)}[lr]
-            tokens = r["tokens"]
-            db.record_eval([{"run_id": r["run_id"], "step": r["steps"], "tokens": tokens, "epochs": 0.1,
-                             "flops_6N": 1.0, "flops_exact": 1.0, "train_loss": val, "val_loss": val, "val_se": 0.01,
-                             "test_loss": test, "test_se": 0.01, "test_bits_per_byte": 1.0, "lr": lr, "evals": {},
-                             "per_window": None, "status": "done", "wall_time": 1.0, "tokens_per_s": 1.0}])
+            db.record_eval([_planted_record(r, val, test, lr)])
     grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
     with sqlite3.connect(tmp_path / "s" / "results.sqlite") as c:
         chosen = json.loads(c.execute("SELECT chosen FROM tuning").fetchone()[0])
