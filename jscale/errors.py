@@ -27,6 +27,8 @@ class ResourceError(JscaleError):
 
 def resource_error(e: OSError, path: str | Path | None = None, doing: str = "") -> ResourceError:
     """An OSError as one line: the path, what was being done, and the system's reason."""
-    where = path if path is not None else (e.filename or "?")
-    reason = e.strerror or str(e)
-    return ResourceError(f"{where}: {doing + ': ' if doing else ''}{reason.lower() if reason else reason}")
+    where = path if path is not None else e.filename
+    reason = (e.strerror or str(e) or type(e).__name__).lower()
+    if where is None:  # the system did not say which file: say what to do instead of a placeholder
+        return ResourceError(f"{doing or 'a write failed'}: {reason}; free space (or fix the permissions) and re-run")
+    return ResourceError(f"{where}: {doing + ': ' if doing else ''}{reason}")

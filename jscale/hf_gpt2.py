@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jscale.config import ConfigError, ModelConfig
+from jscale.errors import ResourceError
 from jscale.models.transformer import LAYER_NORM_EPS
 
 GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh approximation, which jscale's MLP uses
@@ -92,8 +93,12 @@ def export(model, out_dir: str | Path) -> Path:
         (tmp / "jscale.json").write_text(json.dumps({"source": model.source, "step": model.step,
                                                       "config": model.cfg.to_dict()}, indent=2))
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":  # a full or read-only disk: one line
+            reason = getattr(e, "strerror", None) or " ".join(str(e).split())
+            raise ResourceError(f"{out}: cannot write the export ({reason.lower()[:120]}); free space or choose "
+                                f"another directory and re-run") from None
         raise
     return out
 

@@ -445,6 +445,26 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_resumes_bitwise
     assert curves(out) == reference_sweep
 
 
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing(reference_run_dir, small_disk, jscale_here):
+    """(It was a 20-line SafetensorError traceback.)"""
+    filler = _fill(small_disk, 16 * 1024)
+    p = jscale("export", str(reference_run_dir), "--to", "hf", str(small_disk / "exported"))
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the export" in lines[0] and "exported" in lines[0], p.stderr[-2000:]
+    assert not list(small_disk.glob("*exported*"))
+    filler.unlink()
+
+
+def test_an_os_error_without_a_file_name_says_what_failed_not_a_placeholder():
+    import errno
+
+    from jscale.errors import resource_error
+
+    text = str(resource_error(OSError(errno.ENOSPC, "No space left on device")))
+    assert "?" not in text and "no space left on device" in text and "free space" in text
+
+
 def test_a_read_only_directory_is_one_line_and_status_still_reads_it(sweep_toml, reference_sweep, small_disk,
                                                                     jscale_here):
     out = small_disk / "sweep"
