@@ -67,7 +67,9 @@ def to_state_dict(m: ModelConfig, params) -> dict[str, np.ndarray]:
                 out[prefix + f"{group}.{dense}.weight"] = f32(p[group][dense]["kernel"])
                 out[prefix + f"{group}.{dense}.bias"] = f32(p[group][dense]["bias"])
     if not m.tie_embeddings:
-        out["lm_head.weight"] = f32(params["lm_head"]["kernel"]).T  # nn.Linear stores (out, in)
+        # nn.Linear stores (out, in). Contiguous after the transpose: safetensors writes an array's raw buffer, and a
+        # transposed view's buffer is the untransposed matrix (the export loaded without a warning, scrambled).
+        out["lm_head.weight"] = np.ascontiguousarray(f32(params["lm_head"]["kernel"]).T)
     return out
 
 
