@@ -209,6 +209,9 @@ def _import(args) -> None:
              "[model]"]
     lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else v}"
               .replace("'", '"') for k, v in model.items()]
+    tokenizer = Path(args.dir).expanduser().resolve() / "tokenizer.json"
+    if tokenizer.is_file():  # the checkpoint's own tokenizer, beside it
+        lines += ["[data]", f'tokenizer = "file:{tokenizer}"']
     text = "\n".join(lines) + "\n"
     if args.out:
         out = Path(args.out)

@@ -12,6 +12,7 @@ Universal Transformer with a step embedding (one without is exported with its pa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,11 @@ def export(model, out_dir: str | Path) -> Path:
             shutil.copy(Path(tokenizer[len("file:"):]).expanduser(), tmp / "tokenizer.json")
         (tmp / "jscale.json").write_text(json.dumps({"source": model.source, "step": model.step,
                                                       "config": model.cfg.to_dict()}, indent=2))
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in tmp.iterdir():  # world-readable like any file written here (safetensors writes 0600)
+            p.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)
         tmp.rename(out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,6 +113,13 @@ def export(model, out_dir: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Import: a GPT-2 directory as a model config and initial parameters.
+
+
+# GPT2Config fields whose other values change the logits, with the value jscale computes. (reorder_and_upcast_attn
+# only changes the order of float32 operations; the dropout rates do not act at inference; n_inner, the activation,
+# layer_norm_epsilon and tie_word_embeddings are read or checked above.)
+UNSUPPORTED_FIELDS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                      "add_cross_attention": False}
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -125,6 +138,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if abs(hf.get("layer_norm_epsilon", LAYER_NORM_EPS) - LAYER_NORM_EPS) > 1e-12:
         raise ConfigError(f"model.init_from: {path}: layer_norm_epsilon {hf['layer_norm_epsilon']} is not "
                           f"{LAYER_NORM_EPS}")
+    # The fields of GPT2Config that change what the model computes, where jscale's Transformer computes otherwise:
+    # refused in one line rather than imported with other logits.
+    for key, ours in UNSUPPORTED_FIELDS.items():
+        if hf.get(key, ours) != ours:
+            raise ConfigError(f"model.init_from: {path}: {key} = {json.dumps(hf[key])} changes the computation and "
+                              f"jscale's GPT-2 has {json.dumps(ours)}; this checkpoint cannot be imported exactly")
     return hf
 
 

@@ -195,6 +195,36 @@ def test_every_exportable_variant_round_trips_with_equal_logits_and_greedy_decod
             np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.parametrize("field, value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False),
+                                          ("add_cross_attention", True)])
+def test_an_import_refuses_gpt2_variants_it_would_compute_otherwise(tmp_path, field, value, jscale_here):
+    cfg = resolve.resolve(config.from_dict({"model": MODEL}))
+    params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    hf_gpt2.export(trained.TrainedModel(cfg, params, 0, "fresh"), tmp_path / "hf")
+    assert oct((tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777) == oct(0o644 & ~_umask())
+    path = tmp_path / "hf" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    r = jscale_here("import", "hf", str(tmp_path / "hf"), check=2)
+    assert r.stderr.strip().count("\n") == 0 and field in r.stderr
+
+
+def test_an_import_takes_the_tokenizer_beside_the_checkpoint(tmp_path, jscale_here):
+    cfg = resolve.resolve(config.from_dict({"model": MODEL}))
+    params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    hf_gpt2.export(trained.TrainedModel(cfg, params, 0, "fresh"), tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    r = jscale_here("import", "hf", str(tmp_path / "hf"), check=0)
+    assert f'tokenizer = "file:{(tmp_path / "hf" / "tokenizer.json").resolve()}"' in r.stdout
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_sampling_a_run_without_a_checkpoint_is_one_line(tmp_path, jscale_here):
     (tmp_path / "empty").mkdir()
     cfg = resolve.resolve(config.from_dict({"model": MODEL}))
