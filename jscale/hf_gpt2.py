@@ -40,15 +40,31 @@ def _check_expressible(m: ModelConfig) -> None:
         raise ConfigError(f"--to hf: {why}; export is for GPT-2-layout models")
 
 
-def hf_config(m: ModelConfig) -> dict[str, Any]:
+def hf_config(m: ModelConfig, eos: int | None = None) -> dict[str, Any]:
+    """GPT2Config for these weights. eos: the tokenizer's own end-of-text id (GPT-2's 50256), used as GPT-2 uses it
+    (bos = eos); without one, no special token is named (a byte or a BPE piece is an ordinary token: generate()
+    would stop on it and pipelines pad with it)."""
     _check_expressible(m)
     blocks = m.n_layer * (m.reuse if m.kind == "universal" else 1)
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": m.vocab_size,
             "n_positions": m.n_ctx, "n_ctx": m.n_ctx, "n_embd": m.d_model, "n_layer": blocks, "n_head": m.n_heads,
             "n_inner": m.d_ff_, "activation_function": "gelu_new", "layer_norm_epsilon": LAYER_NORM_EPS,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": m.tie_embeddings,
-            "scale_attn_weights": True, "bos_token_id": m.vocab_size - 1, "eos_token_id": m.vocab_size - 1,
-            "torch_dtype": "float32"}
+            "scale_attn_weights": True, "torch_dtype": "float32",
+            **({} if eos is None else {"bos_token_id": eos, "eos_token_id": eos})}
+
+
+def _tokenizer_files(model) -> tuple[str | None, tuple[str, int] | None]:
+    """The run's tokenizer as tokenizer.json text (the copy its run directory kept, else rebuilt from the config),
+    and its end-of-text token."""
+    from jscale.data import make_tokenizer
+    from jscale.data.tokenizers import FileTokenizer, end_of_text, hf_tokenizer_json
+
+    kept = Path(str(model.source)) / "tokenizer.json"
+    if kept.is_file():  # (a BPE is not trained again: the copy is the tokenizer)
+        return kept.read_text(), end_of_text(FileTokenizer(str(kept)))
+    tok = make_tokenizer(model.cfg.data)
+    return hf_tokenizer_json(tok), end_of_text(tok)
 
 
 def to_state_dict(m: ModelConfig, params) -> dict[str, np.ndarray]:
@@ -82,7 +98,8 @@ def export(model, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"--to hf: {out} exists; choose a new directory")
-    cfg_json = hf_config(model.cfg.model)
+    tokenizer_json, eot = _tokenizer_files(model)
+    cfg_json = hf_config(model.cfg.model, None if eot is None else eot[1])
     tensors = to_state_dict(model.cfg.model, model.params)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -90,9 +107,14 @@ def export(model, out_dir: str | Path) -> Path:
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2))
-        tokenizer = model.cfg.data.tokenizer
-        if tokenizer.startswith("file:"):
-            shutil.copy(Path(tokenizer[len("file:"):]).expanduser(), tmp / "tokenizer.json")
+        special = {} if eot is None else {"bos_token": eot[0], "eos_token": eot[0]}
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {k: v for k, v in cfg_json.items() if k in ("bos_token_id", "eos_token_id")}, indent=2))
+        if tokenizer_json is not None:  # AutoTokenizer loads it as it is: no <|endoftext|> invented at id V
+            (tmp / "tokenizer.json").write_text(tokenizer_json)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(
+                {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.cfg.model.n_ctx,
+                 "clean_up_tokenization_spaces": False, **special}, indent=2))
         (tmp / "jscale.json").write_text(json.dumps({"source": model.source, "step": model.step,
                                                       "config": model.cfg.to_dict()}, indent=2))
         umask = os.umask(0)

@@ -217,6 +217,57 @@ def test_an_import_takes_the_tokenizer_beside_the_checkpoint(tmp_path, jscale_he
     assert f'tokenizer = "file:{(tmp_path / "hf" / "tokenizer.json").resolve()}"' in r.stdout
 
 
+def test_an_export_names_only_real_special_tokens_and_carries_a_tokenizer_autotokenizer_reads(tmp_path, text_corpus):
+    """bytes: a tokenizer.json whose ids are the bytes, no special token named (V - 1 is an ordinary byte, and
+    AutoTokenizer must not invent an <|endoftext|> at id V); a tokenizer file with <|endoftext|>: that token is
+    eos and bos, as GPT-2's is."""
+    transformers = pytest.importorskip("transformers")
+    cfg = resolve.resolve(config.from_dict({"model": MODEL}))
+    params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    hf_gpt2.export(trained.TrainedModel(cfg, params, 0, "fresh"), tmp_path / "bytes")
+    hf = json.loads((tmp_path / "bytes" / "config.json").read_text())
+    assert "bos_token_id" not in hf and "eos_token_id" not in hf
+    assert json.loads((tmp_path / "bytes" / "generation_config.json").read_text()) == {}
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "bytes"))
+    text = "def f(x):\n    return 'ünïcode'\n"
+    assert len(tok) == 256 and tok.encode(text) == list(text.encode()) and tok.decode(tok.encode(text)) == text
+    # a tokenizer file that has an end-of-text token
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train([str(p) for p in sorted(text_corpus.glob("*.txt"))],
+              trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.save(str(tmp_path / "tok.json"))
+    cfg = resolve.resolve(config.from_dict({"model": MODEL, "data": {"tokenizer": f"file:{tmp_path / 'tok.json'}"}}))
+    params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    hf_gpt2.export(trained.TrainedModel(cfg, params, 0, "fresh"), tmp_path / "file")
+    hf = json.loads((tmp_path / "file" / "config.json").read_text())
+    assert hf["eos_token_id"] == hf["bos_token_id"] == bpe.token_to_id("<|endoftext|>")
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "file"))
+    assert len(tok) == cfg.model.vocab_size and tok.eos_token == "<|endoftext|>"
+    assert tok.encode("the model loss falls") == bpe.encode("the model loss falls").ids
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "file")).eos_token_id == hf["eos_token_id"]
+
+
+def test_a_run_directory_keeps_the_tokenizer_it_trained_with(tmp_path, text_corpus):
+    cfg = resolve.resolve(config.from_dict({"model": MODEL, "data": {"corpus": str(text_corpus), "tokenizer": "bpe",
+                                                                     "vocab_size": 300, "eval_windows": 4,
+                                                                     "cache_dir": str(tmp_path / "cache")},
+                                            "train": {**TRAIN, "steps": 2, "eval_every": 2, "checkpoint_every": 2,
+                                                      "warmup_steps": 1}}))
+    train.train(cfg, tmp_path / "run", progress=False)
+    kept = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+    cached = next((tmp_path / "cache").glob("*-bpe300.json"))
+    assert kept == json.loads(cached.read_text())
+    cached.unlink()  # a copied run: the corpus's cache is not there
+    model = trained.load(tmp_path / "run")
+    hf_gpt2.export(model, tmp_path / "hf")  # from the kept copy: the BPE is not trained again
+    assert json.loads((tmp_path / "hf" / "tokenizer.json").read_text()) == kept
+    assert not list((tmp_path / "cache").glob("*-bpe300.json"))
+
+
 def _umask() -> int:
     import os
 

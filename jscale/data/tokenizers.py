@@ -150,5 +150,48 @@ class TiktokenTokenizer:
         return self._enc.decode(list(map(int, ids)))
 
 
+END_OF_TEXT = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")  # what tokenizers call their document end
+
+
+def end_of_text(tokenizer) -> tuple[str, int] | None:
+    """The tokenizer's own end-of-text token (text, id), or None where it has none (bytes, a BPE trained here)."""
+    if isinstance(tokenizer, TiktokenTokenizer):
+        eot = getattr(tokenizer._enc, "eot_token", None)
+        return None if eot is None else (tokenizer._enc.decode([eot]), int(eot))
+    if isinstance(tokenizer, FileTokenizer):
+        special = {t.content: i for i, t in tokenizer._tok.get_added_tokens_decoder().items() if t.special}
+        found = next((t for t in END_OF_TEXT if t in special), None)
+        return None if found is None else (found, int(special[found]))
+    return None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (what the ByteLevel pre-tokenizer uses)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = keep[:], 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(keep, map(chr, chars)))
+
+
+def hf_tokenizer_json(tokenizer) -> str | None:
+    """The tokenizer as an HF tokenizer.json that encodes exactly as jscale's does: the bytes tokenizer as a
+    byte-level BPE without merges (id = byte value), a trained BPE or a tokenizer file as itself; None for
+    tiktoken's encodings (not tokenizer.json files)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.BPE(vocab={c: b for b, c in _bytes_to_unicode().items()}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok.to_str()
+    if isinstance(tokenizer, (BPETokenizer, FileTokenizer)):
+        return tokenizer._tok.to_str()
+    return None
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32)

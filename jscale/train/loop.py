@@ -342,6 +342,19 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
         write_atomic(config_path, json.dumps(cfg.to_dict(), indent=2))
 
 
+def _keep_tokenizer(cfg: Config, run_dir: Path) -> None:
+    """A run directory keeps the tokenizer it trained with (tokenizer.json), so that a copy of the run exports and
+    samples without the corpus (a BPE trained on it is not trained again)."""
+    from jscale.data.tokenizers import hf_tokenizer_json
+
+    path = run_dir / "tokenizer.json"
+    if path.exists() or cfg.data.corpus.startswith("bin:"):
+        return
+    text = hf_tokenizer_json(data.make_tokenizer(cfg.data))
+    if text is not None:
+        write_atomic(path, text)
+
+
 def check_runnable(cfg: Config) -> None:
     """What only the running backend (or a file) can tell, checked before anything compiles."""
     m = cfg.model
@@ -373,6 +386,7 @@ def train(cfg: Config, run_dir: str | Path, progress: bool = True, stop_after: i
     corpus = data.prepare(cfg.data)
     corpus.check_fits(cfg.model.n_ctx, cfg.data.max_train_tokens, eval_context(cfg.model), cfg.data.eval_windows)
     _check_run_dir(run_dir, cfg)
+    _keep_tokenizer(cfg, run_dir)
     sink = JsonlSink(run_dir / "metrics.jsonl")
     recorded = sink.last_step()  # the checkpoint resumed from is the newest one not past the recorded steps
     if sink.damaged:
