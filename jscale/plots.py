@@ -82,10 +82,10 @@ def loss_vs_variable(law: FittedLaw, X, loss, label: str | None = None):
     ax.loglog(X, loss, "o", mfc="none", color="k", label="runs")
     grid = np.geomspace(X.min() / 1.5, X.max() * 1.5, 200)
     p = law.params
-    text = (f"E + ({p['X_c']:.3g}/X)^{p['alpha']:.3f}, E = {p['E']:.3g}" if "E" in p
-            else f"({p['X_c']:.3g}/X)^{p['alpha']:.3f}")
+    variable = law.info.get("variable", "X")  # the legend names the variable: (N_c/N)^alpha, not (X_c/X)^alpha
+    text = (f"E + ({p['X_c']:.3g}/{variable})^{p['alpha']:.3f}, E = {p['E']:.3g}" if "E" in p
+            else f"({p['X_c']:.3g}/{variable})^{p['alpha']:.3f}")
     ax.loglog(grid, law.predict(X=grid), "-", color="0.3", label=text)
-    variable = law.info.get("variable", "X")
     default = {"N": _n_label(law), "C": _c_label(law), "D": "tokens D"}.get(variable, variable)
     ax.set_xlabel(label or default)
     ax.set_ylabel("loss (nats/token)")

@@ -341,7 +341,12 @@ def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path, js
     assert "![efficiency pareto](figures/efficiency-pareto.png)" in md and (out / "figures/efficiency-pareto.png").exists()
     assert (out / "efficiency-runs.csv").read_text().count("\n") == 5
     # the FLOP-accounting section (no sweep of its own): the smallest transformer's 6N, exact and XLA counts
-    flops = md.split("FLOP accounting against the compiled step")[1]
+    # at a glance: a table of contents and every verdict in one table at the top, linked to its section
+    top = md.split("\n## ")[0]
+    assert "Sections: [" in top and "(#section-efficiency)" in top and "Every verdict (" in top
+    assert "| [efficiency](#section-efficiency) | d_model 16: multi-query attention loses no more than 1%" in top
+    assert 'id="section-efficiency"' in page and "(quantitative)" in top
+    flops = md.split("## FLOP accounting against the compiled step")[1]
     row = next(line for line in flops.splitlines() if line.startswith("| transformer |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     six_n, exact, xla = (float(cells[i].replace(",", "")) for i in (5, 6, 7))

@@ -44,10 +44,11 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
              f"jax {jax.__version__}")
     md = [f"# jscale report: {root}", "", f"Written {stamp}. Figures, numbers and verdicts are computed from the "
           f"results databases by `jscale report`; nothing here is written by hand.", ""]
+    md += summary(sections)
     pngs: dict[str, bytes] = {}
     for sec in sections:
         head = f"{sec.title} (`{sec.name}`" + (f", scale {sec.scale})" if sec.scale else ")")
-        md += [f"## {head}", "", f"Claim tested: {sec.claim}", ""]
+        md += [f'<a id="{anchor(sec)}"></a>', "", f"## {head}", "", f"Claim tested: {sec.claim}", ""]
         if sec.verdicts:
             md += ["Verdicts:", ""] + [f"- {v}" for v in sec.verdicts] + [""]
         for name, fig in sec.figures.items():
@@ -65,6 +66,31 @@ def write_report(root: str | Path, out: str | Path | None = None, latency: bool 
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(markdown_page(text, pngs))
     return {"html": out / "report.html", "markdown": out / "report.md"}
+
+
+def anchor(sec) -> str:
+    return f"section-{sec.name}"
+
+
+def summary(sections) -> list[str]:
+    """The page at a glance: a table of contents, and every verdict in one table (section, claim, outcome, estimate
+    and interval, the region and whether it is quantitative or a direction only, and what kept it undecided)."""
+    md = ["Sections: " + " · ".join(f"[{sec.title}](#{anchor(sec)})" for sec in sections), ""]
+    rows = []
+    for sec in sections:
+        for v in sec.decisions:
+            est = "-" if v.estimate is None else f"{v.estimate:.4g}"
+            ci = "-" if v.interval is None else f"{v.interval[0]:.4g} to {v.interval[1]:.4g}"
+            why = v.reason if v.outcome == "inconclusive" else ""
+            rows.append([f"[{sec.name}](#{anchor(sec)})", v.claim, f"**{v.outcome}**", est, ci,
+                         f"{v.region.text} ({v.region.kind})", why[:160] + ("..." if len(why) > 160 else "")])
+    if rows:
+        counts = {o: sum(r[2] == f"**{o}**" for r in rows) for o in ("supports", "contradicts", "inconclusive")}
+        md += [f"Every verdict ({', '.join(f'{n} {o}' for o, n in counts.items())}): the one rule of jscale.verdicts, "
+               f"the claim's region against the 95% interval.", ""]
+        md += _md_table(["section", "claim", "verdict", "estimate", "95% interval", "region (kind)",
+                         "why inconclusive"], rows)
+    return md
 
 
 def _md_cell(value) -> str:

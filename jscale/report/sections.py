@@ -34,7 +34,7 @@ def build_sections(root: Path, out: Path, latency: bool = True, n_bootstrap: int
 
 def _position(e: Experiment) -> tuple:
     module = SECTIONS.get(e.info.get("analysis", e.name))
-    return (module.POSITION if module else 1000, e.name)
+    return (module.POSITION if module else 0, e.name)  # the user's own sweeps first, then the built-in sections
 
 
 def sections_of(exps: list[Experiment], out: Path, latency: bool, n_bootstrap: int,
