@@ -304,7 +304,7 @@ def test_a_tokenizer_file_sets_the_vocabulary_and_the_tokens(tmp_path, text_corp
         resolve.resolve(config.from_dict({"data": {"tokenizer": f"file:{tmp_path / 'broken.json'}"}}))
 
 
-def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_source(tmp_path, text_corpus):
+def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_source(tmp_path, text_corpus, capsys):
     from jscale import config, resolve, train
 
     texts = {s: (text_corpus / f"doc0{i}.txt").read_text() for i, s in enumerate(("train", "valid", "test"))}
@@ -329,11 +329,48 @@ def test_bin_token_files_give_the_tokens_of_the_same_text_through_the_file_sourc
     assert cfg.model.vocab_size == 256
     final = train.train(cfg, tmp_path / "run", progress=False)
     assert final["step"] == 4 and np.isfinite(final["val_loss"])
-    # Without test.bin, val.bin's halves are validation and test.
+    # Without test.bin, val.bin stays the validation split whole and train.bin's last 1% is held out as test.
     (nano / "test.bin").unlink()
-    halves = data.prepare(DataConfig(corpus=f"bin:{nano}", cache_dir=str(tmp_path / "cache")))
-    n = len(by_file.validation) // 2
-    np.testing.assert_array_equal(halves.test, by_file.validation[n:])
+    tail = data.prepare(DataConfig(corpus=f"bin:{nano}", cache_dir=str(tmp_path / "cache")))
+    n = max(len(by_file.train) // 100, 1)
+    np.testing.assert_array_equal(tail.validation, by_file.validation)
+    np.testing.assert_array_equal(tail.test, by_file.train[-n:])
+    np.testing.assert_array_equal(tail.train, by_file.train[:-n])
+    assert "no test.bin: the test split is the last" in capsys.readouterr().err
+
+
+def test_nanogpt_meta_pkl_gives_the_vocabulary_and_exact_bits_per_byte(tmp_path):
+    """nanoGPT's shakespeare_char layout: meta.pkl with vocab_size and itos; each split's bytes are the UTF-8
+    lengths of its tokens' texts, counted (here an independent count over the decoded text)."""
+    import pickle
+
+    text = "héllo wörld — ünïcode ok\n" * 40
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    nano = tmp_path / "nano"
+    nano.mkdir()
+    ids = np.array([stoi[c] for c in text], np.uint16)
+    ids[:600].tofile(nano / "train.bin")
+    ids[600:].tofile(nano / "val.bin")
+    with open(nano / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    cfg = DataConfig(corpus=f"bin:{nano}", cache_dir=str(tmp_path / "cache"))
+    tc = data.prepare(cfg)
+    assert tc.meta["vocab_size"] == len(chars)
+    for split in ("train", "validation", "test"):
+        expected = len("".join(chars[i] for i in np.asarray(tc.splits[split])).encode())
+        assert tc.meta[f"{split}_bytes"] == expected
+    assert tc.bytes_per_token("validation") > 1.0  # the accented letters are two bytes each
+    # The scan is kept: a second open reads scan.json and does not rescan the files.
+    (scan,) = (tmp_path / "cache").rglob("scan.json")
+    record = json.loads(scan.read_text())
+    record["bytes"]["validation"] = 12345.0
+    scan.write_text(json.dumps(record))
+    assert data.prepare(cfg).meta["validation_bytes"] == 12345.0
+    # A pickle that would build an object is refused, not run.
+    (nano / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": np.int64(3)}))
+    with pytest.raises(ConfigError, match="meta.pkl: not nanoGPT's meta.pkl"):
+        data.prepare(cfg)
 
 
 @pytest.mark.parametrize("case, message", [
