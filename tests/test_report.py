@@ -400,3 +400,32 @@ def test_tick_labels_keep_two_significant_digits():
 
     assert [plots._short(v) for v in (1.5e4, 2e4, 2.5e4, 1e5, 3.0, 0.25)] == ["1.5e4", "2e4", "2.5e4", "1e5", "3",
                                                                                 "0.25"]
+
+
+def test_a_slim_copy_of_a_sweep_gives_the_same_report(tmp_path):
+    """experiments/slim_results.py (what experiments/results/*/sweeps hold): per-position losses and claims dropped,
+    no -wal/-shm beside the database, and the report's numbers unchanged."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("slim_results", REPO / "experiments" / "slim_results.py")
+    slim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(slim)
+    synthetic_sweep(tmp_path / "runs" / "size", SIZE, lambda r: (1e9 / r["N"]) ** 0.08,
+                    positions_of=lambda r: np.linspace(3.0, 2.0, r["n_ctx"]))
+    assert slim.main([str(tmp_path / "runs"), str(tmp_path / "slim")]) == 0
+    copy = tmp_path / "slim" / "size"
+    assert sorted(p.name for p in copy.iterdir()) == ["results.sqlite", "sweep.json"]
+    import sqlite3
+
+    with sqlite3.connect(copy / "results.sqlite") as conn:
+        assert conn.execute("SELECT count(*), count(positions) FROM windows").fetchone()[1] == 0
+    with sqlite3.connect(tmp_path / "runs" / "size" / "results.sqlite") as conn:
+        assert conn.execute("SELECT count(positions) FROM windows").fetchone()[0] > 0  # the original keeps them
+    before, after = verdicts(tmp_path / "runs", tmp_path / "a"), verdicts(tmp_path / "slim", tmp_path / "b")
+    assert [(v.claim, v.outcome, v.estimate) for v in before["size"].decisions] == \
+        [(v.claim, v.outcome, v.estimate) for v in after["size"].decisions]
+    assert before["size"].numbers == after["size"].numbers
+    (tmp_path / "empty").mkdir()
+    assert slim.main([str(tmp_path / "empty"), str(tmp_path / "x")]) == 2  # no sweep there: one line, status 2
