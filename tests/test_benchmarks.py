@@ -68,3 +68,52 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     assert throughput.table() == measured
     p = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)  # measuring again would fail
     assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
+
+
+TINY_SWEEP = """
+name = "tiny"
+[base.model]
+n_layer = 1
+n_heads = 2
+n_ctx = 16
+[base.data]
+eval_windows = 8
+[base.train]
+batch_size = 8
+steps = 8
+eval_every = 4
+checkpoint_every = 4
+warmup_steps = 2
+lr = 3e-3
+[[axis]]
+key = "model.d_model"
+values = [16, 32]
+"""
+
+
+def test_gpu_experiments_stop_at_their_budget_resume_and_report(tmp_path):
+    """benchmarks/gpu_experiments.py on the CPU: a budget too short for the sweep stops it (SIGTERM) and starts
+    nothing after it; the next call resumes it, reports, appends its rows and exports report and slim databases."""
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY_SWEEP)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# existing results\n")
+    script = [sys.executable, str(REPO / "benchmarks" / "gpu_experiments.py"), "--scale", "",
+              "--runs", str(tmp_path / "runs"), "--report-out", str(tmp_path / "report"),
+              "--results", str(results), "--bootstrap", "20", "--min-start-s", "1"]
+    sweeps = ["--experiments", str(sweep_file), str(sweep_file)]  # the second start finds no budget left
+    first = subprocess.run(script + sweeps + ["--budget-s", "2"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| tiny | stopped at the budget (resumable: run again) |" in results.read_text()
+    assert "| tiny | not started:" in results.read_text()
+    second = subprocess.run(script + ["--experiments", str(sweep_file), "--budget-s", "300",
+                                      "--export", str(tmp_path / "out")], capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# existing results\n") and "| tiny | finished |" in text and "| report | written |" in text
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+    assert (tmp_path / "out" / "sweeps" / "tiny" / "results.sqlite").is_file()
+    from jscale import results as db
+
+    runs = db.load(tmp_path / "out" / "sweeps" / "tiny")["runs"]
+    assert len(runs) == 2 and set(runs["status"]) == {"done"}
