@@ -194,6 +194,23 @@ def make_sampler(cfg: ModelConfig, n_prompt: int, n_new: int, top_k: int = 0) ->
     return jax.jit(sample)
 
 
+def make_next_token(cfg: ModelConfig, n_prompt: int, top_k: int = 0) -> Callable:
+    """next(params, prompt (P,), key, temperature) -> one token drawn after the prompt: what sampling past the
+    context does each step, on the last n_ctx tokens (nanoGPT's crop). One jitted function per shape."""
+    init, step = decoder(cfg)
+
+    def next_token(params, prompt_P, key, temperature):
+        def feed(cache, token_pos):
+            logits_V, cache = step(params, cache, *token_pos)
+            return cache, logits_V
+
+        _, logits_PxV = jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(n_prompt)))
+        drawn = jax.random.categorical(key, _filter_logits(logits_PxV[-1], temperature, top_k))
+        return jnp.where(temperature > 0, drawn, jnp.argmax(logits_PxV[-1])).astype(jnp.int32)
+
+    return jax.jit(next_token)
+
+
 def latency_per_token(cfg: ModelConfig, n_tokens: int | None = None, repeats: int = 5) -> dict[str, float]:
     """Seconds per generated token at batch 1 (median of `repeats` timed generations of n_tokens tokens, default
     the whole context, after one compiling run), and the decoding state's size. Latency does not depend on the

@@ -21,7 +21,7 @@ import numpy as np
 
 from jscale import config, data
 from jscale.config import Config, ConfigError
-from jscale.generate import make_sampler
+from jscale.generate import make_next_token, make_sampler
 from jscale.models import build
 from jscale.resolve import resolve
 
@@ -125,11 +125,22 @@ def sample(model: TrainedModel, prompt: str, n_tokens: int = 200, temperature: f
         raise ConfigError(f"--top-k: must be in [0, {cfg.model.vocab_size}] (0 = no filter), got {top_k}")
     tokenizer = tokenizer_of(cfg)
     prompt_ids = np.asarray(tokenizer.encode(prompt or data.DOC_SEPARATOR), np.int32)
-    if cfg.model.kind in ("transformer", "universal") and len(prompt_ids) + n_tokens > cfg.model.n_ctx:
-        raise ConfigError(f"--tokens: the prompt's {len(prompt_ids)} tokens and {n_tokens} new ones exceed the "
-                          f"model's context, model.n_ctx = {cfg.model.n_ctx} (learned positions)")
-    sampler = make_sampler(cfg.model, len(prompt_ids), n_tokens, top_k)
-    new = sampler(model.params, jnp.asarray(prompt_ids), jax.random.key(seed), jnp.float32(temperature))
+    key, T = jax.random.key(seed), jnp.float32(temperature)
+    n_ctx = cfg.model.n_ctx
+    if cfg.model.kind not in ("transformer", "universal") or len(prompt_ids) + n_tokens <= n_ctx:
+        new = make_sampler(cfg.model, len(prompt_ids), n_tokens, top_k)(model.params, jnp.asarray(prompt_ids), key, T)
+        return tokenizer.decode(np.asarray(new))
+    # Learned positions end at n_ctx: as nanoGPT does, each token past it is drawn on the last n_ctx tokens.
+    ids = [int(i) for i in prompt_ids[-n_ctx:]]
+    new: list[int] = []
+    if len(ids) < n_ctx:  # the tokens that still fit the context: one cached pass
+        key, sub = jax.random.split(key)
+        fill = make_sampler(cfg.model, len(ids), n_ctx - len(ids), top_k)
+        new += [int(i) for i in np.asarray(fill(model.params, jnp.asarray(ids, jnp.int32), sub, T))]
+    next_token = make_next_token(cfg.model, n_ctx, top_k)
+    while len(new) < n_tokens:
+        key, sub = jax.random.split(key)
+        new.append(int(next_token(model.params, jnp.asarray((ids + new)[-n_ctx:], jnp.int32), sub, T)))
     return tokenizer.decode(np.asarray(new))
 
 

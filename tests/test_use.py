@@ -28,14 +28,14 @@ def run(tmp_path_factory):
 
 
 def greedy_by_full_forward(model, prompt_ids, n):
-    """Greedy decoding with no cache: the whole sequence through the model at every step (padded to n_ctx at the
-    end, which a causal model cannot see, so one compiled forward pass serves every length)."""
+    """Greedy decoding with no cache: the last n_ctx tokens through the model at every step (padded to n_ctx at the
+    end, which a causal model cannot see, so one compiled forward pass serves every length): nanoGPT's loop."""
     net, ids, n_ctx = build(model.cfg.model), list(prompt_ids), model.cfg.model.n_ctx
-    assert len(ids) + n <= n_ctx
     forward = jax.jit(lambda params, x: net.apply({"params": params}, x))
     for _ in range(n):
-        logits = forward(model.params, jnp.asarray([ids + [0] * (n_ctx - len(ids))]))
-        ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
+        window = ids[-n_ctx:]
+        logits = forward(model.params, jnp.asarray([window + [0] * (n_ctx - len(window))]))
+        ids.append(int(jnp.argmax(logits[0, len(window) - 1])))
     return ids[len(prompt_ids):]
 
 
@@ -45,6 +45,11 @@ def test_greedy_sampling_matches_decoding_without_a_cache(run):
     text = trained.sample(model, "def ", n_tokens=12, temperature=0)
     expect = greedy_by_full_forward(model, list(b"def "), 12)
     assert text == bytes(expect).decode("utf-8", errors="replace")
+    # past the context (n_ctx 32): each token on the last n_ctx tokens, as nanoGPT crops; a prompt longer than it too
+    n_ctx = model.cfg.model.n_ctx
+    for prompt, n in (("def ", 3 * n_ctx), ("x = 1\n" * n_ctx, 5)):
+        text = trained.sample(model, prompt, n_tokens=n, temperature=0)
+        assert text == bytes(greedy_by_full_forward(model, list(prompt.encode()), n)).decode("utf-8", errors="replace")
     # sampling at a temperature is a pure function of the seed
     a, b = (trained.sample(model, "import ", 10, temperature=1.0, top_k=20, seed=s) for s in (1, 1))
     assert a == b
