@@ -199,8 +199,42 @@ def _sizes(spec, run, where):
     if n_layer is not None:
         if not isinstance(n_layer, int) or n_layer < 1:
             raise ConfigError(f"{where}.n_layer: expected a positive integer, got {n_layer!r}")
-        return [width_for(n, n_layer, kind, d_head) for n in Ns]
-    return [shape_for(n, ratio, d_head) for n in Ns]
+        shapes = [width_for(n, n_layer, kind, d_head) for n in Ns]
+    else:
+        shapes = [shape_for(n, ratio, d_head) for n in Ns]
+    return [_within(p, n, lo, hi, kind, d_head, n_layer is None, where) for p, n in zip(shapes, Ns)]
+
+
+def _non_embedding(point: Point, kind: str) -> float:
+    d, L = point["model.d_model"], point["model.n_layer"]
+    return 8 * L * d * d if kind == "lstm" else 2 * L * d * (2 * point["model.d_attn"] + point["model.d_ff"])
+
+
+def _within(point: Point, target: float, lo: float, hi: float, kind: str, d_head: int, free_depth: bool,
+            where: str) -> Point:
+    """A shape whose width rounding (d_model a multiple of d_head) put N outside [N_min, N_max] moves to the shape
+    nearest its target N inside: a width one or two d_head steps away (and a layer more or less where the axis does
+    not fix the depth); when none lands inside, the range is too narrow for the step: one line."""
+    if lo <= _non_embedding(point, kind) <= hi:
+        return point
+    L0, d0 = point["model.n_layer"], point["model.d_model"]
+    candidates = []
+    for L in ([L0 - 1, L0, L0 + 1] if free_depth else [L0]):
+        for d in range(max(d_head, d0 - 2 * d_head), d0 + 3 * d_head, d_head):
+            if L < 1:
+                continue
+            p = {**point, "model.n_layer": L, "model.d_model": d}
+            if kind != "lstm":
+                ratio = point["model.d_ff"] / d0
+                p.update({"model.n_heads": d // d_head, "model.d_ff": round(ratio * d), "model.d_attn": d})
+            n = _non_embedding(p, kind)
+            if lo <= n <= hi:
+                candidates.append((abs(math.log(n / target)), L != L0, d, p))
+    if not candidates:
+        raise ConfigError(f"{where}: no width (a multiple of d_head = {d_head}) at {L0} layers gives N in "
+                          f"[{lo:g}, {hi:g}] (the nearest: {_non_embedding(point, kind):g}); widen the range or set "
+                          f"a smaller d_head")
+    return min(candidates, key=lambda c: c[:3])[3]
 
 
 def _shape_grid(spec, run, where):

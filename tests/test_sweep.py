@@ -37,6 +37,29 @@ def test_sizes_generator_spans_N_on_a_log_scale():
         assert r.cfg.model.d_model % 16 == 0 and r.cfg.model.d_head == 16
 
 
+@pytest.mark.parametrize("axis", [
+    {"N_min": 3e3, "N_max": 6e4, "count": 5, "n_layer": 2, "d_head": 8},  # rounding gave 1.54e3 once
+    {"N_min": 1.5e3, "N_max": 3.5e4, "count": 5, "n_layer": 2, "d_head": 8},  # and 3.84e4 at the top
+    {"N_min": 3e5, "N_max": 1.5e6, "count": 2, "n_layer": 2, "d_head": 32, "kind": "lstm"},
+    {"N_min": 2e4, "N_max": 9e5, "count": 6, "aspect_ratio": 16, "d_head": 16},
+])
+def test_sizes_stay_within_the_requested_range(axis):
+    """Every N the sizes generator gives (counted by jscale.accounting, independently of the generator's own
+    arithmetic) lies in [N_min, N_max]; widths remain multiples of d_head."""
+    kind = axis.pop("kind", "transformer")
+    spec = [{"key": "model.kind", "values": [kind]}, {"generator": "sizes", **axis}]
+    sw = expand(*spec)
+    for r in sw.runs:
+        assert axis["N_min"] <= accounting.account(r.cfg.model).N <= axis["N_max"], r.name
+        assert r.cfg.model.d_model % axis["d_head"] == 0
+
+
+def test_a_range_no_width_can_reach_is_one_line():
+    with pytest.raises(ConfigError, match=r"axis\[0\]: no width \(a multiple of d_head = 32\) at 2 layers gives N in "
+                                          r"\[30000, 35000\]"):
+        expand({"generator": "sizes", "N_min": 3e4, "N_max": 3.5e4, "count": 2, "n_layer": 2, "d_head": 32})
+
+
 def test_shapes_at_fixed_N_vary_the_aspect_ratio():
     sw = expand({"generator": "shapes", "N": 2e6, "aspect_ratios": [8, 32, 128], "d_head": 16})
     ratios = [r.cfg.model.d_model / r.cfg.model.n_layer for r in sw.runs]
@@ -173,7 +196,11 @@ def test_sizes_keep_each_lstm_depth_and_size_it_by_width():
     for family in ((("lstm", 1), ("lstm", 4), ("transformer", 2))):
         runs = [r for r in sw.runs if (r.cfg.model.kind, r.cfg.model.n_layer) == family]
         Ns = sorted(accounting.account(r.cfg.model).N for r in runs)
-        assert Ns == pytest.approx([1e5, 1e6], rel=0.3)
+        # each target's nearest width (a multiple of 16) whose N, by the family's formula, lies in [1e5, 1e6]
+        kind, L = family
+        per_layer = 8 if kind == "lstm" else 12
+        reachable = [per_layer * L * d * d for d in range(16, 1024, 16) if 1e5 <= per_layer * L * d * d <= 1e6]
+        assert Ns == [min(reachable, key=lambda n: abs(math.log(n / t))) for t in (1e5, 1e6)]
 
 
 def test_a_sweep_directory_holds_one_sweep_at_one_scale(tmp_path):
