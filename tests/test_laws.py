@@ -415,6 +415,21 @@ def test_bootstrap_counts_failed_and_non_finite_resamples_and_needs_five_points(
     assert intervals == {} and arrays["_failed"][0] == len([n for n in range(1, 201) if n % 7 == 0 or n % 11 == 0])
     few = laws.fit_power([1e4, 1e5, 1e6], [3.0, 2.5, 2.1], n_bootstrap=100)
     assert few.intervals == {} and "point estimate only" in few.table()
+    # Points, not rows, as the report counts them (verdicts.MIN_POINTS): 4 sizes x 3 seeds is 4 points, no interval;
+    # 5 sizes x 2 seeds is 5, an interval; likewise (N, D) pairs for Chinchilla's law.
+    from jscale import verdicts
+
+    assert laws.MIN_BOOTSTRAP_UNITS == verdicts.MIN_POINTS
+    rng = np.random.default_rng(0)
+    for sizes, seeds, has_interval in ((4, 3, False), (5, 2, True)):
+        N = np.repeat(np.geomspace(1e4, 1e6, sizes), seeds)
+        fitted = laws.fit_power(N, (1e9 / N) ** 0.08 * rng.normal(1, 0.003, len(N)), n_bootstrap=100)
+        assert bool(fitted.intervals) == has_interval, fitted.info
+        if not has_interval:
+            assert f"{sizes} distinct points, fewer than 5" in fitted.info["bootstrap"]["note"]
+    N, D = np.repeat([1e5, 1e6], 6), np.repeat([1e8, 1e9], 6)
+    repeated = laws.fit_chinchilla(N, D, 1.7 + 400 / N ** 0.34 + 410 / D ** 0.28, n_bootstrap=50)
+    assert repeated.intervals == {} and "2 distinct points" in repeated.info["bootstrap"]["note"]
 
 
 def test_power_law_that_does_not_fall_is_refused():

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from jscale.laws.fitted import MIN_BOOTSTRAP_UNITS, MIN_SUCCESS_SHARE, FittedLaw, LawFitError, _columns
+from jscale.laws.fitted import (MIN_BOOTSTRAP_UNITS, MIN_SUCCESS_SHARE, FittedLaw, LawFitError, _columns,
+                                 distinct_points)
 
 
 CHINCHILLA_GRID = {  # Hoffmann et al.'s initialisation grid: 5 x 5 x 5 x 6 x 6 = 4,500 starts
@@ -152,8 +153,11 @@ def fit_chinchilla(N, D, loss, delta: float = 1e-3, n_polish: int = 64, all_star
                        derived=chinchilla_derived(params), objective=float(f[best]), n_points=len(logL),
                        info={"delta": delta, "starts_polished": len(starts), "starts_converged": int(converged.sum())})
     fitted.residuals = (logL - np.log(fitted.predict(N=cols["N"], D=cols["D"]))).tolist()
-    if n_bootstrap and len(logL) < MIN_BOOTSTRAP_UNITS:
-        fitted.info["bootstrap"] = {"resamples": 0, "failed": 0, "note": "fewer than 5 points: point estimate only"}
+    n_points = distinct_points(logN, logD)  # seed replicas of one (N, D) are one point, as the report counts
+    if n_bootstrap and n_points < MIN_BOOTSTRAP_UNITS:
+        fitted.info["bootstrap"] = {"resamples": 0, "failed": 0,
+                                    "note": f"{n_points} distinct points, fewer than {MIN_BOOTSTRAP_UNITS}: point "
+                                            f"estimate only"}
     elif n_bootstrap:
         fitted.intervals, failed = _chinchilla_bootstrap(logN, logD, logL, delta, x[best], n_bootstrap, seed)
         fitted.info["bootstrap"] = {"resamples": n_bootstrap, "failed": failed,

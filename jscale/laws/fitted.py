@@ -248,16 +248,23 @@ MIN_BOOTSTRAP_UNITS = 5  # fewer resampling units give a point estimate only (ve
 MIN_SUCCESS_SHARE = 0.9  # an interval needs at least this share of its resampled fits to succeed
 
 
+def distinct_points(*columns) -> int:
+    """How many distinct points (rows of the given columns) a table holds: seed replicas of one size are one point,
+    as the report counts them, so `jscale fit` and `jscale report` agree on when a fit gets an interval."""
+    return len({tuple(row) for row in zip(*(np.asarray(c).tolist() for c in columns))})
+
+
 def attach_bootstrap(fitted: "FittedLaw", fit_once: Callable[[np.ndarray], dict[str, float]], n_units: int,
-                     n_resamples: int, seed: int) -> None:
+                     n_resamples: int, seed: int, n_points: int | None = None) -> None:
     """Intervals on a fitted law, with the number of resamples and of failed ones in info["bootstrap"]; with fewer
-    than MIN_BOOTSTRAP_UNITS units, no intervals and a note saying so."""
+    than MIN_BOOTSTRAP_UNITS units (or distinct points, n_points), no intervals and a note saying so."""
     if not n_resamples:
         return
-    if n_units < MIN_BOOTSTRAP_UNITS:
+    if min(n_units, n_units if n_points is None else n_points) < MIN_BOOTSTRAP_UNITS:
+        what = (f"{n_units} units to resample" if n_points is None or n_units <= n_points
+                else f"{n_points} distinct points")
         fitted.info["bootstrap"] = {"resamples": 0, "failed": 0,
-                                    "note": f"{n_units} units to resample, fewer than {MIN_BOOTSTRAP_UNITS}: "
-                                            f"point estimate only"}
+                                    "note": f"{what}, fewer than {MIN_BOOTSTRAP_UNITS}: point estimate only"}
         return
     fitted.intervals, arrays = bootstrap(fit_once, n_units, n_resamples, seed)
     failed = int(arrays["_failed"][0])

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jscale.laws.fitted import (FittedLaw, LawFitError, _columns, _least_squares, _kaplan_nd, _kaplan_ns,
-                                 attach_bootstrap)
+                                 attach_bootstrap, distinct_points)
 
 
 def _fit_power_arrays(X: np.ndarray, L: np.ndarray, irreducible: bool, start: dict[str, float] | None = None
@@ -65,7 +65,7 @@ def fit_power(X, loss, variable: str = "N", irreducible: bool = False, n_bootstr
     fitted.residuals = (np.log(L) - np.log(fitted.predict(X=X))).tolist()
     start = params if irreducible else None
     attach_bootstrap(fitted, lambda i: _fit_power_arrays(X[i], L[i], irreducible, start)[0], len(L), n_bootstrap,
-                     seed)
+                     seed, n_points=distinct_points(X))
     return fitted
 
 
@@ -118,7 +118,7 @@ def _fit_log_law(law: str, fit_arrays: Callable, variables: dict[str, Any], loss
     fitted = FittedLaw(law, params, tuple(variables), dict(convention or {}), objective=obj, n_points=len(L))
     fitted.residuals = (np.log(L) - np.log(fitted.predict(**{k: cols[k] for k in variables}))).tolist()
     attach_bootstrap(fitted, lambda i: fit_arrays(*(x[i] for x in X), L[i], start=params)[0], len(L), n_bootstrap,
-                     seed)
+                     seed, n_points=distinct_points(*X))
     return fitted
 
 
