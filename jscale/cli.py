@@ -40,12 +40,13 @@ def _config(args) -> None:
     from jscale import config, resolve
 
     values = resolve.load(args.config, args.overrides).to_dict() if args.config else None
-    rows = config.describe_keys()
-    width = max(len(k) for k, *_ in rows)
-    for key, kind, default, text in rows:
+    rows = []
+    for key, kind, default, text in config.describe_keys():
         section, name = key.split(".")
-        value = default if values is None else repr(values[section][name])
-        print(f"{key:<{width}}  {kind:<10} {value:<18} {text}")
+        rows.append((key, kind, default if values is None else repr(values[section][name]), text))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(3)]  # every column as wide as its widest cell
+    for key, kind, value, text in rows:
+        print(f"{key:<{widths[0]}}  {kind:<{widths[1]}}  {str(value):<{widths[2]}}  {text}")
 
 
 def _info(args) -> None:
@@ -288,24 +289,8 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    interrupts.install()  # first: a Ctrl-C from here on stops cleanly at a step boundary
-    enable_compilation_cache()
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # a signal that arrived before the handlers were installed
-        print("jscale: interrupted (SIGINT); re-run the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        interrupts.uninstall()
-
-
-def _main(argv: list[str] | None) -> int:
-    import logging
-
-    # orbax's writer runs on asyncio; a write that failed (a full disk) is reported by jscale in one line, and
-    # asyncio's "Future exception was never retrieved" tracebacks at exit would only repeat it.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every subcommand and argument, each with its help text."""
     parser = _Parser(prog="jscale", description=__doc__.splitlines()[0])
     from jscale import __version__
 
@@ -320,13 +305,13 @@ def _main(argv: list[str] | None) -> int:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("config", help="every config key with its type, default (or FILE's value) and meaning")
-    p.add_argument("config", nargs="?")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("config", nargs="?", help="TOML config file whose values to show (default: the defaults)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=256")
     p.set_defaults(func=_config)
 
     p = sub.add_parser("info", help="parameter and FLOP counts and memory estimate of a config")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("config", help="TOML config file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=256")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("plan", help="print a sweep's runs, their N, FLOPs, tokens and groups; trains nothing")
@@ -339,8 +324,8 @@ def _main(argv: list[str] | None) -> int:
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run a sweep; re-running on the same --out skips finished runs and resumes")
-    p.add_argument("sweep")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("sweep", help="sweep TOML file")
+    p.add_argument("overrides", nargs="*", help="base config overrides, e.g. train.steps=100")
     p.add_argument("--out", help="sweep directory (default runs/SWEEP_NAME)")
     p.add_argument("--ensemble-size", type=int, help="runs per vmapped group (1 = one after another); default: "
                                                        "measured per backend, limited by memory")
@@ -350,11 +335,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--coordinator", help="multi-host: coordinator address host:port (jax.distributed)")
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, help="multi-host: this process's index")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a sweep directory (jscale run --out)")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("report", help="an HTML page and a Markdown summary of one sweep or a directory of sweeps: "
@@ -390,7 +375,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (the text is a pure function of it)")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("eval", help="a trained model's loss, bits per byte and per-position loss on a corpus")
@@ -410,9 +395,31 @@ def _main(argv: list[str] | None) -> int:
 
     p = sub.add_parser("import", help="a config whose run starts from another library's weights")
     p.add_argument("kind", help="hf: a GPT-2 directory (config.json, model.safetensors)")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the directory to import from")
     p.add_argument("--out", help="write the config here (default: print it)")
     p.set_defaults(func=_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    interrupts.install()  # first: a Ctrl-C from here on stops cleanly at a step boundary
+    enable_compilation_cache()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a signal that arrived before the handlers were installed
+        print("jscale: interrupted (SIGINT); re-run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        interrupts.uninstall()
+
+
+def _main(argv: list[str] | None) -> int:
+    import logging
+
+    # orbax's writer runs on asyncio; a write that failed (a full disk) is reported by jscale in one line, and
+    # asyncio's "Future exception was never retrieved" tracebacks at exit would only repeat it.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    parser = build_parser()
 
     try:
         args = _parse(parser, argv)

@@ -286,7 +286,7 @@ def _run(args) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("fit", help="fit a scaling law to a CSV table or a directory of runs")
     p.add_argument("input", help="CSV file, a jscale sweep directory, or a directory of jscale train runs")
-    p.add_argument("--law", required=True, choices=LAWS)
+    p.add_argument("--law", required=True, choices=LAWS, help="which law to fit: " + ", ".join(LAWS))
     p.add_argument("--irreducible", action="store_true", help="kaplan-n/d/c: add an irreducible loss E")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

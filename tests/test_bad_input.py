@@ -265,3 +265,18 @@ def test_overrides_may_follow_the_options(work):
     b = parser_args(p, ["train", "good.toml", "model.d_model=64", "train.lr=1e-3", "--out", "X"])
     assert a.overrides == b.overrides == ["model.d_model=64", "train.lr=1e-3"] and a.out == b.out == "X"
     assert isinstance(a, argparse.Namespace)
+
+
+def test_every_command_and_argument_has_help_text():
+    """`jscale X --help` explains every argument, positional ones included."""
+    import argparse
+
+    from jscale import cli
+
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helped = {choice.dest for choice in sub._choices_actions if choice.help}
+    assert set(sub.choices) == helped, set(sub.choices) - helped
+    missing = [f"{name} {action.dest}" for name, p in sub.choices.items() for action in p._actions
+               if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert missing == []

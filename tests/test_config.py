@@ -5,6 +5,7 @@ import functools
 
 import pytest
 
+from conftest import REPO
 from jscale import config, resolve
 from jscale.config import ConfigError
 
@@ -134,5 +135,11 @@ def test_every_config_key_is_described_and_typos_get_a_suggestion(capsys):
     assert cli.main(["config"]) == 0
     out = capsys.readouterr().out
     assert len(out.splitlines()) == len(rows) and "data.eval_tokens" in out
+    # aligned: every row's description starts in the same column, with a file's values too (wider than defaults)
+    for argv in (["config"], ["config", str(REPO / "experiments" / "train_small.toml"), "data.corpus=builtin:stdlib"]):
+        assert cli.main(argv) == 0
+        lines = capsys.readouterr().out.splitlines()
+        starts = {line.index(text) for line, (_, _, _, text) in zip(lines, rows)}
+        assert len(starts) == 1, starts
     with pytest.raises(config.ConfigError, match=r"model.d_modle: unknown config key \(did you mean model.d_model\?\)"):
         resolve.load(None, ["model.d_modle=64"])
