@@ -136,3 +136,25 @@ def test_gpt2_tokenizer_without_network_or_cache_is_one_line(tmp_path):
                        text=True, env={**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path)})
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("jscale: error: data.tokenizer: gpt2: the encoding is not")
+
+
+def test_held_out_records_are_chosen_by_their_text_whatever_holds_them(tmp_path):
+    """One set of records (train only: validation and test are held out by hash) through a save_to_disk folder, a
+    jsonl file and a parquet file in other folders, shuffled: the same documents in each split, and a record that
+    appears twice is in one split only."""
+    texts = [f"record {i}: {'x' * (i % 7)}\n" for i in range(300)] + ["a repeated record\n"] * 3
+    ds = datasets.Dataset.from_dict({"text": texts})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "elsewhere").mkdir()
+    ds.shuffle(seed=1).to_json(str(tmp_path / "elsewhere" / "train.jsonl"), lines=True)
+    (tmp_path / "third").mkdir()
+    ds.shuffle(seed=2).to_parquet(str(tmp_path / "third" / "train.parquet"))
+    splits = []
+    for source in ("saved", "elsewhere", "third"):
+        corpus = data.corpus_from_config(DataConfig(corpus=f"hf:{tmp_path / source}"))
+        splits.append({s: sorted(corpus.documents(s)) for s in data.SPLITS})
+    assert splits[0] == splits[1] == splits[2]
+    assert sum(len(docs) for docs in splits[0].values()) == len(texts)  # nothing lost or repeated
+    assert len(splits[0]["validation"]) > 0 and len(splits[0]["test"]) > 0
+    holding = [s for s, docs in splits[0].items() if "a repeated record\n" in docs]
+    assert len(holding) == 1 and splits[0][holding[0]].count("a repeated record\n") == 3

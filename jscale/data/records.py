@@ -24,10 +24,15 @@ from jscale.data.sources import CORPUS_VERSION, Corpus, split_by_hash
 from jscale.errors import ConfigError
 
 
+RECORD_SPLIT_RULE = "c"  # in the corpus id: held-out records chosen by a hash of their text (was: of their index)
+
+
 @dataclass(frozen=True)
 class RecordCorpus(Corpus):
     """A dataset of records with a text field (TFDS, HF datasets): its own validation and test splits where it has
-    them; a split it lacks is held out of its train split by a hash of the record's index."""
+    them; a split it lacks is held out of its train split by a hash of the record's *text*, so the same records give
+    the same splits whichever way they are stored (a jsonl file, parquet, a save_to_disk folder; any path, any order)
+    and a record repeated in the data is never in two splits."""
     validation_fraction: float
     test_fraction: float
 
@@ -39,9 +44,6 @@ class RecordCorpus(Corpus):
         """(index, text) of every record of the dataset's split."""
         raise NotImplementedError
 
-    def _record_name(self, i: int) -> str:
-        return f"{self.description}:{i}"
-
     def _own_split(self, split: str) -> str | None:
         have = self._splits()
         names = {"validation": ("validation", "valid", "val", "dev"), "test": ("test",)}.get(split, (split,))
@@ -50,15 +52,16 @@ class RecordCorpus(Corpus):
     def documents(self, split: str) -> Iterator[str]:
         own = self._own_split(split) if split != "train" else None
         if own is not None:
-            records, keep = self._texts(own), lambda i: True
+            records, keep = self._texts(own), lambda text: True
         else:
             records = self._texts("train")
             val = 0.0 if self._own_split("validation") else self.validation_fraction
             test = 0.0 if self._own_split("test") else self.test_fraction
-            keep = lambda i: split_by_hash(self._record_name(i), val, test) == split
-        for i, text in records:
-            if keep(i):
-                yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+            keep = lambda text: split_by_hash(text, val, test) == split
+        for _, raw in records:
+            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            if keep(text):
+                yield text
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,6 @@ class TfdsCorpus(RecordCorpus):
     name: str = ""
     data_dir: str | None = None
     text_column: str = ""
-
-    def _record_name(self, i: int) -> str:
-        return f"{self.name}:{i}"
 
     def _builder(self):
         import tensorflow_datasets as tfds
@@ -246,8 +246,8 @@ def tfds_corpus(cfg: DataConfig) -> TfdsCorpus:
     data_dir = cfg.tfds_data_dir or None
     check_tfds_prepared(name, data_dir, cfg.download)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"tfds_{name}_{data_dir or 'default'}")[-60:]
-    corpus = TfdsCorpus(id=f"{slug}-v{CORPUS_VERSION}-val{cfg.validation_fraction:g}-test{cfg.test_fraction:g}"
-                        f"{'-' + cfg.text_column if cfg.text_column else ''}",
+    corpus = TfdsCorpus(id=f"{slug}-v{CORPUS_VERSION}{RECORD_SPLIT_RULE}-val{cfg.validation_fraction:g}"
+                           f"-test{cfg.test_fraction:g}{'-' + cfg.text_column if cfg.text_column else ''}",
                         description=spec, name=name, data_dir=data_dir, text_column=cfg.text_column,
                         validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
     corpus._text_key()  # a missing text column is an error before any tokenizing
@@ -261,7 +261,7 @@ def hf_corpus(cfg: DataConfig) -> HfCorpus:
     dataset = load_hf(source, cfg.hf_name)
     fingerprint = hashlib.sha256("".join(d._fingerprint for d in dataset.values()).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"hf_{source}")[-40:]
-    corpus = HfCorpus(id=f"{slug}-{fingerprint}-v{CORPUS_VERSION}-val{cfg.validation_fraction:g}"
+    corpus = HfCorpus(id=f"{slug}-{fingerprint}-v{CORPUS_VERSION}{RECORD_SPLIT_RULE}-val{cfg.validation_fraction:g}"
                          f"-test{cfg.test_fraction:g}{'-' + cfg.text_column if cfg.text_column else ''}",
                       description=spec, spec=source, name=cfg.hf_name, text_column=cfg.text_column,
                       validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
