@@ -175,7 +175,9 @@ def _eval(args) -> None:
 
     model = trained.load(args.run, args.run_id, args.step)
     result = trained.evaluate(model, args.data, args.split, args.windows)
-    print(f"{result['run']} at step {result['step']} on the {result['split']} split of {result['corpus']} "
+    where = (f"every token of {result['corpus']}" if result["split"] == "all"
+             else f"the {result['split']} split of {result['corpus']}")
+    print(f"{result['run']} at step {result['step']} on {where} "
           f"({result['windows']} windows): loss {result['loss']:.4f} ± {result['se']:.4f} nats/token, "
           f"{result['bits_per_byte']:.4f} bits/byte")
     print("loss by position: " + ", ".join(f"{lo}{'' if lo == hi else f'-{hi}'}: {loss:.3f}"
@@ -381,9 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="a trained model's loss, bits per byte and per-position loss on a corpus")
     run_arguments(p)
     p.add_argument("--data", help="a data.corpus value, read with the run's tokenizer (default the run's corpus)")
-    p.add_argument("--split", default="test", help="validation, test or an extra evaluation set (default test)")
+    p.add_argument("--split", help="validation, test, an extra evaluation set, train, or all (every token of the "
+                                   "corpus); default: all with --data (your file scored whole), else test")
     p.add_argument("--windows", type=int, default=0, help="windows to score (default as the run's final "
-                                                          "evaluation)")
+                                                          "evaluation; with --split all, every window)")
     p.add_argument("--out", help="also write the result as JSON here")
     p.set_defaults(func=_eval)
 

@@ -165,31 +165,55 @@ def eval_data_config(cfg: Config, corpus: str | None) -> config.DataConfig:
     return d
 
 
-def evaluate(model: TrainedModel, corpus: str | None = None, split: str = "test", windows: int = 0) -> dict:
+def tiled_windows(tokens: np.ndarray, n_ctx: int, context: int = 0) -> np.ndarray:
+    """Windows of context + n_ctx + 1 tokens every n_ctx tokens: each token after a window's first context + 1 is
+    predicted exactly once, (W, context + n_ctx + 1) int32."""
+    starts = np.arange(0, len(tokens) - (context + n_ctx + 1) + 1, n_ctx)
+    return np.asarray(tokens[starts[:, None] + np.arange(context + n_ctx + 1)], np.int32)
+
+
+def evaluate(model: TrainedModel, corpus: str | None = None, split: str | None = None, windows: int = 0) -> dict:
     """Loss (nats per token) with its standard error over windows, bits per byte and per-position loss of the
-    model on `split` of `corpus` (default: the run's own corpus). windows: how many (0 = as the run's final
-    evaluation: data.eval_windows, or data.eval_tokens' worth capped by what the split holds)."""
+    model on `split` of `corpus` (default: the run's own corpus).
+
+    split: validation, test or an extra set (held-out windows, those found verbatim in train left out); "train";
+    or "all", every token of the corpus (its splits one after another, tiled by windows): the default for another
+    corpus (a file of yours is scored whole), "test" for the run's own. windows: how many (0 = as the run's final
+    evaluation, or for "all" every window; for "all" N > 0 keeps N evenly spaced)."""
     from jscale.train import eval_context, make_eval_step, padded_chunks, summarize_eval
 
     cfg = model.cfg
+    split = split or ("test" if corpus is None else "all")
     d = eval_data_config(cfg, corpus)
     n_ctx, context = cfg.model.n_ctx, eval_context(cfg.model)
     tokens = data.prepare(d)
-    if split not in tokens.eval_sets:
-        raise ConfigError(f"--split: {d.corpus} has the evaluation sets {', '.join(tokens.eval_sets)}, not {split!r}")
+    if split not in (*tokens.eval_sets, "train", "all"):
+        raise ConfigError(f"--split: {d.corpus} has the evaluation sets {', '.join(tokens.eval_sets)} (and train, "
+                          f"all), not {split!r}")
     if windows < 0:
         raise ConfigError(f"--windows: must be >= 0, got {windows}")
-    n = windows or min(config.eval_window_counts(d, n_ctx)[0], tokens.window_capacity(n_ctx, context))
-    windows_WxS = tokens.eval_windows(n, n_ctx, context, split, strict=windows > 0)
+    parts = ("train", "validation", "test") if split == "all" else (split,)
+    if split == "all":
+        windows_WxS = np.concatenate([tiled_windows(np.asarray(tokens.splits[s]), n_ctx, context) for s in parts])
+        if 0 < windows < len(windows_WxS):
+            windows_WxS = windows_WxS[np.linspace(0, len(windows_WxS) - 1, windows).round().astype(np.int64)]
+    elif split == "train":
+        n = windows or config.eval_window_counts(d, n_ctx)[0]
+        windows_WxS = data.eval_windows(tokens.train, n, n_ctx, context)
+    else:
+        n = windows or min(config.eval_window_counts(d, n_ctx)[0], tokens.window_capacity(n_ctx, context))
+        windows_WxS = tokens.eval_windows(n, n_ctx, context, split, strict=windows > 0)
     if len(windows_WxS) == 0:
         raise ConfigError(f"--split: the {split} split of {d.corpus} is too short for one window of {n_ctx + 1}")
+    bytes_per_token = (sum(tokens.meta[f"{s}_bytes"] for s in parts) /
+                       max(sum(len(tokens.splits[s]) for s in parts), 1))
     eval_step = jax.jit(make_eval_step(build(cfg.model)))
     losses = [np.asarray(eval_step(model.params, jnp.asarray(chunk, jnp.int32)))[:n]
               for chunk, n in padded_chunks(windows_WxS, 16)]  # a fixed chunk size: one compile
     summary = summarize_eval(np.concatenate(losses)[None])
     loss, se = float(summary["loss"][0]), float(summary["se"][0])
     return {"run": model.source, "step": model.step, "corpus": d.corpus, "split": split, "windows": len(windows_WxS),
-            "loss": loss, "se": se, "bits_per_byte": loss / math.log(2) / tokens.bytes_per_token(split),
+            "loss": loss, "se": se, "bits_per_byte": loss / math.log(2) / bytes_per_token,
             "per_position": summary["per_position"][0].round(5).tolist()}
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import config, grid, hf_gpt2, resolve, sweep, train, trained
+from jscale import config, data, grid, hf_gpt2, resolve, sweep, train, trained
 from jscale.config import ConfigError
 from jscale.models import build
 
@@ -74,10 +74,44 @@ def test_eval_reproduces_the_runs_final_validation_and_reads_another_corpus(run,
     assert other["bits_per_byte"] == pytest.approx(other["loss"] / math.log(2))  # byte tokens
     bins = trained.position_bins(other["per_position"])
     assert [(lo, hi) for lo, hi, _ in bins] == [(1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 32)]
-    r = jscale_here("eval", str(out), "--data", str(text_corpus), "--windows", "8", "--out", str(tmp_path / "e.json"),
-                    check=0)
+    r = jscale_here("eval", str(out), "--data", str(text_corpus), "--split", "test", "--windows", "8",
+                    "--out", str(tmp_path / "e.json"), check=0)
     assert json.loads((tmp_path / "e.json").read_text())["loss"] == pytest.approx(other["loss"], rel=1e-5)
     assert "loss by position: 1: " in r.stdout
+
+
+def test_eval_scores_a_file_of_yours_whole_and_the_train_split_on_request(run, tmp_path, jscale_here):
+    """`jscale eval RUN --data FILE` scores every token of FILE (not the 5% a hash holds out as its test split):
+    checked against the model's own forward pass over the file's tokens, tiled by hand."""
+    from scipy.special import log_softmax
+
+    out, _ = run
+    model = trained.load(out)
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n\n" for i in range(60))  # ~2.2 kB, one piece
+    (tmp_path / "mine.py").write_text(text)
+    r = jscale_here("eval", str(out), "--data", str(tmp_path / "mine.py"), "--out", str(tmp_path / "all.json"), check=0)
+    got = json.loads((tmp_path / "all.json").read_text())
+    assert got["split"] == "all" and f"on every token of {tmp_path / 'mine.py'}" in r.stdout
+    # every split of the file one after another (here the whole file lands in one), tiled every n_ctx tokens
+    tokens = data.prepare(trained.eval_data_config(model.cfg, str(tmp_path / "mine.py")))
+    n_ctx = model.cfg.model.n_ctx
+    net = build(model.cfg.model)
+    nll = []
+    for split in ("train", "validation", "test"):
+        ids = np.asarray(tokens.splits[split], np.int64)
+        for start in range(0, len(ids) - n_ctx, n_ctx):
+            x = ids[start:start + n_ctx + 1]
+            logits = np.asarray(net.apply({"params": model.params}, jnp.asarray(x[None, :-1])), np.float64)[0]
+            logp = log_softmax(logits, axis=-1)
+            nll.extend(-logp[np.arange(n_ctx), x[1:]])
+    # every byte of the file, and the one separator that starts its document
+    assert sum(len(tokens.splits[s]) for s in ("train", "validation", "test")) == len(text.encode()) + 1
+    assert got["windows"] == len(nll) // n_ctx and got["loss"] == pytest.approx(np.mean(nll), rel=1e-4)
+    # the run's own train split, asked for by name
+    train_split = trained.evaluate(model, split="train", windows=4)
+    assert train_split["split"] == "train" and train_split["windows"] == 4 and np.isfinite(train_split["loss"])
+    with pytest.raises(ConfigError, match="--split: .* not 'everything'"):
+        trained.evaluate(model, split="everything")
 
 
 def gelu_new(x):
