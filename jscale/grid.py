@@ -7,6 +7,9 @@ checkpoint that covers them, and evaluations past the newest checkpoint are dele
 
 Whether a backend trains a group faster as one vmapped ensemble or member by member is measured, once per sweep
 directory and backend, and recorded in `DIR/ensemble.json` (so a resumed sweep groups its runs the same way).
+
+Longer than 500 lines: the resumable loop, its tuning stages, shards and the ensemble measurement share one set of
+group bookkeeping (claims, checkpoints, finished rows); the measurement is the next candidate to move out.
 """
 
 from __future__ import annotations

@@ -124,7 +124,9 @@ def sample(model: TrainedModel, prompt: str, n_tokens: int = 200, temperature: f
     if not 0 <= top_k <= cfg.model.vocab_size:
         raise ConfigError(f"--top-k: must be in [0, {cfg.model.vocab_size}] (0 = no filter), got {top_k}")
     tokenizer = tokenizer_of(cfg)
-    prompt_ids = np.asarray(tokenizer.encode(prompt or data.DOC_SEPARATOR), np.int32)
+    eot = data.end_of_text(tokenizer)  # an empty prompt starts a document: after the end of the one before
+    prompt_ids = np.asarray([eot[1]] if not prompt and eot else tokenizer.encode(prompt or data.DOC_SEPARATOR),
+                            np.int32)
     key, T = jax.random.key(seed), jnp.float32(temperature)
     n_ctx = cfg.model.n_ctx
     if cfg.model.kind not in ("transformer", "universal") or len(prompt_ids) + n_tokens <= n_ctx:

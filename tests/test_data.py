@@ -397,3 +397,31 @@ def test_bad_bin_corpora_are_one_line_errors(tmp_path, case, message):
     with pytest.raises(ConfigError, match=message):
         data.prepare(resolve.resolve(config.from_dict({"data": {"corpus": f"bin:{nano}",
                                                 "cache_dir": str(tmp_path / "c")}})).data)
+
+
+def test_documents_end_with_the_tokenizers_own_end_of_text_token(tmp_path, text_corpus):
+    """A tokenizer.json with an <|endoftext|> special token: every document of the token files ends with its id
+    (nanoGPT's and Levanter's convention), documents start where the offsets say, and the batched (parallel) encoding
+    gives exactly the ids of encoding each document alone."""
+    from tokenizers import AddedToken
+
+    from jscale import config, resolve
+
+    path, tok = _tokenizer_file(tmp_path, text_corpus)
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    tok.save(str(path))
+    eot = tok.token_to_id("<|endoftext|>")
+    cfg = resolve.resolve(config.from_dict({"data": {"corpus": str(text_corpus), "tokenizer": f"file:{path}",
+                                                     "cache_dir": str(tmp_path / "cache")}}))
+    tokens = data.prepare(cfg.data)
+    corpus = data.corpus_from_config(cfg.data)
+    docs = list(corpus.documents("train"))
+    expect = [i for d in docs for i in tok.encode(d).ids + [eot]]
+    np.testing.assert_array_equal(np.asarray(tokens.train), expect)
+    starts = tokens.document_starts("train")
+    assert len(starts) == len(docs) and all(tokens.train[s - 1] == eot for s in starts[1:])
+    assert tokens.meta["document_end"] == "<|endoftext|>"
+    # bytes and the plain BPE trained here have no such token: documents end with a newline, as before
+    plain = data.prepare(DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path / "cache")))
+    assert "document_end" not in plain.meta
+    assert bytes(np.asarray(plain.train[:len(docs[0].encode()) + 1])) == (docs[0] + "\n").encode()

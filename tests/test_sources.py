@@ -119,8 +119,11 @@ def test_gpt2_tokenizer_sets_the_vocabulary_and_encodes_every_split(tmp_path, fi
                                          "tokenizer": "gpt2", "cache_dir": files.cache_dir}}))
         assert cfg.model.vocab_size == enc.n_vocab == 263
         tokens = data.prepare(cfg.data)
-        expect = enc.encode_ordinary("".join(d + data.DOC_SEPARATOR for d in DOCS["test"]))
+        # each document ends with GPT-2's <|endoftext|> (id 262 here), as nanoGPT and Levanter write them
+        expect = [t for d in DOCS["test"] for t in enc.encode_ordinary(d) + [enc.eot_token]]
         np.testing.assert_array_equal(np.asarray(tokens.test), expect)
+        assert enc.eot_token == 262 and tokens.meta["document_end"] == "<|endoftext|>"
+        assert tokens.meta["test_bytes"] == sum(len(d.encode()) for d in DOCS["test"])  # the text's bytes only
         assert len(tokens.train) < len(file_tokens.train)  # "the loss" merged: fewer tokens than bytes
         assert data.make_tokenizer(cfg.data).decode(tokens.test[:12]) == DOCS["test"][0][:len(enc.decode(expect[:12]))]
         with pytest.raises(ConfigError, match="model.vocab_size: follows the tokenizer"):

@@ -26,8 +26,8 @@ from jscale.data.records import HfCorpus, RecordCorpus, TfdsCorpus, load_hf
 from jscale.data.sources import (BUILTIN_CHUNK_BYTES, CHUNK_BELOW_FILES, CHUNK_BYTES, CORPUS_VERSION, HELD_OUT,
                                  PROSE_SHARE, SPLITS, Corpus, FileCorpus, prose_share, split_by_hash, stdlib_files,
                                  stdlib_prose)
-from jscale.data.tokenizers import (BPETokenizer, ByteTokenizer, FileTokenizer, TiktokenTokenizer, load_tiktoken,
-                                    load_tokenizer_file, tokenizer_vocab)
+from jscale.data.tokenizers import (BPETokenizer, ByteTokenizer, FileTokenizer, TiktokenTokenizer, end_of_text,
+                                    load_tiktoken, load_tokenizer_file, tokenizer_vocab)
 
 __all__ = [
     "DEDUP_MIN_TOKENS", "eval_windows", "subset_pieces", "subset_tokens", "train_batch", "window_hashes",
@@ -36,5 +36,5 @@ __all__ = [
     "TfdsCorpus", "load_hf", "BUILTIN_CHUNK_BYTES", "CHUNK_BELOW_FILES", "CHUNK_BYTES", "CORPUS_VERSION",
     "HELD_OUT", "PROSE_SHARE", "SPLITS", "Corpus", "FileCorpus", "prose_share", "split_by_hash", "stdlib_files",
     "stdlib_prose", "BPETokenizer", "ByteTokenizer", "FileTokenizer", "TiktokenTokenizer", "load_tiktoken",
-    "load_tokenizer_file", "tokenizer_vocab",
+    "load_tokenizer_file", "tokenizer_vocab", "end_of_text",
 ]

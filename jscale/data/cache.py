@@ -21,11 +21,12 @@ import numpy as np
 from jscale import interrupts
 from jscale.config import DataConfig
 from jscale.data.batches import DEDUP_MIN_TOKENS, train_batch, window_starts
-from jscale.data.tokenizers import token_dtype
+from jscale.data.tokenizers import end_of_text, token_dtype
 from jscale.errors import ConfigError
 from jscale.files import file_digest
 
-DOC_SEPARATOR = "\n"
+DOC_SEPARATOR = "\n"  # ends each document where the tokenizer has no end-of-text token of its own
+BATCH_CHARS = 1 << 23  # documents are encoded in batches of about this much text (on every core), then written
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -186,6 +187,27 @@ def cache_problem(target: Path) -> str | None:
     return None
 
 
+def _batches(documents, max_chars: int = BATCH_CHARS):
+    """Lists of consecutive documents of about max_chars characters in all."""
+    batch, size = [], 0
+    for text in documents:
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def cache_name(corpus_id: str, tokenizer) -> str:
+    """The cache folder of a corpus tokenized by tokenizer (an object, or a "bpeV" id for a BPE not yet trained,
+    which has no end-of-text token): documents that end with the tokenizer's own end-of-text token are marked."""
+    tokenizer_id = tokenizer if isinstance(tokenizer, str) else tokenizer.id
+    eot = None if isinstance(tokenizer, str) else end_of_text(tokenizer)
+    return f"{corpus_id}-{tokenizer_id}" + ("" if eot is None else "-eot")
+
+
 def write_token_files(corpus, tokenizer, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -193,18 +215,24 @@ def write_token_files(corpus, tokenizer, target: Path) -> None:
     splits = corpus.split_names()
     meta = {"corpus": corpus.description, "corpus_id": corpus.id, "tokenizer": tokenizer.id,
             "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "splits": list(splits)}
+    eot = end_of_text(tokenizer)  # documents end with it, as nanoGPT and Levanter do, so a model learns to emit it
+    if eot is not None:
+        meta["document_end"] = eot[0]
     try:
         for split in splits:
             n_tokens = n_bytes = n_docs = 0
             starts = []  # where each document begins, in tokens: the units evaluation windows are resampled by
             with open(tmp / f"{split}.bin", "wb") as f:
-                for text in corpus.documents(split):
-                    interrupts.check()  # between documents: the temporary directory is removed below
-                    text += DOC_SEPARATOR
-                    ids = tokenizer.encode(text).astype(dtype)
-                    f.write(ids.tobytes())
-                    starts.append(n_tokens)
-                    n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode()), n_docs + 1
+                for batch in _batches(corpus.documents(split)):  # streamed: one batch of text in memory at a time
+                    interrupts.check()  # between batches: the temporary directory is removed below
+                    texts = [t + DOC_SEPARATOR for t in batch] if eot is None else batch
+                    for text, ids in zip(texts, tokenizer.encode_batch(texts)):
+                        if eot is not None:
+                            ids = np.append(ids, eot[1])
+                        ids = ids.astype(dtype)
+                        f.write(ids.tobytes())
+                        starts.append(n_tokens)
+                        n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + len(text.encode()), n_docs + 1
             np.save(tmp / f"{split}.docs.npy", np.asarray(starts, np.int64))
             meta.update({f"{split}_tokens": n_tokens, f"{split}_bytes": n_bytes, f"{split}_documents": n_docs,
                          f"sha256_{split}": file_digest(tmp / f"{split}.bin"),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from jscale.config import DataConfig
 from jscale.data.bins import bin_corpus_vocab, bin_dir, open_bin
-from jscale.data.cache import TokenizedCorpus, cache_problem, cache_root, open_cache, write_token_files
+from jscale.data.cache import (TokenizedCorpus, cache_name, cache_problem, cache_root, open_cache,
+                               write_token_files)
 from jscale.data.records import hf_corpus, tfds_corpus
 from jscale.data.sources import SPLITS, Corpus, FileCorpus, file_corpus_from_config
 from jscale.data.tokenizers import BPETokenizer, ByteTokenizer, FileTokenizer, TiktokenTokenizer, tokenizer_vocab
@@ -104,11 +105,10 @@ def prepare(cfg: DataConfig) -> TokenizedCorpus:
     root = cache_root(cfg)
     tokenizer = None
     if cfg.tokenizer == "bpe":  # trained (and so loaded) only when the token files must be written
-        tokenizer_id = f"bpe{cfg.vocab_size}"
+        target = root / cache_name(corpus.id, f"bpe{cfg.vocab_size}")
     else:
         tokenizer = make_tokenizer(cfg)
-        tokenizer_id = tokenizer.id
-    target = root / f"{corpus.id}-{tokenizer_id}"
+        target = root / cache_name(corpus.id, tokenizer)
     if (target / "meta.json").exists():
         problem = cache_problem(target)
         if problem is None:

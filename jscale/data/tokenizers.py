@@ -84,6 +84,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), np.uint8)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
@@ -116,6 +119,10 @@ class BPETokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, np.uint32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """The same ids as encode, on every core (the Rust library's thread pool)."""
+        return [np.asarray(e.ids, np.uint32) for e in self._tok.encode_batch(texts)]
+
     def decode(self, ids) -> str:
         return self._tok.decode(list(map(int, ids)))
 
@@ -131,6 +138,10 @@ class FileTokenizer:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, np.uint32)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """The same ids as encode, on every core (the Rust library's thread pool)."""
+        return [np.asarray(e.ids, np.uint32) for e in self._tok.encode_batch(texts)]
+
     def decode(self, ids) -> str:
         return self._tok.decode(list(map(int, ids)))
 
@@ -145,6 +156,11 @@ class TiktokenTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._enc.encode_ordinary(text), np.uint32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """The same ids as encode, on every core (tiktoken's thread pool)."""
+        ids = self._enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+        return [np.asarray(i, np.uint32) for i in ids]
 
     def decode(self, ids) -> str:
         return self._enc.decode(list(map(int, ids)))
