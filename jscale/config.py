@@ -197,11 +197,12 @@ class ParallelConfig:
 class LoggingConfig:
     """Where metrics go besides metrics.jsonl / the results database (jscale.tracking). Changes nothing a run
     computes, so it is not part of a run's identity."""
-    tensorboard: bool = True  # TensorBoard event files: RUN/tb for one run, OUT/tb/RUN_ID per sweep member
+    tensorboard: bool = True  # TensorBoard event files: RUN/tb for one run, OUT/tb/NAME [RUN_ID] per sweep member
     wandb: bool = False  # Weights & Biases, one W&B run per jscale run (pip install 'jscale[wandb]')
     wandb_project: str = "jscale"  # W&B project
     wandb_entity: str = ""  # W&B entity (team or user); "" = the logged-in default
     wandb_mode: str = "online"  # online | offline (upload later with `wandb sync`) | disabled
+    every: int = 10  # training scalars (loss, grad norm, lr, tokens/s, MFU) every this many steps; 0 = at evaluations
 
 
 # Keys that may differ between members of one vmapped ensemble: they are arrays in train_step's hparams, or only
@@ -422,6 +423,8 @@ def validate(cfg: Config) -> None:
                           f"\"bpe\" to choose a vocabulary size, or leave it out")
     _choice("data.bin_dtype", d.bin_dtype, ("uint8", "uint16", "uint32"))
     _choice("logging.wandb_mode", cfg.logging.wandb_mode, ("online", "offline", "disabled"))
+    if cfg.logging.every < 0:
+        raise ConfigError(f"logging.every: must be >= 0 (0 = only at evaluations), got {cfg.logging.every}")
     if m.init_from and not m.init_from.startswith("hf:"):
         raise ConfigError(f"model.init_from: {m.init_from!r} is not hf:DIR (a GPT-2 directory)")
     if m.init_from and m.kind != "transformer":

@@ -54,6 +54,45 @@ def test_tensorboard_logs_every_evaluation_and_a_resume_leaves_no_duplicates(tmp
                      ("train/lr", "lr"), ("train/grad_norm_interval_mean", "grad_norm")]:
         assert tb[tag] == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in records}, tag
     assert all(r["grad_norm"] > 0 for r in records)
+    # training scalars every logging.every = 10 steps too, here at the same steps as the evaluations
+    assert set(tb["train/loss"]) == {10, 20, 30, 40} and all(v > 0 for v in tb["train/grad_norm"].values())
+
+
+def test_training_scalars_every_few_steps_are_means_of_the_steps_between(tmp_path):
+    """logging.every = 4 with evaluations every 10: train/loss at 4, 8, 12, ... is the mean of the per-step losses
+    since the previous point (checked against metrics.jsonl's interval means, which cover 10 steps: the weighted
+    means of the points inside an evaluation interval reproduce it), and a resume rewinds them too."""
+    cfg = tiny(every=5)
+    train.train(cfg, tmp_path / "run", progress=False)
+    tb = read_scalars(tmp_path / "run" / "tb")
+    assert sorted(tb["train/loss"]) == list(range(5, 41, 5))
+    assert {"train/grad_norm", "train/lr", "train/tokens", "perf/tokens_per_s"} <= set(tb)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # two points of 5 steps per evaluation interval of 10
+        mean = (tb["train/loss"][r["step"] - 5] + tb["train/loss"][r["step"]]) / 2
+        assert mean == pytest.approx(r["train_loss"], rel=1e-5)
+        assert tb["train/tokens"][r["step"]] == r["tokens"]
+    with pytest.raises(config.ConfigError, match="logging.every: must be >= 0"):
+        tiny(every=-1)
+
+
+def test_tracked_config_and_run_names(tmp_path):
+    from jscale import accounting, tracking
+
+    cfg = tiny()
+    conf = tracking.tracked_config(cfg)
+    acc = accounting.account(cfg.model)
+    assert conf["N"] == acc.N and conf["N_total"] == acc.N_total and conf["model"]["d_model"] == 32
+    assert conf["tokens_per_param"] == pytest.approx(40 * 8 * 32 / acc.N_total)
+    assert conf["flops_per_token_exact"] == acc.train_flops_exact
+    assert tracking.tb_folder("L=2 D=40 H=5 seed=0", "abc123") == "L=2 D=40 H=5 seed=0 [abc123]"
+    assert tracking.tb_folder("pilot a/b lr=0.001", "x") == "pilot a b lr=0.001 [x]"
+    # W&B ids: one per run directory and attempt; a resume continues its own, a fresh start gets a new one
+    first = tracking._wandb_id(tmp_path / "a" / "wandb-ids" / "run", 0)
+    assert tracking._wandb_id(tmp_path / "a" / "wandb-ids" / "run", 20) == first  # resumed
+    assert tracking._wandb_id(tmp_path / "b" / "wandb-ids" / "run", 0) != first  # same run, another directory
+    again = tracking._wandb_id(tmp_path / "a" / "wandb-ids" / "run", 0)  # started over in the same directory
+    assert again != first and tracking._wandb_id(tmp_path / "a" / "wandb-ids" / "run", 10) == again
 
 
 def read_wandb_history(path, kinds: list | None = None) -> dict[int, dict[str, float]]:
@@ -125,6 +164,8 @@ def test_a_sweep_logs_each_member_of_a_vmapped_group_as_its_own_run(tmp_path):
     assert grid.run_sweep(sw, tmp_path / "out", ensemble_size=2, progress=False)["groups"] == 1
     with sqlite3.connect(tmp_path / "out" / "results.sqlite") as c:
         rows = c.execute("SELECT run_id, step, val_loss FROM curves").fetchall()
+        names = dict(c.execute("SELECT run_id, name FROM runs").fetchall())
     assert len({r for r, _, _ in rows}) == 2
-    for run_id, step, val_loss in rows:
-        assert read_scalars(tmp_path / "out" / "tb" / run_id)["validation/loss"][step] == pytest.approx(val_loss)
+    for run_id, step, val_loss in rows:  # TensorBoard's run is named as W&B's: "lr=0.001 [RUN_ID]"
+        folder = tmp_path / "out" / "tb" / f"{names[run_id]} [{run_id}]"
+        assert read_scalars(folder)["validation/loss"][step] == pytest.approx(val_loss)

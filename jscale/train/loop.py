@@ -152,6 +152,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     # cooldown, a copy of the state anneals to that horizon and is scored on the final validation windows.
     branches = {start_k: horizon for horizon, start_k in t.anneal_horizons()}
     branch_hparams = {horizon: _with_horizon(host_hp, horizon, steps.hp_sharding) for horizon in branches.values()}
+    # Training scalars for the trackers every logging.every steps (one transfer of the steps since the last point).
+    log_every = cfg.logging.every if tracker is not None and tracker.active else 0
+    log_from, log_time, log_step = 0, time.perf_counter(), start
     try:
         for step in range(start, end):
             interrupts.check()  # a step boundary: everything written so far is whole
@@ -159,6 +162,20 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
             losses.append(metrics["loss"])
             grad_norms.append(metrics["grad_norm"])
             done = step + 1
+            if log_every and done % log_every == 0 and len(losses) > log_from:
+                n_steps = len(losses) - log_from
+                loss_m = fetch(jnp.stack(losses[log_from:])).reshape(n_steps, -1).mean(axis=0)
+                grad_m = fetch(jnp.stack(grad_norms[log_from:])).reshape(n_steps, -1).mean(axis=0)
+                lr_m = fetch(metrics["lr"]).reshape(-1)
+                now = time.perf_counter()
+                per_s = (done - log_step) * tokens_per_step / max(now - log_time, 1e-9)
+                tracker.record_train([{
+                    "step": done, "train_loss": float(loss_m[i]), "grad_norm": float(grad_m[i]), "lr": float(lr_m[i]),
+                    "tokens": done * tokens_per_step, "epochs": done * tokens_per_step / data_tokens[i],
+                    "tokens_per_s": per_s,
+                    "mfu": None if peak is None else M * per_s * acc.train_flops_exact / peak}
+                    for i in range(len(run_ids))])
+                log_from, log_time, log_step = len(losses), now, done
             if done in branches:
                 interrupts.point("anneal")
                 horizon = branches[done]
@@ -171,6 +188,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 spent = time.perf_counter() - anneal_start
                 times["anneal"] = times.get("anneal", 0.0) + spent
                 last_time += spent  # tokens per second counts the run's own steps
+                log_time += spent
                 if writer is not None:
                     writer.record_anneal([_anneal_record(run_id, i, horizon, done, scored, tokens_per_step, acc,
                                                          corpus) for i, run_id in enumerate(run_ids)])
@@ -237,6 +255,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 losses.clear()
                 grad_norms.clear()
                 last_time, last_step = time.perf_counter(), done
+                log_from, log_time = 0, last_time  # evaluation time is not training time
                 times["eval"] = times.get("eval", 0.0) + last_time - eval_start
                 # Checkpoint only after the records it covers are committed (see resume above).
                 if done % t.checkpoint_every == 0 or done == t.steps:
