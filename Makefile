@@ -17,12 +17,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv || echo "uv could not be installed: pip will install the packages"
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(call INSTALL,-e .)
+# constraints.txt pins the JAX stack the tests run (the Colab notebooks install with it too).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(call INSTALL,-e . -c constraints.txt)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(call INSTALL,-e '.[test]')
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(call INSTALL,-e '.[test]' -c constraints.txt)
 	touch $@ $(VENV)/.installed
 
 .PHONY: quickstart test install experiments

@@ -18,6 +18,25 @@ def test_there_are_three_notebooks_each_linked_from_the_readme():
         assert f"colab.research.google.com/github/jscale/jscale/blob/main/colab/{name}" in readme
 
 
+def test_the_notebooks_install_the_jax_stack_the_tests_run():
+    """constraints.txt pins what `make test` installs (checked here against this environment, in which the notebooks
+    below run), every notebook installs jscale with it, and each names the repository pyproject.toml names (the
+    one place to change for a fork) and how to use a local wheel."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (REPO / "constraints.txt").read_text(), re.M))
+    assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint"} <= set(pins)
+    assert {name: version(name) for name in pins} == pins
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text()
+    url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    for path in NOTEBOOKS:
+        install = next(c.source for c in nbformat.read(path, as_version=4).cells if "pip -q install" in c.source)
+        assert f'REPO_URL = "{url}"' in install and "/constraints.txt" in install and "-c {CONSTRAINTS}" in install
+        assert "local wheel" in install and "SOURCE = " in install
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JSCALE_NOTEBOOK_SCALE", "smoke")
