@@ -119,6 +119,32 @@ def test_evaluation_windows_found_verbatim_in_train_are_left_out():
     assert len(set(h.tolist())) == 4901
 
 
+def test_the_windows_of_every_set_are_chosen_in_one_pass_over_train(monkeypatch):
+    """window_starts_many gives each request exactly what window_starts gives it alone (independently: a brute-force
+    search of each kept window's bytes in train), with one pass over the train split per window length."""
+    from jscale.data import batches
+
+    rng = np.random.default_rng(1)
+    train_tokens = rng.integers(0, 256, 300_000).astype(np.uint8)
+    sets = [rng.integers(0, 256, n).astype(np.uint8) for n in (20_000, 30_000, 9_000)]
+    for i, tokens in enumerate(sets):  # some windows of each set also occur in train
+        for j in range(5):
+            s = 1_000 * (j + 1)
+            train_tokens[50_000 * i + 7_000 * j:50_000 * i + 7_000 * j + 200] = tokens[s:s + 200]
+    requests = [(sets[0], 40, 99, 0), (sets[1], 64, 99, 0), (sets[2], 30, 99, 0), (sets[0], 12, 63, 0)]
+    alone = [batches.window_starts(t, n, n_ctx, c, exclude=train_tokens) for t, n, n_ctx, c in requests]
+    passes = []
+    real = batches.window_hashes
+    monkeypatch.setattr(batches, "window_hashes",
+                        lambda tokens, length, **k: passes.append(len(tokens)) or real(tokens, length, **k))
+    together = batches.window_starts_many(requests, train_tokens)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert sum(n >= 300_000 for n in passes) == 2  # one pass over train per window length (100 and 64), not four
+    train_bytes = bytes(train_tokens)
+    for (tokens, n, n_ctx, _), kept in zip(requests, together):
+        assert len(kept) == n and not any(bytes(tokens[s:s + n_ctx + 1]) in train_bytes for s in kept)
+
+
 def test_token_cache_is_reused(tmp_path, text_corpus):
     cfg = DataConfig(corpus=str(text_corpus), cache_dir=str(tmp_path))
     a = data.prepare(cfg)

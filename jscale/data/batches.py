@@ -114,24 +114,43 @@ def window_starts(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int =
     With exclude (the train split): twice as many evenly spaced candidates are drawn, those whose evaluated
     n_ctx + 1 tokens occur verbatim in exclude (licence headers, generated tables) are dropped, and n_windows are
     taken evenly from the rest. Fewer come back when fewer are left."""
-    span = len(tokens) - context - n_ctx - 1
-    if exclude is None:
-        return np.linspace(0, span, n_windows).astype(np.int64)
-    candidates = np.unique(np.linspace(0, span, 2 * n_windows).astype(np.int64))
-    length = n_ctx + 1
-    own = window_hashes(tokens[context:], length)[candidates]
-    seen = np.zeros(len(own), bool)
-    block = 1 << 22
-    own_sorted = np.sort(own)
-    for lo in range(0, max(len(exclude) - length + 1, 0), block):
-        train_hashes = window_hashes(exclude[lo:lo + block + length - 1], length)
-        at = np.minimum(np.searchsorted(own_sorted, train_hashes), len(own_sorted) - 1)
-        seen |= np.isin(own, train_hashes[own_sorted[at] == train_hashes])  # a search into the few, not a sort
-        interrupts.check()
-    kept = candidates[~seen]
-    if len(kept) <= n_windows:
-        return kept
-    return kept[np.linspace(0, len(kept) - 1, n_windows).round().astype(np.int64)]
+    return window_starts_many([(tokens, n_windows, n_ctx, context)], exclude)[0]
+
+
+def window_starts_many(requests: list[tuple[np.ndarray, int, int, int]], exclude: np.ndarray | None = None
+                       ) -> list[np.ndarray]:
+    """window_starts for several (tokens, n_windows, n_ctx, context) requests (every evaluation set of a run) with
+    one pass over exclude per window length, instead of one per request: hashing a large train split is most of
+    what choosing windows costs."""
+    out: list[np.ndarray | None] = [None] * len(requests)
+    by_length: dict[int, list[int]] = {}
+    for i, (tokens, n_windows, n_ctx, context) in enumerate(requests):
+        span = len(tokens) - context - n_ctx - 1
+        if exclude is None:
+            out[i] = np.linspace(0, span, n_windows).astype(np.int64)
+        else:
+            by_length.setdefault(n_ctx + 1, []).append(i)
+    for length, indices in by_length.items():
+        candidates, own = {}, {}
+        for i in indices:
+            tokens, n_windows, n_ctx, context = requests[i]
+            span = len(tokens) - context - n_ctx - 1
+            candidates[i] = np.unique(np.linspace(0, span, 2 * n_windows).astype(np.int64))
+            own[i] = window_hashes(tokens[context:], length)[candidates[i]]
+        wanted = np.unique(np.concatenate(list(own.values())))  # sorted: a search into the few, not a sort
+        found = np.zeros(len(wanted), bool)
+        block = 1 << 22
+        for lo in range(0, max(len(exclude) - length + 1, 0), block):
+            train_hashes = window_hashes(exclude[lo:lo + block + length - 1], length)
+            at = np.minimum(np.searchsorted(wanted, train_hashes), len(wanted) - 1)
+            found[at[wanted[at] == train_hashes]] = True
+            interrupts.check()
+        for i in indices:
+            n_windows = requests[i][1]
+            kept = candidates[i][~found[np.searchsorted(wanted, own[i])]]
+            out[i] = kept if len(kept) <= n_windows else kept[
+                np.linspace(0, len(kept) - 1, n_windows).round().astype(np.int64)]
+    return out
 
 
 def eval_windows(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0) -> np.ndarray:

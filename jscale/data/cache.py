@@ -20,7 +20,7 @@ import numpy as np
 
 from jscale import interrupts
 from jscale.config import DataConfig
-from jscale.data.batches import DEDUP_MIN_TOKENS, train_batch, window_starts
+from jscale.data.batches import DEDUP_MIN_TOKENS, train_batch, window_starts_many
 from jscale.data.tokenizers import end_of_text, token_dtype
 from jscale.errors import ConfigError
 from jscale.files import file_digest
@@ -119,36 +119,51 @@ class TokenizedCorpus:
             return None
         return np.load(path)
 
+    def prepare_windows(self, requests: list[tuple[str, int, int, int]]) -> None:
+        """Choose the evaluation windows of several (split, n_windows, n_ctx, context) at once (every set a run
+        evaluates): one pass over the train split per window length finds the windows that occur verbatim in it,
+        instead of one pass per set. Kept in memory and in the cache folder; eval_windows then reads them."""
+        todo = []
+        for split, n_windows, n_ctx, context in requests:
+            key = (self.meta["corpus_id"], self.meta["tokenizer"], split, n_windows, n_ctx, context)
+            if key in _WINDOWS:
+                continue
+            path = self._windows_path(split, n_windows, n_ctx, context)
+            if path is not None and path.exists():
+                try:
+                    _WINDOWS[key] = np.load(path)
+                    continue
+                except (OSError, ValueError):
+                    pass
+            todo.append((key, path, split, n_windows, n_ctx, context))
+        for dedup in (False, True):  # windows too short to deduplicate need no pass over train
+            group = [t for t in todo if (t[4] + 1 >= DEDUP_MIN_TOKENS) == dedup]
+            if not group:
+                continue
+            found = window_starts_many([(self.splits[split], n, n_ctx, context) for _, _, split, n, n_ctx, context
+                                        in group], self.train if dedup else None)
+            for (key, path, *_), starts in zip(group, found):
+                _WINDOWS[key] = starts
+                if path is not None:
+                    try:
+                        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+                        with open(tmp, "wb") as f:
+                            np.save(f, starts)
+                        os.replace(tmp, path)
+                    except OSError:
+                        pass  # a read-only cache: the windows are recomputed next time
+
+    def _windows_path(self, split: str, n_windows: int, n_ctx: int, context: int) -> Path | None:
+        return None if self.path is None else self.path / f"windows-{split}-{n_windows}-{n_ctx}-{context}.npy"
+
     def _window_starts(self, split: str, n_windows: int, n_ctx: int, context: int, strict: bool = True
                        ) -> np.ndarray:
-        key = (self.meta["corpus_id"], self.meta["tokenizer"], split, n_windows, n_ctx, context)
-        cached = _WINDOWS.get(key)
-        if cached is not None:
-            return cached
-        path = None if self.path is None else self.path / f"windows-{split}-{n_windows}-{n_ctx}-{context}.npy"
-        if path is not None and path.exists():
-            try:
-                starts = np.load(path)
-            except (OSError, ValueError):
-                starts = None
-        else:
-            starts = None
-        if starts is None:
-            starts = window_starts(self.splits[split], n_windows, n_ctx, context,
-                                   self.train if n_ctx + 1 >= DEDUP_MIN_TOKENS else None)
-            if len(starts) < n_windows and strict:
-                raise ConfigError(f"data.eval_windows: the {split} split of {self.meta['corpus']} holds only "
-                                  f"{len(starts)} distinct windows of {n_ctx + 1} tokens not found verbatim in the "
-                                  f"train split, fewer than {n_windows}; lower data.eval_windows or use more data")
-            if path is not None:
-                try:
-                    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-                    with open(tmp, "wb") as f:
-                        np.save(f, starts)
-                    os.replace(tmp, path)
-                except OSError:
-                    pass  # a read-only cache: the windows are recomputed next time
-        _WINDOWS[key] = starts
+        self.prepare_windows([(split, n_windows, n_ctx, context)])
+        starts = _WINDOWS[(self.meta["corpus_id"], self.meta["tokenizer"], split, n_windows, n_ctx, context)]
+        if len(starts) < n_windows and strict:
+            raise ConfigError(f"data.eval_windows: the {split} split of {self.meta['corpus']} holds only "
+                              f"{len(starts)} distinct windows of {n_ctx + 1} tokens not found verbatim in the "
+                              f"train split, fewer than {n_windows}; lower data.eval_windows or use more data")
         return starts
 
 

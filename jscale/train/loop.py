@@ -116,6 +116,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     counts = {split: n_final if explicit else min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model),
                                                                                    split))
               for split in corpus.eval_sets}
+    corpus.prepare_windows([(split, counts[split], n_ctx, eval_context(cfg.model)) for split in corpus.eval_sets])
     eval_sets = {split: corpus.eval_windows(counts[split], n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
     curve_subset = {split: results.curve_subset(len(w), n_curve)
