@@ -142,6 +142,9 @@ def table(runs, curves, anneals=None, blocks: dict | None = None, threshold: flo
             continue
         tokens = float(r.steps * r.batch_size * r.n_ctx)
         D = float(r.D) if r.D else float("nan")
+        recorded = getattr(r, "epochs", None)  # the loop's own count, for runs on the whole train split (D = 0)
+        if not np.isfinite(D) and recorded is not None and np.isfinite(recorded) and recorded > 0:
+            D = tokens / float(recorded)
         t = json.loads(r.config)["train"] if hasattr(r, "config") and isinstance(r.config, str) else {}
         conv = None
         if r.run_id in branch_runs:
