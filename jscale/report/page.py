@@ -83,7 +83,8 @@ def summary(sections) -> list[str]:
             ci = "-" if v.interval is None else f"{v.interval[0]:.4g} to {v.interval[1]:.4g}"
             why = v.reason if v.outcome == "inconclusive" else ""
             rows.append([f"[{sec.name}](#{anchor(sec)})", v.claim, f"**{v.outcome}**", est, ci,
-                         f"{v.region.text} ({v.region.kind})", why[:160] + ("..." if len(why) > 160 else "")])
+                         v.region.text if v.region.kind in v.region.text else f"{v.region.text} ({v.region.kind})",
+                         why[:160] + ("..." if len(why) > 160 else "")])
     if rows:
         counts = {o: sum(r[2] == f"**{o}**" for r in rows) for o in ("supports", "contradicts", "inconclusive")}
         md += [f"Every verdict ({', '.join(f'{n} {o}' for o, n in counts.items())}): the one rule of jscale.verdicts, "

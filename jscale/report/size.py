@@ -145,6 +145,34 @@ def extrapolated_law(exp: Experiment, runs, sec: Section, n_bootstrap: int) -> N
                          "-" if not n_bootstrap else " to ".join(f"{x:.4f}" for x in np.nanquantile(draws[:, i],
                                                                                                   [0.025, 0.975])),
                          f"{np.mean([last[r] for r in groups[i]]):.4f}"] for i, (n, v) in enumerate(zip(N, value))]))
+    # the figure: each run's annealed losses (validation) by horizon, and L_inf with its interval, against N
+    fig, (ax_h, ax_n) = plots.figure(2)
+    val = anneals[anneals["split"] == "validation"]
+    shades = plots._shades(len(groups))
+    for rank, i in enumerate(np.argsort(N)):  # shaded and listed by size
+        for r in groups[i]:
+            h = val[val["run_id"] == r].sort_values("tokens")
+            ax_h.plot(h["tokens"], h["loss"], "o-", ms=3, lw=0.8, color=shades[rank],
+                      label=f"N = {N[i]:,.0f}" if r == groups[i][0] else None)
+        ax_h.axhline(value[i], color=shades[rank], lw=0.6, ls=":")
+    ax_h.set_xscale("log"), ax_h.set_yscale("log")
+    ax_h.set_xlabel("tokens D (each cooldown branch's horizon)"), ax_h.set_ylabel("annealed validation loss (nats/token)")
+    ax_h.set_title("cooldown branches; dotted: L_inf, extrapolated", fontsize=9)
+    ax_h.legend(frameon=False, fontsize=7)
+    lo_hi = (np.nanquantile(draws, [0.025, 0.975], axis=0) if n_bootstrap else np.vstack([value, value]))
+    ax_n.errorbar(N, value, yerr=[value - lo_hi[0], lo_hi[1] - value], fmt="o", color="k", ms=4, capsize=2,
+                  label="L(N, D -> inf) (95%: windows, seeds)")
+    ax_n.plot(N, [np.mean([last[r] for r in g]) for g in groups], "s", mfc="none", color="0.5", ms=4,
+              label="longest horizon's annealed loss")
+    grid_n = np.geomspace(N.min() / 1.3, N.max() * 1.3, 100)
+    fit = np.polyfit(np.log(N), np.log(value), 1)
+    ax_n.plot(grid_n, np.exp(np.polyval(fit, np.log(grid_n))), "k-", lw=1,
+              label=f"(N_c/N)^{est.value:.3f}")
+    ax_n.set_xscale("log"), ax_n.set_yscale("log")
+    ax_n.set_xlabel(plots.n_label("non_embedding")), ax_n.set_ylabel("validation loss (nats/token)")
+    ax_n.set_title("L(N, D -> inf)", fontsize=9)
+    ax_n.legend(frameon=False, fontsize=7)
+    sec.figures["extrapolated"] = plots.tidy(fig)
     problem = (None if reach <= MAX_EXTRAPOLATION else
                f"the extrapolation reaches {100 * reach:.0f}% below the longest annealed horizon (at most "
                f"{100 * MAX_EXTRAPOLATION:.0f}%)")
