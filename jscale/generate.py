@@ -168,17 +168,22 @@ def _filter_logits(logits_V: jax.Array, temperature: jax.Array, top_k: int) -> j
     return logits_V
 
 
+def _prefill(init, step, params, prompt_P):
+    """The prompt fed through the cached decoder: (cache, each position's next-token logits (P, V))."""
+    def feed(cache, token_pos):
+        logits_V, cache = step(params, cache, *token_pos)
+        return cache, logits_V
+
+    return jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(prompt_P.shape[0])))
+
+
 def make_sampler(cfg: ModelConfig, n_prompt: int, n_new: int, top_k: int = 0) -> Callable:
     """sample(params, prompt (P,), key, temperature) -> n_new tokens: the prompt fed through the cached decoder
     (generate.decoder), then one token at a time; temperature 0 is greedy. One jitted function per shape."""
     init, step = decoder(cfg)
 
     def sample(params, prompt_P, key, temperature):
-        def feed(cache, token_pos):
-            logits_V, cache = step(params, cache, *token_pos)
-            return cache, logits_V
-
-        cache, logits_PxV = jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(n_prompt)))
+        cache, logits_PxV = _prefill(init, step, params, prompt_P)
 
         def body(carry, pos):
             cache, logits_V, key = carry
@@ -200,11 +205,7 @@ def make_next_token(cfg: ModelConfig, n_prompt: int, top_k: int = 0) -> Callable
     init, step = decoder(cfg)
 
     def next_token(params, prompt_P, key, temperature):
-        def feed(cache, token_pos):
-            logits_V, cache = step(params, cache, *token_pos)
-            return cache, logits_V
-
-        _, logits_PxV = jax.lax.scan(feed, init(params), (prompt_P, jnp.arange(n_prompt)))
+        _, logits_PxV = _prefill(init, step, params, prompt_P)
         drawn = jax.random.categorical(key, _filter_logits(logits_PxV[-1], temperature, top_k))
         return jnp.where(temperature > 0, drawn, jnp.argmax(logits_PxV[-1])).astype(jnp.int32)
 

@@ -25,7 +25,8 @@ import numpy as np
 from jscale.config import DataConfig
 from jscale.data.cache import TokenizedCorpus, cache_root
 from jscale.data.tokenizers import FileTokenizer, TiktokenTokenizer, tokenizer_vocab
-from jscale.errors import ConfigError
+from jscale.errors import ConfigError, JscaleError
+from jscale.files import write_atomic
 
 
 BIN_SPLITS = {"train": ("train.bin",), "validation": ("val.bin", "validation.bin"), "test": ("test.bin",)}
@@ -157,11 +158,9 @@ def _scan(path: Path, arrays: dict, files: dict, vocab: int, cfg: DataConfig, de
                "bytes": _split_bytes(path, arrays, vocab, cfg)}
         if record is not None:
             try:
-                tmp = record.with_name(f".scan.{os.getpid()}")
-                tmp.write_text(json.dumps(out))
-                os.replace(tmp, record)
-            except OSError:
-                pass
+                write_atomic(record, json.dumps(out))
+            except JscaleError:
+                pass  # a read-only cache: scanned again next time
     for split in ("train", "validation", "test"):
         top = out["max_id"][split]
         if top >= vocab:

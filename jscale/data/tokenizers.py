@@ -91,7 +91,21 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
-class BPETokenizer:
+class _HFTokenizer:
+    """A HuggingFace `tokenizers` Tokenizer (self._tok) as jscale uses it."""
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, np.uint32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """The same ids as encode, on every core (the Rust library's thread pool)."""
+        return [np.asarray(e.ids, np.uint32) for e in self._tok.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(map(int, ids)))
+
+
+class BPETokenizer(_HFTokenizer):
     """Byte-level BPE (HuggingFace `tokenizers`), trained on the training split and cached as JSON."""
 
     def __init__(self, tokenizer, vocab_size: int):
@@ -116,34 +130,14 @@ class BPETokenizer:
         os.replace(tmp, path)
         return cls(tok, vocab_size)
 
-    def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text).ids, np.uint32)
 
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """The same ids as encode, on every core (the Rust library's thread pool)."""
-        return [np.asarray(e.ids, np.uint32) for e in self._tok.encode_batch(texts)]
-
-    def decode(self, ids) -> str:
-        return self._tok.decode(list(map(int, ids)))
-
-
-class FileTokenizer:
+class FileTokenizer(_HFTokenizer):
     """Any HF `tokenizers` tokenizer.json (data.tokenizer = "file:PATH"); named in the cache by its content."""
 
     def __init__(self, path: str):
         self._tok = load_tokenizer_file(path)
         self.vocab_size = self._tok.get_vocab_size()
         self.id = f"file{file_digest(Path(os.path.expanduser(path)))[:12]}"
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text).ids, np.uint32)
-
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """The same ids as encode, on every core (the Rust library's thread pool)."""
-        return [np.asarray(e.ids, np.uint32) for e in self._tok.encode_batch(texts)]
-
-    def decode(self, ids) -> str:
-        return self._tok.decode(list(map(int, ids)))
 
 
 class TiktokenTokenizer:

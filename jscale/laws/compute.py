@@ -243,6 +243,20 @@ def _frontier_arrays(C, L, run=None):
     return _fit_power_arrays(C[keep], L[keep], False)[0], keep
 
 
+def _resampled_runs(run: np.ndarray):
+    """(number of runs, resample): resample(idx) gives the rows of the runs drawn (whole learning curves) and a fresh
+    id per draw, so a run drawn twice stays two separate curves."""
+    runs = np.unique(run)
+    members = [np.flatnonzero(run == r) for r in runs]
+
+    def resample(idx):
+        rows = np.concatenate([members[i] for i in idx])
+        ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
+        return rows, ids
+
+    return len(runs), resample
+
+
 def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
                  convention: dict[str, str] | None = None) -> FittedLaw:
     """L(C_min) = (C_c / C)^alpha_C on the lower envelope of all runs' learning curves (C in FLOPs; C_c is also
@@ -256,16 +270,14 @@ def fit_frontier(run, C, loss, n_bootstrap: int = 1000, seed: int = 0,
                              "envelope_runs": int(len(np.unique(run[keep])))})
     fitted.residuals = (np.log(L[keep]) - np.log(fitted.predict(X=C[keep]))).tolist()
     if n_bootstrap:
-        runs = np.unique(run)
-        members = [np.flatnonzero(run == r) for r in runs]
+        n_runs, resample = _resampled_runs(run)
 
         def fit_once(idx):
-            rows = np.concatenate([members[i] for i in idx])
-            ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
+            rows, ids = resample(idx)
             p, _ = _frontier_arrays(C[rows], L[rows], ids)
             return {**p, "C_c_pf_days": p["X_c"] / PF_DAY}
 
-        attach_bootstrap(fitted, fit_once, len(runs), n_bootstrap, seed)
+        attach_bootstrap(fitted, fit_once, n_runs, n_bootstrap, seed)
     return fitted
 
 
@@ -303,16 +315,13 @@ def fit_envelope(run, N, C, loss, n_budgets: int = 25, n_bootstrap: int = 1000, 
                        info={"budgets": budgets.tolist(), "N_opt": best_n.tolist()})
     fitted.residuals = (np.log(best_n) - np.log(fitted.predict(C=budgets))).tolist()
     if n_bootstrap:
-        runs = np.unique(run)
-        members = [np.flatnonzero(run == r) for r in runs]
+        n_runs, resample = _resampled_runs(run)
 
         def fit_once(idx):
-            rows = np.concatenate([members[i] for i in idx])
-            # Resampled runs keep distinct ids so their curves stay separate.
-            ids = np.concatenate([np.full(len(members[i]), k) for k, i in enumerate(idx)])
+            rows, ids = resample(idx)
             return _envelope_arrays(ids, N[rows], C[rows], L[rows], n_budgets)[0]
 
-        attach_bootstrap(fitted, fit_once, len(runs), n_bootstrap, seed)
+        attach_bootstrap(fitted, fit_once, n_runs, n_bootstrap, seed)
     return fitted
 
 
