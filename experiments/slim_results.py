@@ -36,7 +36,10 @@ def slim_copy(src: Path, dest: Path, keep_positions: bool) -> int:
         source.backup(copy)
     conn = sqlite3.connect(tmp)
     try:
-        if not keep_positions:
+        if keep_positions:  # the per-position analysis reads final runs only; pilots' rows are dead weight
+            conn.execute("UPDATE windows SET positions = NULL WHERE run_id IN "
+                         "(SELECT run_id FROM runs WHERE role IS NOT 'final')")
+        else:
             conn.execute("UPDATE windows SET positions = NULL")
         conn.execute("DELETE FROM claims")
         conn.commit()

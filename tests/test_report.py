@@ -427,5 +427,13 @@ def test_a_slim_copy_of_a_sweep_gives_the_same_report(tmp_path):
     assert [(v.claim, v.outcome, v.estimate) for v in before["size"].decisions] == \
         [(v.claim, v.outcome, v.estimate) for v in after["size"].decisions]
     assert before["size"].numbers == after["size"].numbers
+    # --keep-positions keeps final runs' per-position losses (the LSTM analysis reads them), not pilots'
+    with sqlite3.connect(tmp_path / "runs" / "size" / "results.sqlite") as conn:
+        conn.execute("UPDATE runs SET role = 'pilot' WHERE run_id = (SELECT min(run_id) FROM windows)")
+    assert slim.main([str(tmp_path / "runs"), str(tmp_path / "kept"), "--keep-positions", "size"]) == 0
+    with sqlite3.connect(tmp_path / "kept" / "size" / "results.sqlite") as conn:
+        kept = dict(conn.execute("SELECT r.role, count(w.positions) FROM windows w JOIN runs r USING (run_id) "
+                                 "GROUP BY r.role").fetchall())
+    assert kept["pilot"] == 0 and kept["final"] > 0
     (tmp_path / "empty").mkdir()
     assert slim.main([str(tmp_path / "empty"), str(tmp_path / "x")]) == 2  # no sweep there: one line, status 2

@@ -181,8 +181,8 @@ def _chinchilla_bootstrap(logN, logD, logL, delta, theta_hat, n_resamples, seed,
     x = x[ok]
     if len(x) < MIN_SUCCESS_SHARE * n_resamples:  # too few refits succeeded for an interval: the estimate stands
         return {}, int(n_resamples - len(x))
-    p = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # a wild resample overflows to inf and is dropped below
+        p = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
         samples = {**p, **chinchilla_derived(p)}
     finite = np.all([np.isfinite(v) for v in samples.values()], axis=0)
     q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)

@@ -100,8 +100,11 @@ def _least_squares_log(formula, starts: Sequence[Sequence[float]], logL: np.ndar
 
 def _kaplan_nd_arrays(N, D, L, start: dict[str, float] | None = None):
     starts = [(np.log(1e13), np.log(1e13), aN, aD) for aN in (0.05, 0.1, 0.3) for aD in (0.05, 0.1, 0.3)]
-    tr = lambda t: {"N_c": float(np.exp(t[0])), "D_c": float(np.exp(t[1])), "alpha_N": float(t[2]),
+    def tr(t):
+        with np.errstate(over="ignore"):  # a resample's N_c or D_c beyond float range is inf, which callers drop
+            return {"N_c": float(np.exp(t[0])), "D_c": float(np.exp(t[1])), "alpha_N": float(t[2]),
                     "alpha_D": float(t[3])}
+
     warm = None if start is None else (np.log(start["N_c"]), np.log(start["D_c"]), start["alpha_N"], start["alpha_D"])
     return _least_squares_log(lambda p: _kaplan_nd(p, N, D), starts, np.log(L), tr, "kaplan-nd", warm)
 
