@@ -35,11 +35,14 @@ quickstart: $(VENV)/.installed
 	$(BIN)/jscale fit $(OUT) --law kaplan-n --n-convention non_embedding --bootstrap 1000 \
 	  --out $(OUT)/fit-kaplan-n.json --plot $(OUT)/fit
 
-# Every experiment of experiments/ at one scale (cpu, gpu or full), then their report (re-running resumes).
+# Every experiment of experiments/ at one scale (cpu, gpu or full), then their report (re-running resumes);
+# WORKERS=2 trains each sweep with two processes (jscale run --workers).
 SCALE ?= cpu
+WORKERS ?= 1
 EXPERIMENTS := size sample_efficiency shape lstm recurrent compute critical_batch data efficiency
 experiments: $(VENV)/.installed
-	for e in $(EXPERIMENTS); do $(BIN)/jscale run experiments/$$e.toml --scale $(SCALE) --out runs/$(SCALE)/$$e || exit 1; done
+	for e in $(EXPERIMENTS); do $(BIN)/jscale run experiments/$$e.toml --scale $(SCALE) --out runs/$(SCALE)/$$e \
+	  --workers $(WORKERS) || exit 1; done
 	$(BIN)/jscale report runs/$(SCALE) --out experiments/results/$(SCALE)
 
 test: $(VENV)/.installed-test

@@ -133,24 +133,68 @@ def _plan(args) -> None:
 def _run(args) -> None:
     from jscale import grid, sweep
 
+    from jscale import workers
+
     _check_run_flags(args)
     shard = grid.parse_shard(args.shard)
+    workers.check(args.workers, args.shard, args.num_processes is not None or args.coordinator is not None)
     sw = sweep.load(args.sweep, args.overrides, args.scale)  # validated before any device work
-    if sw.budget_minutes:
+    if sw.budget_minutes and not args.worker:
         from jscale import throughput
 
         throughput.check_budget(sw, sw.groups(args.ensemble_size or grid.MAX_MEMBERS), args.force)
     interrupts.check()
-    grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
     out = Path(args.out) if args.out else Path("runs") / (Path(args.sweep).stem + (f"-{sw.scale}" if sw.scale else ""))
-    summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard, progress=not args.quiet)
+    if args.workers > 1:
+        _run_workers(args, sw, out)
+        return
+    grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.worker:
+        import jax
+
+        if jax.default_backend() != "cpu":
+            from jscale.errors import ConfigError
+
+            raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
+                              f"process (several would share one accelerator's memory)")
+    summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
+                             progress=not args.quiet, wait_for_others=args.worker)
     import jax
 
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not args.worker:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
         if summary.get("left"):
             print(f"left: {summary['left']}")
+
+
+def _run_workers(args, sw, out: Path) -> None:
+    """`jscale run --workers N`: the sweep is validated here, trained by N worker processes (jscale.workers)."""
+    from jscale import grid, workers
+
+    from jscale import results
+
+    grid.check_sweep_dir(sw, out, log=False)  # a wrong directory is refused once, before any worker starts
+    results.ResultsDB(out).close()  # created (or checked) here: workers creating it at once would race for it
+    grid.prepare_data(sw)  # corpora and evaluation windows into the caches once, not by every worker at once
+    child = [args.sweep, *args.overrides, "--out", str(out)]
+    if args.scale:
+        child += ["--scale", args.scale]
+    if args.force:
+        child += ["--force"]
+    # One run per group unless asked: groups are what the workers share, and a directory that already chose its
+    # ensemble size keeps it (ensemble.json), so a resumed sweep groups its runs as before.
+    if args.ensemble_size is not None:
+        child += ["--ensemble-size", str(args.ensemble_size)]
+    elif not (out / "ensemble.json").is_file():
+        child += ["--ensemble-size", "1"]
+    status = workers.run(child, out, args.workers, progress=not args.quiet)
+    if status != 0:
+        raise SystemExit(status)
+    done, left = workers.summary(out)
+    print(done)
+    if left:
+        print(f"left: {left}")
 
 
 def _report(args) -> None:
@@ -338,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, help="multi-host: this process's index")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    p.add_argument("--workers", type=int, default=1,
+                   help="N processes train the sweep's groups side by side on this machine (a CPU's cores; one "
+                        "run per group unless --ensemble-size); results are those of one process")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")

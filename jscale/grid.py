@@ -248,13 +248,14 @@ def shard_of(group_id: str, n: int) -> int:
 def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = None,
               shard: tuple[int, int] = (0, 1), progress: bool = True, stop_after: int | None = None,
               background_compile: bool = True, timings: dict[str, float] | None = None,
-              ensemble_mode: str | None = None) -> dict:
+              ensemble_mode: str | None = None, wait_for_others: bool = False) -> dict:
     """Train every unfinished group of the sweep that belongs to this shard. Returns a summary.
 
     ensemble_mode: vmap or map (train.ensemble); default: as measured for this directory and backend.
     background_compile: compile the next group's steps while one trains. timings: a dict that collects seconds
     spent on data, compile (all of it, overlapped or not), compile_wait (what the sweep waited for), init, train,
-    eval and checkpoint."""
+    eval and checkpoint. wait_for_others: a worker of `jscale run --workers` (jscale.workers): wait for pilots that
+    another job is training (taking them over if it dies) instead of leaving the point's final runs to it."""
     out = Path(out)
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
@@ -353,7 +354,8 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             chosen, waiting = {}, []
             points = sorted({r.tags["tune.of"] for r in awaiting})
             for point in points:
-                choice = _tune_point(sweep, point, awaiting, db, members, train_groups, add_to_bar, bar)
+                choice = _tune_point(sweep, point, awaiting, db, members, train_groups, add_to_bar, bar,
+                                     groups if wait_for_others else None)
                 if choice is None:
                     waiting.append(point)
                 else:
@@ -386,6 +388,23 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             db.close()
     return {"runs": len(sweep.runs), "groups": len(groups) + tuned_groups, "trained_groups": counts["trained"],
             "members": members, "busy_groups": counts["busy"], "left": left}
+
+
+def prepare_data(sweep: sweeps.Sweep) -> None:
+    """Tokenize every corpus the sweep's runs read and choose their evaluation windows, once, into the caches
+    (what the first group of each corpus would do): `jscale run --workers` calls it before its workers start, so
+    they do not each do it at once."""
+    corpora: dict[str, data.TokenizedCorpus] = {}
+    done = set()
+    for run in sweep.runs:
+        key = json.dumps(run.cfg.data.__dict__, sort_keys=True)
+        if key not in corpora:
+            corpora[key] = data.prepare(run.cfg.data)
+        windows = (key, run.cfg.model.n_ctx, train.eval_context(run.cfg.model))
+        if windows not in done:
+            interrupts.check()
+            train.prepare_eval_windows(run.cfg, corpora[key])
+            done.add(windows)
 
 
 def _unfinished(groups: list[sweeps.Group], db) -> list[sweeps.Group]:
@@ -424,15 +443,20 @@ def _pilot_losses(db, runs: list[sweeps.Run], keys) -> list[tuple[dict, float]] 
 
 
 def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db, members: int, train_groups,
-                add_to_bar, bar) -> dict | None:
+                add_to_bar, bar, wait_in: list[sweeps.Group] | None = None) -> dict | None:
     """Choose a point's tuned values from its pilots (extending the grid while the optimum is at an edge),
-    record the choice, and return it; None while pilots trained by another job are unfinished."""
+    record the choice, and return it; None while pilots trained by another job are unfinished, unless wait_in
+    (the sweep's groups) is given: then wait for them, training any whose job died."""
     tune = sweep.tune
     say = (lambda line: bar.write(line)) if bar is not None else (lambda line: None)
     finals = [r for r in awaiting if r.tags["tune.of"] == point]
     grid = {k: list(v) for k, v in tune.grid}
     pilots = [r for r in sweep.runs if r.tags.get("tune.point") == point]
     losses = _pilot_losses(db, pilots, tune.keys)
+    if losses is None and wait_in is not None:
+        ids = {r.run_id for r in pilots}
+        losses = _wait_for_pilots(db, pilots, tune.keys, [g for g in wait_in if ids & {r.run_id for r in g.runs}],
+                                  train_groups)
     if losses is None:
         say(f"point {point}: its pilots are not all finished (another job trains them); re-run to train its "
             f"final runs")
@@ -455,6 +479,8 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
         add_to_bar(todo)
         train_groups(todo)
         extra_losses = _pilot_losses(db, extra, tune.keys)
+        if extra_losses is None and wait_in is not None:
+            extra_losses = _wait_for_pilots(db, extra, tune.keys, extra_groups, train_groups)
         if extra_losses is None:
             return None
         for key, values in more.items():
@@ -471,6 +497,21 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
                      choice.margin, rounds)
     say(f"point {point}: chose {tuning.values_text(choice.chosen)} on validation loss ({note})")
     return choice.chosen
+
+
+WAIT_POLL_S = 2.0
+
+
+def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[sweeps.Group], train_groups) -> list:
+    """The pilots' losses once every one is finished: another job trains them; a group whose job died (its claim
+    gone stale) is taken over and trained here."""
+    while True:
+        losses = _pilot_losses(db, pilots, keys)
+        if losses is not None:
+            return losses
+        train_groups(_unfinished(pilot_groups, db))  # skips groups a live job holds
+        interrupts.check()
+        time.sleep(WAIT_POLL_S)
 
 
 def _checkpoint_dir(out: Path, g: sweeps.Group) -> Path:

@@ -181,6 +181,21 @@ class ResultsDB:
                                      f"({', '.join('?' for _ in ids)})", ids).fetchall()
         return dict(rows)
 
+    def progress(self) -> dict[str, float]:
+        """What the whole sweep has trained so far, in exact FLOPs (runs' recorded steps), and what is planned;
+        `runs`/`finished` count the registered runs; `unplanned` the tuned points whose final runs wait for a
+        choice (pilots registered, no tuning row)."""
+        with db_errors(self.path):
+            done, total, runs, finished = self.conn.execute(
+                "SELECT COALESCE(SUM(step * batch_size * n_ctx * flops_per_token_exact), 0), "
+                "COALESCE(SUM(tokens * flops_per_token_exact), 0), COUNT(*), "
+                "COALESCE(SUM(status IN ('done', 'diverged')), 0) FROM runs").fetchone()
+            unplanned = self.conn.execute(
+                "SELECT COUNT(DISTINCT point) FROM runs WHERE role = 'pilot' AND point IS NOT NULL AND point NOT IN "
+                "(SELECT point FROM tuning)").fetchone()[0]
+        return {"flops_done": float(done), "flops_total": float(total), "runs": int(runs), "finished": int(finished),
+                "unplanned": int(unplanned)}
+
     def last_step(self, run_ids: list[str]) -> int:
         """The newest step evaluated and recorded for every one of these runs (0 if any has none)."""
         marks = ", ".join("?" for _ in run_ids)

@@ -126,3 +126,15 @@ def test_tokenizing_benchmark_smoke_writes_identical_token_files(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     text = results.read_text()
     assert "token files identical: True" in text and "| batched, every core (write_token_files) |" in text
+
+
+def test_workers_benchmark_smoke_trains_the_same_sweep_both_ways(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "workers.py"), "--smoke", "--steps", "40"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [r["workers"] for r in rows] == [1, 2] and rows[0]["tokens"] == rows[1]["tokens"] > 0
+    # (whether the losses equal one process's depends on the ensemble mode that process measured: a vmapped one
+    # is numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
+    row = next(line for line in p.stdout.splitlines() if "| --workers 2 |" in line)
+    assert row.endswith(("| identical |", "| differ |"))

@@ -214,3 +214,63 @@ def test_the_ensemble_measurement_runs_on_a_transformer_xl():
                             "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}))
     m = grid.measure_vmap_speedup(cfg, members=2, steps=1)
     assert m["speedup"] > 0 and m["mode"] in ("vmap", "map")
+
+
+TUNED_TOML = SWEEP_TOML.replace('[[axis]]\nkey = "train.seed"\nvalues = [0, 1]\n', "").replace(
+    'name = "tiny"', 'name = "tiny"\nseeds = 2') + '[tune]\ngrid = {{ "train.lr" = [1e-3, 3e-3, 1e-2] }}\nextend = true\n'
+
+
+def sweep_rows(out):
+    with sqlite3.connect(out / "results.sqlite") as c:
+        return (c.execute("SELECT run_id, status, role, lr, final_val_loss, final_test_loss FROM runs "
+                          "ORDER BY run_id").fetchall(),
+                c.execute("SELECT point, grid, chosen FROM tuning ORDER BY point").fetchall())
+
+
+def test_workers_share_a_tuned_sweep_and_train_exactly_what_one_process_trains(tmp_path, jscale_here):
+    """`jscale run --workers 2`: two processes claim groups, wait for each other's pilots (the grid extended past
+    an edge included) and share the final runs; every curve, choice and final loss is bitwise that of one process."""
+    spec = tmp_path / "tuned.toml"
+    spec.write_text(TUNED_TOML.format(steps=8))
+    one = jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1", check=0)
+    two = jscale_here("run", str(spec), "--out", str(tmp_path / "two"), "--quiet", "--workers", "2", check=0)
+    assert "left:" not in one.stdout + two.stdout and "done:" in two.stdout
+    runs, tuning = sweep_rows(tmp_path / "two")
+    assert {r[1] for r in runs} == {"done"} and sum(r[2] == "final" for r in runs) == 4
+    assert (runs, tuning) == sweep_rows(tmp_path / "one")
+    assert curves(tmp_path / "two") == curves(tmp_path / "one")
+    import json
+
+    sessions = json.loads((tmp_path / "two" / "sweep.json").read_text())["sessions"]
+    assert len({s["pid"] for s in sessions}) == 2  # both workers worked on the directory
+    for bad, message in ((["--workers", "0"], "--workers: must be >= 1"),
+                         (["--workers", "2", "--shard", "0/2"], "cannot be combined with --shard")):
+        r = jscale_here("run", str(spec), "--out", str(tmp_path / "bad"), *bad)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_signal_to_the_workers_parent_stops_every_worker_and_the_rerun_finishes_bitwise(tmp_path, jscale_here):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SWEEP_TOML.format(steps=400))
+    jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1", check=0)
+    out = tmp_path / "two"
+    p = subprocess.Popen(jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--workers", "2"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:  # until a worker has recorded an evaluation
+        try:
+            with sqlite3.connect(out / "results.sqlite") as c:
+                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("jscale: interrupted (SIGTERM)")
+    with sqlite3.connect(out / "results.sqlite") as c:  # no worker is left holding a group
+        assert c.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+    jscale_here("run", str(spec), "--out", str(out), "--quiet", "--workers", "2", check=0)
+    assert curves(out) == curves(tmp_path / "one")

@@ -53,6 +53,20 @@ def _timed(timings: dict[str, float], key: str):
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
+def prepare_eval_windows(cfg: Config, corpus: data.TokenizedCorpus) -> dict[str, int]:
+    """How many final-evaluation windows each evaluation set of this run scores, with the windows chosen (and
+    cached with the corpus) for all sets in one pass over the train split."""
+    n_ctx, context = cfg.model.n_ctx, eval_context(cfg.model)
+    n_final, _ = eval_window_counts(cfg.data, n_ctx)
+    # sized from eval_tokens: each set at most what it holds without overlapping (a small extra set scores fewer
+    # windows; validation and test keep theirs)
+    counts = {split: n_final if cfg.data.eval_windows > 0 else min(n_final, corpus.window_capacity(n_ctx, context,
+                                                                                                   split))
+              for split in corpus.eval_sets}
+    corpus.prepare_windows([(split, counts[split], n_ctx, context) for split in corpus.eval_sets])
+    return counts
+
+
 def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCorpus, checkpoint_dir: Path,
                sink, stacked: bool, on_step: Callable[[int], None] | None = None,
                log: Callable[[str], None] | None = None, stop_after: int | None = None,
@@ -109,14 +123,9 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     if tracker is not None:
         tracker.start(start)
 
-    n_final, n_curve = eval_window_counts(cfg.data, n_ctx)
+    _, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
-    # sized from eval_tokens: each set at most what it holds without overlapping (a small extra set scores fewer
-    # windows; validation and test keep theirs)
-    counts = {split: n_final if explicit else min(n_final, corpus.window_capacity(n_ctx, eval_context(cfg.model),
-                                                                                   split))
-              for split in corpus.eval_sets}
-    corpus.prepare_windows([(split, counts[split], n_ctx, eval_context(cfg.model)) for split in corpus.eval_sets])
+    counts = prepare_eval_windows(cfg, corpus)
     eval_sets = {split: corpus.eval_windows(counts[split], n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
     curve_subset = {split: results.curve_subset(len(w), n_curve)
