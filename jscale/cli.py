@@ -121,7 +121,10 @@ def _plan(args) -> None:
     if not args.no_estimate or sw.budget_minutes:
         from jscale import throughput
 
-        measured = throughput.for_device(sw.device, log=lambda line: print(line, flush=True))
+        say = lambda line: print(line, flush=True)
+        measured = throughput.for_device(sw.device, log=say)
+        if sw.device not in throughput.REFERENCE:  # this device: time the sweep's own shapes too
+            measured = throughput.with_shapes(measured, groups, log=say)
         print(throughput.describe(groups, measured, sw.budget_minutes))
         rate = throughput.tokens_per_s(groups, measured)
     from jscale import planning

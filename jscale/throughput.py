@@ -2,15 +2,18 @@
 
 The first estimate on a device trains a few probe models for some steps (seconds on a CPU) and caches what it
 measured in `CACHE/throughput.json` under the device's name; later estimates read the cache. A step of a group is
-modelled as `overhead + FLOPs / rate`, fitted per model family (Transformers, LSTMs) to the probes; evaluation
-costs a third of a training step's FLOPs per token; each distinct shape pays the probes' mean compile time
-(persistent-cache hits make re-runs cheaper than this says).
+modelled as `overhead + FLOPs / rate`, fitted per model family (Transformers, LSTMs) to the probes, and
+`jscale plan` corrects it with the sweep's own shapes timed on this device (`with_shapes`: the smallest, median and
+largest; each other shape takes the correction of the nearest in FLOPs); evaluation costs a third of a training
+step's FLOPs per token; each distinct shape pays the mean compile time measured (persistent-cache hits make re-runs
+cheaper than this says). Not counted: pilots added when a tuning grid is extended, and other jobs on the machine.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 
@@ -52,18 +55,68 @@ def measure(steps: int = 8) -> dict:
         cfg = Config(model=ModelConfig(kind=kind, n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 32)
                                        if kind != "lstm" else ModelConfig.n_heads, n_ctx=n_ctx),
                      train=TrainConfig(batch_size=batch, steps=steps + 2, warmup_steps=1))
-        t0 = time.perf_counter()
-        compiled = train.compile_steps([cfg], stacked=False)
-        compile_s = time.perf_counter() - t0
-        state = compiled.init(np.uint32(0))
-        hp = {k: sharding.put(np.asarray(v), compiled.hp_sharding)
-              for k, v in train.hparams_from_config(cfg.train).items()}
-        batch_arr = sharding.put(np.zeros((batch, n_ctx + 1), np.int32), compiled.batch_sh)
-        seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
-        flops = batch * n_ctx * accounting.account(cfg.model).train_flops_exact
         rows.append({"kind": kind, "n_layer": n_layer, "d_model": d_model, "n_ctx": n_ctx, "batch": batch,
-                     "flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compile_s})
+                     **_time_steps(cfg, steps)})
     return {"date": datetime.date.today().isoformat(), "probes": rows}
+
+
+def _time_steps(cfg: Config, steps: int) -> dict[str, float]:
+    """One member of this config: compile seconds, then seconds per training step, and its FLOPs per step."""
+    from jscale import sharding, train
+
+    t0 = time.perf_counter()
+    compiled = train.compile_steps([cfg], stacked=False)
+    compile_s = time.perf_counter() - t0
+    state = compiled.init(np.uint32(0))
+    hp = {k: sharding.put(np.asarray(v), compiled.hp_sharding)
+          for k, v in train.hparams_from_config(cfg.train).items()}
+    batch_arr = sharding.put(np.zeros((cfg.train.batch_size, cfg.model.n_ctx + 1), np.int32), compiled.batch_sh)
+    seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
+    flops = cfg.train.batch_size * cfg.model.n_ctx * accounting.account(cfg.model).train_flops_exact
+    return {"flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compile_s}
+
+
+def shape_key(cfg: Config) -> str:
+    """What one member's step time depends on: the model and the batch size."""
+    return json.dumps([{k: v for k, v in cfg.model.__dict__.items() if k != "init_from"}, cfg.train.batch_size],
+                      sort_keys=True)
+
+
+SHAPES_MEASURED = 3  # the sweep's own shapes timed per estimate: smallest, median and largest by FLOPs per step
+
+
+def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
+    """The throughput table plus the step time of up to SHAPES_MEASURED of these groups' own shapes, measured on
+    this device (once: cached beside the probes). Why: the probes' FLOP model misses what FLOPs do not show, such
+    as attention over 8-wide heads, which took 61% of a d_model 48 step on a 2-core CPU (benchmarks/RESULTS.md,
+    2026-12-05) and made the estimate of a sweep of such models 2.8x short."""
+    shapes = {}
+    for g in groups:
+        shapes.setdefault(shape_key(g.cfg), g.cfg)
+    by_flops = sorted(shapes.items(), key=lambda kv: accounting.account(kv[1].model).train_flops_exact
+                      * kv[1].train.batch_size)
+    picks = {by_flops[i][0]: by_flops[i][1] for i in {0, len(by_flops) // 2, len(by_flops) - 1}} if by_flops else {}
+    known = dict(measured.get("shapes", {}))
+    todo = {k: c for k, c in picks.items() if k not in known}
+    if todo:
+        log(f"(timing {len(todo)} of this sweep's model shapes on this device, for the estimate; cached in "
+            f"{_cache_path()})")
+        import jax
+
+        cache_on = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)  # a first run's compile time, not a cache hit
+        try:
+            for key, cfg in todo.items():
+                t = cfg.train
+                one = type(cfg)(**{**cfg.__dict__, "train": type(t)(**{**t.__dict__, "steps": steps + 2,
+                                                                       "warmup_steps": 1, "warmup_tokens": 0,
+                                                                       "warmup_per_param": 0.0,
+                                                                       "anneal_branches": 0})})
+                known[key] = _time_steps(one, steps)
+        finally:
+            jax.config.update("jax_enable_compilation_cache", cache_on)
+        _store(device_key(), {**measured, "shapes": known})
+    return {**measured, "shapes": known}
 
 
 def table(measure_if_missing: bool = True, log=print) -> dict | None:
@@ -77,15 +130,30 @@ def table(measure_if_missing: bool = True, log=print) -> dict | None:
     if key in cached or not measure_if_missing:
         return cached.get(key)
     log(f"(measuring this device's training throughput once, for wall-time estimates; cached in {path})")
-    cached[key] = measure()
+    table = measure()
+    _store(key, table)
+    return table
+
+
+def _read() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _store(key: str, table: dict) -> None:
+    """Write this device's table into the cache (atomically; an estimate without a cache is still an estimate)."""
+    path = _cache_path()
+    cached = _read()
+    cached[key] = table
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(cached, indent=2))
         tmp.replace(path)
     except OSError:
-        pass  # an estimate without a cache is still an estimate
-    return cached[key]
+        pass
 
 
 def _reference_h100() -> dict:
@@ -149,15 +217,29 @@ def estimate(groups, measured: dict) -> dict[str, float]:
     for family in ("transformer", "lstm"):
         rows = [r for r in measured["probes"] if FAMILY[r["kind"]] == family]
         fits[family] = _fit(rows or measured["probes"])
-    compile_per_shape = float(np.mean([r["compile_s"] for r in measured["probes"]]))
+    timed = measured.get("shapes", {})  # this sweep's own shapes where with_shapes timed them
+    compile_per_shape = float(np.mean([r["compile_s"] for r in (list(timed.values()) or measured["probes"])]))
+    # measured / modelled step time of each timed shape: the nearest one (in FLOPs per step) corrects the model
+    # for shapes not timed
+    ratios = []
+    for key, r in timed.items():
+        model, batch = json.loads(key)
+        overhead, rate = fits[FAMILY[model["kind"]]]
+        ratios.append((math.log(r["flops_per_step"]), r["seconds_per_step"] / (overhead + r["flops_per_step"] / rate)))
     train_s = eval_s = 0.0
     shapes = set()
     for g in groups:
         c, members = g.cfg, len(g.runs)
         overhead, rate = fits[FAMILY[c.model.kind]]
         per_token = accounting.account(c.model).train_flops_exact
-        step_flops = members * c.train.batch_size * c.model.n_ctx * per_token
-        train_s += (c.train.steps + c.train.branch_steps()) * (overhead + step_flops / rate)  # cooldowns too
+        one_flops = c.train.batch_size * c.model.n_ctx * per_token
+        modelled = overhead + one_flops / rate
+        if shape_key(c) in timed:
+            ratio = timed[shape_key(c)]["seconds_per_step"] / modelled
+        else:
+            ratio = min(ratios, key=lambda lr: abs(lr[0] - math.log(one_flops)))[1] if ratios else 1.0
+        step_s = ratio * (overhead + members * one_flops / rate)  # one member: the timed step itself
+        train_s += (c.train.steps + c.train.branch_steps()) * step_s  # cooldowns too
         cost = accounting.eval_cost(c)
         eval_s += cost["evaluations"] * overhead + members * cost["flops"] / rate
         shapes.add((json.dumps(c.model.__dict__, sort_keys=True), members, c.train.batch_size))

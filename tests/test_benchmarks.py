@@ -2,13 +2,14 @@
 and `jscale plan`'s wall-time estimate follows the work it is given."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
-from jscale import sweep, throughput
+from jscale import accounting, sweep, throughput
 
 
 def test_gpu_benchmark_smoke_runs_every_section(tmp_path):
@@ -68,6 +69,35 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     assert throughput.table() == measured
     p = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)  # measuring again would fail
     assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
+    assert "timing 3 of this sweep's model shapes" in p.stdout  # its own shapes, once
+    timed = json.loads((tmp_path / "throughput.json").read_text())[throughput.device_key()]["shapes"]
+    assert len(timed) == 3 and all(r["seconds_per_step"] > 0 and r["compile_s"] > 0 for r in timed.values())
+    again = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)
+    estimate = lambda out: next(line for line in out.splitlines() if line.startswith("estimated wall time"))
+    assert "(timing " not in again.stdout and estimate(again.stdout) == estimate(p.stdout)
+
+
+def test_the_sweeps_own_timed_shapes_correct_the_estimate(repo):
+    """A timed shape's step takes its measured time; a shape not timed takes the model times the measured/modelled
+    ratio of the timed shape nearest in FLOPs per step."""
+    spec = {"name": "s", "base": {"model": {"n_ctx": 64}, "data": {"eval_windows": 64, "curve_eval_windows": 0},
+                                  "train": {"batch_size": 32, "steps": 500, "warmup_steps": 30, "eval_every": 100,
+                                            "checkpoint_every": 100}},
+            "axis": [{"key": "model.d_model", "values": [16, 32, 128]}, {"key": "model.n_heads", "values": [2]}]}
+    groups = sweep.expand(spec).groups(1)
+    small, middle, large = (throughput.estimate([g], MEASURED)["train"] for g in groups)
+    flops = lambda g: g.cfg.train.batch_size * g.cfg.model.n_ctx * accounting.account(g.cfg.model).train_flops_exact
+    timed = {throughput.shape_key(groups[0].cfg): {"flops_per_step": flops(groups[0]), "compile_s": 7.0,
+                                                   "seconds_per_step": 3 * small / groups[0].cfg.train.steps},
+             throughput.shape_key(groups[2].cfg): {"flops_per_step": flops(groups[2]), "compile_s": 9.0,
+                                                   "seconds_per_step": 1.5 * large / groups[2].cfg.train.steps}}
+    corrected = {**MEASURED, "shapes": timed}
+    assert throughput.estimate(groups[:1], corrected)["train"] == pytest.approx(3 * small)
+    assert throughput.estimate(groups[2:], corrected)["train"] == pytest.approx(1.5 * large)
+    nearest = 3 if abs(math.log(flops(groups[1]) / flops(groups[0]))) < abs(math.log(flops(groups[1]) /
+                                                                                   flops(groups[2]))) else 1.5
+    assert throughput.estimate(groups[1:2], corrected)["train"] == pytest.approx(nearest * middle)
+    assert throughput.estimate(groups, corrected)["compile"] == pytest.approx(3 * 8.0)  # the timed shapes' mean
 
 
 TINY_SWEEP = """
