@@ -1,8 +1,12 @@
 """`jscale report` on sweep directories whose results follow known laws: the fitted numbers and the computed
 verdicts must recover them. (The notebooks run the report on real training runs.)"""
 
+import importlib.util
 import json
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -437,3 +441,33 @@ def test_a_slim_copy_of_a_sweep_gives_the_same_report(tmp_path):
     assert kept["pilot"] == 0 and kept["final"] > 0
     (tmp_path / "empty").mkdir()
     assert slim.main([str(tmp_path / "empty"), str(tmp_path / "x")]) == 2  # no sweep there: one line, status 2
+
+
+def test_the_summary_table_cuts_a_reason_at_its_first_clause():
+    from jscale.report.page import _brief
+
+    why = ("not in its regime: 16 of 16 runs not converged: the annealed validation loss still improves 9.05% to "
+           "11.83% per doubling of tokens (the claim needs < 1%) at 1.07 to 14.3 tokens per parameter; interval "
+           "from measurement 0.0269 to 0.0416")
+    assert _brief(why).endswith("at 1.07 to 14.3 tokens per parameter ...")
+    assert _brief("the interval straddles the claim's threshold") == "the interval straddles the claim's threshold"
+    long = _brief("word " * 100)
+    assert len(long) <= 224 and long.endswith("word ...")
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("google-chrome")) or not shutil.which("chromedriver")
+                    or importlib.util.find_spec("selenium") is None,
+                    reason="needs Chromium, chromedriver and selenium (experiments/check_report.py says how)")
+def test_the_committed_report_reads_at_a_glance_in_a_real_browser(tmp_path):
+    from conftest import REPO
+
+    script = REPO / "experiments" / "check_report.py"
+    report = REPO / "experiments" / "results" / "cpu" / "report.html"
+    p = subprocess.run([sys.executable, str(script), str(report), "--png", str(tmp_path / "top.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "figures decoded" in p.stdout and (tmp_path / "top.png").stat().st_size > 10_000
+    broken = tmp_path / "broken.html"  # a table-of-contents link to an anchor that is not there is caught
+    broken.write_text(report.read_text().replace('id="section-size"', 'id="section-elsewhere"', 1))
+    p = subprocess.run([sys.executable, str(script), str(broken)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "missing anchors: section-size" in p.stdout

@@ -72,6 +72,14 @@ def anchor(sec) -> str:
     return f"section-{sec.name}"
 
 
+def _brief(why: str, limit: int = 220) -> str:
+    """A verdict's reason for the summary table: up to its first clause break ('; '), cut at a word if longer."""
+    head = why.split("; ")[0]
+    if len(head) <= limit:
+        return head + (" ..." if len(head) < len(why) else "")
+    return head[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def summary(sections) -> list[str]:
     """The page at a glance: a table of contents, and every verdict in one table (section, claim, outcome, estimate
     and interval, the region and whether it is quantitative or a direction only, and what kept it undecided)."""
@@ -84,7 +92,7 @@ def summary(sections) -> list[str]:
             why = v.reason if v.outcome == "inconclusive" else ""
             rows.append([f"[{sec.name}](#{anchor(sec)})", v.claim, f"**{v.outcome}**", est, ci,
                          v.region.text if v.region.kind in v.region.text else f"{v.region.text} ({v.region.kind})",
-                         why[:160] + ("..." if len(why) > 160 else "")])
+                         _brief(why)])
     if rows:
         counts = {o: sum(r[2] == f"**{o}**" for r in rows) for o in ("supports", "contradicts", "inconclusive")}
         md += [f"Every verdict ({', '.join(f'{n} {o}' for o, n in counts.items())}): the one rule of jscale.verdicts, "
