@@ -11,6 +11,7 @@ import errno
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from jscale import interrupts
@@ -160,13 +161,17 @@ def _run(args) -> None:
 
             raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
                               f"process (several would share one accelerator's memory)")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
-                             progress=not args.quiet, wait_for_others=args.worker)
+                             progress=not args.quiet, wait_for_others=args.worker, timings=timings)
     import jax
 
     if jax.process_index() == 0 and not args.worker:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
+        if summary["trained_groups"] and not args.quiet:
+            print(grid.describe_timings(timings, time.perf_counter() - t0))
         if summary.get("left"):
             print(f"left: {summary['left']}")
 

@@ -270,7 +270,10 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     # A damaged or locked database is refused here, before anything else in the directory is written.
     db = results.ResultsDB(out) if leader else None
     log_session(sweep, out)
+    t0 = time.perf_counter()
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
+    if timings is not None:  # the ensemble-speed measurement of a new directory
+        timings["measure"] = timings.get("measure", 0.0) + time.perf_counter() - t0
     mode = ensemble_mode or decision.get("mode", "vmap" if decision else default_mode())  # older dirs: vmap
     ready = [r for r in sweep.runs if not r.awaits_tuning]
     awaiting = [r for r in sweep.runs if r.awaits_tuning]
@@ -287,7 +290,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
 
         # Progress is counted in FLOPs (exact count), so the ETA holds when later groups are bigger.
         total = sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in todo)
-        bar = tqdm(total=round(total, 3), unit="GFLOP", unit_scale=False, dynamic_ncols=True, desc=sweep.name,
+        bar = tqdm(total=total, unit="GFLOP", unit_scale=False, dynamic_ncols=True, desc=sweep.name,
                    bar_format="{l_bar}{bar}| {percentage:.0f}% [{elapsed}<{remaining}]")
         bar.write(f"{len(sweep.runs)} runs, {len(groups)} groups (ensembles of up to {members}, {mode}: "
                   f"{decision.get('reason', '')}); {len(todo)} groups to train on shard {shard[0]}/{shard[1]}"
@@ -341,7 +344,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
 
     def add_to_bar(more: list[sweeps.Group]) -> None:
         if bar is not None and more:
-            bar.total = round(bar.total + sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in more), 3)
+            bar.total = bar.total + sum(_group_gflops_per_step(g) * g.cfg.train.steps for g in more)
             bar.refresh()
 
     tuned_groups, left = 0, ""
@@ -388,6 +391,21 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             db.close()
     return {"runs": len(sweep.runs), "groups": len(groups) + tuned_groups, "trained_groups": counts["trained"],
             "members": members, "busy_groups": counts["busy"], "left": left}
+
+
+TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("eval", "evaluations"),
+                ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
+                ("data", "data"), ("measure", "measuring ensemble speed"))
+
+
+def describe_timings(timings: dict[str, float], wall: float) -> str:
+    """Where a `jscale run` spent its wall time, from run_sweep(timings=...): each part in seconds and percent, and
+    what is left (choosing windows, tuning, the database, tracking)."""
+    parts = [(label, timings.get(key, 0.0)) for key, label in TIMING_PARTS if timings.get(key, 0.0) >= 0.05]
+    other = max(0.0, wall - sum(seconds for _, seconds in parts))
+    pct = lambda seconds: f"{100 * seconds / wall:.0f}%" if wall > 0 else "-"
+    return (f"time: {wall:.1f} s: " + ", ".join(f"{label} {seconds:.1f} s ({pct(seconds)})" for label, seconds in parts)
+            + f", other {other:.1f} s ({pct(other)})")
 
 
 def prepare_data(sweep: sweeps.Sweep) -> None:
@@ -544,14 +562,14 @@ def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: trai
     per_step = _group_gflops_per_step(g)
     train.train_loop([r.cfg for r in g.runs], ids, corpus, _checkpoint_dir(out, g),
                      None if db is None else DBSink(db, ids), stacked=len(g.runs) > 1,
-                     on_step=None if bar is None else (lambda n: bar.update(n * per_step)),
+                     on_step=None if bar is None else (lambda n: bar.update(min(n * per_step, bar.total - bar.n))),
                      log=None if bar is None else bar.write, compiled=steps, timings=timings,
                      on_resume=None if bar is None else (lambda start: bar.update(start * per_step)),
                      tracker=tracking.tracker_for_group([r.cfg for r in g.runs], ids, g.group_id, out,
                                                         [r.name for r in g.runs]),
                      on_eval=None if bar is None else (lambda records: show_losses(bar, records)))
     if bar is not None:  # a resumed group skipped its first steps
-        bar.n = start + per_step * g.cfg.train.steps
+        bar.n = min(start + per_step * g.cfg.train.steps, bar.total)  # (float sums may pass the total by an ulp)
         bar.refresh()
 
 

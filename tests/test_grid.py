@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -232,7 +233,12 @@ def test_workers_share_a_tuned_sweep_and_train_exactly_what_one_process_trains(t
     an edge included) and share the final runs; every curve, choice and final loss is bitwise that of one process."""
     spec = tmp_path / "tuned.toml"
     spec.write_text(TUNED_TOML.format(steps=8))
-    one = jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1", check=0)
+    one = jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--ensemble-size", "1", check=0)
+    # the run summary says where the time went: each part with its share, and what is left
+    line = next(x for x in one.stdout.splitlines() if x.startswith("time: "))
+    seconds = [float(m) for m in re.findall(r" ([0-9.]+) s \(", line)]
+    assert "training steps" in line and "evaluations" in line and line.split(", ")[-1].startswith("other ")
+    assert sum(seconds) == pytest.approx(float(line.split()[1]), abs=0.05 * len(seconds))
     two = jscale_here("run", str(spec), "--out", str(tmp_path / "two"), "--quiet", "--workers", "2", check=0)
     assert "left:" not in one.stdout + two.stdout and "done:" in two.stdout
     runs, tuning = sweep_rows(tmp_path / "two")
