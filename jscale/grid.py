@@ -395,7 +395,8 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
 
 TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("eval", "evaluations"),
                 ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
-                ("data", "data"), ("measure", "measuring ensemble speed"))
+                ("data", "data"), ("windows", "choosing evaluation windows"),
+                ("measure", "measuring ensemble speed"))
 
 
 def describe_timings(timings: dict[str, float], wall: float) -> str:

@@ -125,7 +125,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
 
     _, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
-    counts = prepare_eval_windows(cfg, corpus)
+    with _timed(times, "windows"):  # once per corpus, window count and context; then read from the cache
+        counts = prepare_eval_windows(cfg, corpus)
     eval_sets = {split: corpus.eval_windows(counts[split], n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
     curve_subset = {split: results.curve_subset(len(w), n_curve)
