@@ -22,8 +22,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(call INSTALL,-e . -c constraints.txt)
 	touch $@
 
+# PyTorch's CPU wheel where the machine keeps one on disk (no download; uv would fetch a multi-GB CUDA build from the
+# index instead): the tests then load exports with transformers' own GPT2LMHeadModel. Without it those tests skip.
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-cp311-cp311-*.whl))
+
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(call INSTALL,-e '.[test]' -c constraints.txt)
+	$(if $(TORCH_WHEEL),$(BIN)/python -m pip install -q $(TORCH_WHEEL) || echo "torch not installed: the transformers export tests skip",)
 	touch $@ $(VENV)/.installed
 
 .PHONY: quickstart test install experiments

@@ -234,6 +234,34 @@ def test_every_exportable_variant_round_trips_with_equal_logits_and_greedy_decod
             np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False}, {"d_ff": 96},
+                                     {"kind": "universal", "reuse": 2, "step_embedding": False, "tie_embeddings": False}],
+                         ids=["tied", "untied", "d_ff 3 d_model", "universal unrolled, untied"])
+def test_every_exportable_variant_loads_in_transformers_with_equal_logits_and_generate(tmp_path, variant):
+    """The export read by `transformers.GPT2LMHeadModel` itself (needs PyTorch: `make test` installs the CPU wheel
+    where the machine has it, else this is skipped and the NumPy GPT-2 above stands in): logits equal to jscale's
+    (relative 1e-4) and `generate()`'s greedy continuation equal to jscale's greedy decoding."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = resolve.resolve(config.from_dict({"model": {**MODEL, **variant}}))
+    params = jax.jit(build(cfg.model).init)(jax.random.key(5), jnp.zeros((1, 32), jnp.int32))["params"]
+    hf_gpt2.export(trained.TrainedModel(cfg, params, 0, "fresh"), tmp_path / "hf")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    apply = jax.jit(build(cfg.model).apply)
+    ids = np.frombuffer(b"import numpy as np", np.uint8).astype(np.int64)
+    ours = np.asarray(apply({"params": params}, jnp.asarray(ids[None])))[0]
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids[None])).logits[0].double().numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+    ours_ids = list(ids)
+    for _ in range(8):
+        ours_ids.append(int(np.asarray(apply({"params": params}, jnp.asarray([ours_ids])))[0, -1].argmax()))
+    with torch.no_grad():
+        generated = hf.generate(torch.tensor(ids[None]), max_new_tokens=8, do_sample=False, min_new_tokens=8,
+                                attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    assert generated[0].tolist() == ours_ids
+
+
 @pytest.mark.parametrize("field, value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False),
                                           ("add_cross_attention", True)])
 def test_an_import_refuses_gpt2_variants_it_would_compute_otherwise(tmp_path, field, value, jscale_here):
