@@ -168,3 +168,10 @@ def test_workers_benchmark_smoke_trains_the_same_sweep_both_ways(tmp_path):
     # is numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
     row = next(line for line in p.stdout.splitlines() if "| --workers 2 |" in line)
     assert row.endswith(("| identical |", "| differ |"))
+
+
+def test_first_run_benchmark_smoke_runs_both_revisions(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "first_run.py"), "--before", "HEAD", "--pairs", "1",
+                        "--steps", "6"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "pair 0: before" in p.stdout and "pair 0: now" in p.stdout and "first run with empty caches" in p.stdout
