@@ -11,6 +11,7 @@ cheaper than this says). Not counted: pilots added when a tuning grid is extende
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -72,29 +73,26 @@ def _time_steps(cfg: Config, steps: int) -> dict[str, float]:
           for k, v in train.hparams_from_config(cfg.train).items()}
     batch_arr = sharding.put(np.zeros((cfg.train.batch_size, cfg.model.n_ctx + 1), np.int32), compiled.batch_sh)
     seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
-    flops = cfg.train.batch_size * cfg.model.n_ctx * accounting.account(cfg.model).train_flops_exact
-    return {"flops_per_step": flops, "seconds_per_step": seconds, "compile_s": compile_s}
+    return {"flops_per_step": _flops_per_step(cfg), "seconds_per_step": seconds, "compile_s": compile_s}
 
 
-def shape_key(cfg: Config) -> str:
-    """What one member's step time depends on: the model and the batch size."""
-    return json.dumps([{k: v for k, v in cfg.model.__dict__.items() if k != "init_from"}, cfg.train.batch_size],
-                      sort_keys=True)
-
-
-SHAPES_MEASURED = 3  # the sweep's own shapes timed per estimate: smallest, median and largest by FLOPs per step
+def _flops_per_step(cfg: Config) -> float:
+    """Exact training FLOPs of one member's step."""
+    return cfg.train.batch_size * cfg.model.n_ctx * accounting.account(cfg.model).train_flops_exact
 
 
 def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
-    """The throughput table plus the step time of up to SHAPES_MEASURED of these groups' own shapes, measured on
-    this device (once: cached beside the probes). Why: the probes' FLOP model misses what FLOPs do not show, such
+    """The throughput table plus the step time of up to three of these groups' own shapes (the smallest, median
+    and largest by FLOPs per step), measured on this device once and cached beside the probes; the table returned
+    holds only this sweep's timed shapes, so other sweeps' cached ones do not correct its estimate. Why: the probes' FLOP model misses what FLOPs do not show, such
     as attention over 8-wide heads, which took 61% of a d_model 48 step on a 2-core CPU (benchmarks/RESULTS.md,
     2026-12-05) and made the estimate of a sweep of such models 2.8x short."""
+    from jscale.train import member_shape_key
+
     shapes = {}
     for g in groups:
-        shapes.setdefault(shape_key(g.cfg), g.cfg)
-    by_flops = sorted(shapes.items(), key=lambda kv: accounting.account(kv[1].model).train_flops_exact
-                      * kv[1].train.batch_size)
+        shapes.setdefault(member_shape_key(g.cfg), g.cfg)
+    by_flops = sorted(shapes.items(), key=lambda kv: _flops_per_step(kv[1]))
     picks = {by_flops[i][0]: by_flops[i][1] for i in {0, len(by_flops) // 2, len(by_flops) - 1}} if by_flops else {}
     known = dict(measured.get("shapes", {}))
     todo = {k: c for k, c in picks.items() if k not in known}
@@ -107,16 +105,13 @@ def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
         jax.config.update("jax_enable_compilation_cache", False)  # a first run's compile time, not a cache hit
         try:
             for key, cfg in todo.items():
-                t = cfg.train
-                one = type(cfg)(**{**cfg.__dict__, "train": type(t)(**{**t.__dict__, "steps": steps + 2,
-                                                                       "warmup_steps": 1, "warmup_tokens": 0,
-                                                                       "warmup_per_param": 0.0,
-                                                                       "anneal_branches": 0})})
-                known[key] = _time_steps(one, steps)
+                short = dataclasses.replace(cfg.train, steps=steps + 2, warmup_steps=1, warmup_tokens=0,
+                                            warmup_per_param=0.0, anneal_branches=0)
+                known[key] = _time_steps(dataclasses.replace(cfg, train=short), steps)
         finally:
             jax.config.update("jax_enable_compilation_cache", cache_on)
         _store(device_key(), {**measured, "shapes": known})
-    return {**measured, "shapes": known}
+    return {**measured, "shapes": {k: known[k] for k in picks}}
 
 
 def table(measure_if_missing: bool = True, log=print) -> dict | None:
@@ -213,6 +208,8 @@ def _fit(rows: list[dict]) -> tuple[float, float]:
 
 def estimate(groups, measured: dict) -> dict[str, float]:
     """Seconds to train, evaluate and compile these groups (sweep.Group), from the probe measurements."""
+    from jscale.train import member_shape_key
+
     fits = {}
     for family in ("transformer", "lstm"):
         rows = [r for r in measured["probes"] if FAMILY[r["kind"]] == family]
@@ -231,11 +228,10 @@ def estimate(groups, measured: dict) -> dict[str, float]:
     for g in groups:
         c, members = g.cfg, len(g.runs)
         overhead, rate = fits[FAMILY[c.model.kind]]
-        per_token = accounting.account(c.model).train_flops_exact
-        one_flops = c.train.batch_size * c.model.n_ctx * per_token
+        one_flops = _flops_per_step(c)
         modelled = overhead + one_flops / rate
-        if shape_key(c) in timed:
-            ratio = timed[shape_key(c)]["seconds_per_step"] / modelled
+        if member_shape_key(c) in timed:
+            ratio = timed[member_shape_key(c)]["seconds_per_step"] / modelled
         else:
             ratio = min(ratios, key=lambda lr: abs(lr[0] - math.log(one_flops)))[1] if ratios else 1.0
         step_s = ratio * (overhead + members * one_flops / rate)  # one member: the timed step itself

@@ -80,6 +80,8 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
 def test_the_sweeps_own_timed_shapes_correct_the_estimate(repo):
     """A timed shape's step takes its measured time; a shape not timed takes the model times the measured/modelled
     ratio of the timed shape nearest in FLOPs per step."""
+    from jscale.train import member_shape_key
+
     spec = {"name": "s", "base": {"model": {"n_ctx": 64}, "data": {"eval_windows": 64, "curve_eval_windows": 0},
                                   "train": {"batch_size": 32, "steps": 500, "warmup_steps": 30, "eval_every": 100,
                                             "checkpoint_every": 100}},
@@ -87,9 +89,9 @@ def test_the_sweeps_own_timed_shapes_correct_the_estimate(repo):
     groups = sweep.expand(spec).groups(1)
     small, middle, large = (throughput.estimate([g], MEASURED)["train"] for g in groups)
     flops = lambda g: g.cfg.train.batch_size * g.cfg.model.n_ctx * accounting.account(g.cfg.model).train_flops_exact
-    timed = {throughput.shape_key(groups[0].cfg): {"flops_per_step": flops(groups[0]), "compile_s": 7.0,
+    timed = {member_shape_key(groups[0].cfg): {"flops_per_step": flops(groups[0]), "compile_s": 7.0,
                                                    "seconds_per_step": 3 * small / groups[0].cfg.train.steps},
-             throughput.shape_key(groups[2].cfg): {"flops_per_step": flops(groups[2]), "compile_s": 9.0,
+             member_shape_key(groups[2].cfg): {"flops_per_step": flops(groups[2]), "compile_s": 9.0,
                                                    "seconds_per_step": 1.5 * large / groups[2].cfg.train.steps}}
     corrected = {**MEASURED, "shapes": timed}
     assert throughput.estimate(groups[:1], corrected)["train"] == pytest.approx(3 * small)
@@ -98,6 +100,11 @@ def test_the_sweeps_own_timed_shapes_correct_the_estimate(repo):
                                                                                    flops(groups[2]))) else 1.5
     assert throughput.estimate(groups[1:2], corrected)["train"] == pytest.approx(nearest * middle)
     assert throughput.estimate(groups, corrected)["compile"] == pytest.approx(3 * 8.0)  # the timed shapes' mean
+    # with every shape of this sweep cached, nothing is timed, and another sweep's cached shape does not take part
+    cached = {**timed, member_shape_key(groups[1].cfg): timed[member_shape_key(groups[0].cfg)],
+              "another sweep's shape": {"flops_per_step": 1.0, "compile_s": 99.0, "seconds_per_step": 9.0}}
+    table = throughput.with_shapes({**MEASURED, "shapes": cached}, groups, log=lambda line: pytest.fail(line))
+    assert sorted(table["shapes"]) == sorted(member_shape_key(g.cfg) for g in groups)
 
 
 TINY_SWEEP = """
