@@ -135,9 +135,7 @@ def _plan(args) -> None:
 
 
 def _run(args) -> None:
-    from jscale import grid, sweep
-
-    from jscale import workers
+    from jscale import grid, sweep, workers
 
     _check_run_flags(args)
     shard = grid.parse_shard(args.shard)
@@ -153,20 +151,17 @@ def _run(args) -> None:
         _run_workers(args, sw, out)
         return
     grid.init_distributed(args.coordinator, args.num_processes, args.process_id)
-    if args.worker:
-        import jax
+    import jax
 
-        if jax.default_backend() != "cpu":
-            from jscale.errors import ConfigError
+    if args.worker and jax.default_backend() != "cpu":
+        from jscale.errors import ConfigError
 
-            raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
-                              f"process (several would share one accelerator's memory)")
+        raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
+                          f"process (several would share one accelerator's memory)")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
                              progress=not args.quiet, wait_for_others=args.worker, timings=timings)
-    import jax
-
     if jax.process_index() == 0 and not args.worker:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
@@ -178,9 +173,7 @@ def _run(args) -> None:
 
 def _run_workers(args, sw, out: Path) -> None:
     """`jscale run --workers N`: the sweep is validated here, trained by N worker processes (jscale.workers)."""
-    from jscale import grid, workers
-
-    from jscale import results
+    from jscale import grid, results, workers
 
     grid.check_sweep_dir(sw, out, log=False)  # a wrong directory is refused once, before any worker starts
     results.ResultsDB(out).close()  # created (or checked) here: workers creating it at once would race for it

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import accounting, data, interrupts, results, sweep as sweeps, tracking, train, tuning
-from jscale.config import Config
+from jscale.config import Config, DataConfig
 from jscale.errors import ConfigError, resource_error
 from jscale.files import write_atomic
 from jscale.hosts import agree
@@ -416,14 +416,23 @@ def prepare_data(sweep: sweeps.Sweep) -> None:
     corpora: dict[str, data.TokenizedCorpus] = {}
     done = set()
     for run in sweep.runs:
-        key = json.dumps(run.cfg.data.__dict__, sort_keys=True)
-        if key not in corpora:
-            corpora[key] = data.prepare(run.cfg.data)
-        windows = (key, run.cfg.model.n_ctx, train.eval_context(run.cfg.model))
+        corpus = _corpus(run.cfg.data, corpora)
+        windows = (id(corpus), run.cfg.model.n_ctx, train.eval_context(run.cfg.model))  # (corpora keeps it alive)
         if windows not in done:
             interrupts.check()
-            train.prepare_eval_windows(run.cfg, corpora[key])
+            train.prepare_eval_windows(run.cfg, corpus)
             done.add(windows)
+
+
+def _corpus(cfg: DataConfig, corpora: dict, timings: dict | None = None) -> data.TokenizedCorpus:
+    """The tokenized corpus of this data config, prepared once per sweep (corpora: what is prepared so far)."""
+    key = json.dumps(cfg.__dict__, sort_keys=True)
+    if key not in corpora:
+        t0 = time.perf_counter()
+        corpora[key] = data.prepare(cfg)
+        if timings is not None:
+            timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t0
+    return corpora[key]
 
 
 def _unfinished(groups: list[sweeps.Group], db) -> list[sweeps.Group]:
@@ -545,13 +554,7 @@ def _has_checkpoint(out: Path, g: sweeps.Group) -> bool:
 
 def _train_group(g: sweeps.Group, out: Path, db, corpora: dict, bar, steps: train.GroupSteps | None,
                  timings: dict | None) -> None:
-    key = json.dumps(g.cfg.data.__dict__, sort_keys=True)
-    if key not in corpora:
-        t0 = time.perf_counter()
-        corpora[key] = data.prepare(g.cfg.data)
-        if timings is not None:
-            timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t0
-    corpus = corpora[key]
+    corpus = _corpus(g.cfg.data, corpora, timings)
     for r in g.runs:
         corpus.check_fits(r.cfg.model.n_ctx, r.cfg.data.max_train_tokens, train.eval_context(r.cfg.model),
                           r.cfg.data.eval_windows)

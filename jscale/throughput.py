@@ -49,8 +49,6 @@ def measure(steps: int = 8) -> dict:
     """Train each probe of this backend for some steps; seconds per step, FLOPs per step and compile seconds."""
     import jax
 
-    from jscale import sharding, train
-
     rows = []
     for kind, n_layer, d_model, n_ctx, batch in PROBES.get(jax.default_backend(), PROBES["cpu"]):
         cfg = Config(model=ModelConfig(kind=kind, n_layer=n_layer, d_model=d_model, n_heads=max(1, d_model // 32)

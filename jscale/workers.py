@@ -110,8 +110,8 @@ class _Bar:
             return
         if self.tqdm is None:
             self.tqdm = self.make()
-        self.tqdm.total = round(max(p["flops_total"], 1.0) / 1e9, 3)
-        self.tqdm.n = round(min(p["flops_done"], p["flops_total"]) / 1e9, 3)
+        self.tqdm.total = max(p["flops_total"], 1.0) / 1e9  # (not rounded: a tiny sweep's total would round to 0)
+        self.tqdm.n = min(p["flops_done"], p["flops_total"]) / 1e9
         self.tqdm.refresh()
 
     def close(self) -> None:

@@ -68,6 +68,23 @@ def jscale_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "jscale.cli", *args]
 
 
+def wait_for_training(proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
+    """Until the sweep in `out` has recorded a training curve point (or the process has ended, or time is up): the
+    moment to interrupt a running `jscale run`."""
+    import sqlite3
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(out / "results.sqlite") as c:
+                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def jscale_here(capfd, monkeypatch):
     """Run a `jscale` command in this process: `cli.main`, the console script's own code path, with what it prints

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import jscale_cmd
+from conftest import jscale_cmd, wait_for_training
 from jscale import cli, grid, results, sweep
 
 TRAIN = """
@@ -153,15 +153,7 @@ def test_ctrl_c_from_outside_during_a_sweep_stops_at_a_step_and_resumes_bitwise(
     out = tmp_path / "sweep"
     proc = subprocess.Popen(jscale_cmd("run", str(sweep_toml), "--out", str(out), "--quiet", "--ensemble-size", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # wait until training has recorded something
-        try:
-            with sqlite3.connect(out / "results.sqlite") as c:
-                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
+    wait_for_training(proc, out, timeout=240)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-3000:]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import jscale_cmd
+from conftest import jscale_cmd, wait_for_training
 from jscale import grid, results, sweep
 
 BASE = {"model": {"n_layer": 1, "d_model": 32, "n_heads": 2, "n_ctx": 32}, "data": {"eval_windows": 8},
@@ -263,15 +263,7 @@ def test_a_signal_to_the_workers_parent_stops_every_worker_and_the_rerun_finishe
     out = tmp_path / "two"
     p = subprocess.Popen(jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--workers", "2"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:  # until a worker has recorded an evaluation
-        try:
-            with sqlite3.connect(out / "results.sqlite") as c:
-                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.2)
+    wait_for_training(p, out, timeout=300)  # until a worker has recorded an evaluation
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 143, err
