@@ -514,11 +514,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def entry() -> None:
-    """The `jscale` console script: main(), and after a stop by a signal, leave without the interpreter's teardown.
-    Everything jscale wrote is whole and closed by then, but orbax's and TensorStore's threads may still be winding
-    down, and at teardown they print tracebacks ("cannot schedule new futures after shutdown")."""
+    """The `jscale` console script: main(), and after a stop by a signal or a fault of the machine (exit status 1: a
+    full disk, a read-only directory), leave without the interpreter's teardown. Everything jscale wrote is whole
+    and closed by then, but orbax's and TensorStore's threads may still be winding down, and at teardown they print
+    tracebacks ("cannot schedule new futures after shutdown"); after a full disk, tensorboardX's exit hook retries
+    the flush that failed and its writer threads die on their closed queues, each with a traceback."""
     status = main()
-    if status >= 128:
+    if status >= 128 or status == ResourceError.exit_status:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
