@@ -41,13 +41,15 @@ quickstart: $(VENV)/.installed
 	  --out $(OUT)/fit-kaplan-n.json --plot $(OUT)/fit
 
 # Every experiment of experiments/ at one scale (cpu, gpu or full), then their report (re-running resumes);
-# WORKERS=2 trains each sweep with two processes (jscale run --workers).
+# WORKERS=2 trains each sweep with two processes (jscale run --workers); FORCE=--force runs a scale over its
+# budget (the converged gpu scales are: `jscale plan` says by how much).
 SCALE ?= cpu
 WORKERS ?= 1
+FORCE ?=
 EXPERIMENTS := size sample_efficiency shape lstm recurrent compute critical_batch data efficiency
 experiments: $(VENV)/.installed
 	for e in $(EXPERIMENTS); do $(BIN)/jscale run experiments/$$e.toml --scale $(SCALE) --out runs/$(SCALE)/$$e \
-	  --workers $(WORKERS) || exit 1; done
+	  --workers $(WORKERS) $(FORCE) || exit 1; done
 	$(BIN)/jscale report runs/$(SCALE) --out experiments/results/$(SCALE)
 
 test: $(VENV)/.installed-test

@@ -12,6 +12,13 @@ says which runs are missing), and one row per experiment (finished or not, wall 
 benchmarks/RESULTS.md. --export DIR copies the report and slim databases (experiments/slim_results.py) to DIR, the
 folder a lent device hands back. Order: size (L(N) decided from cooldown branches), then compute (IsoFLOP minima):
 the two converged claims of issue 25; others can be named with --experiments.
+
+The gpu scales train on the pypi corpus (`data.corpus = "bin:corpora/pypi"`, 205.6 MB of token files), which a
+machine without the package registry cannot build and which is larger than a lent device carries. Carry it
+compressed instead (29.9 MB with xz -6): on a machine that has it,
+    tar -cf - -C corpora pypi | xz -T2 -6 > corpora/pypi.tar.xz        # then run(..., carry=["corpora/pypi.tar.xz"])
+and this script unpacks it into corpora/pypi (checking every split against the committed manifest) before the
+first sweep starts.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -54,6 +62,26 @@ def run_one(sweep_file: Path, scale: str, out: Path, deadline: float) -> tuple[s
     return ended, time.monotonic() - t0
 
 
+def unpack_corpus(archive: Path, corpus: Path, manifest: Path) -> str:
+    """corpora/pypi from its carried archive when it is not there yet; returns what was done. Every split must match
+    the committed manifest's checksum, so a damaged or different archive stops here, not after an hour of training."""
+    if corpus.is_dir():
+        return f"{corpus} already there"
+    if not archive.is_file():
+        return f"no {corpus} and no {archive}: the gpu scales will refuse in one line"
+    import hashlib
+    import json
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(corpus.parent, filter="data")
+    for split in json.loads(manifest.read_text())["splits"].values():
+        digest = hashlib.sha256((corpus / split["file"]).read_bytes()).hexdigest()
+        if digest != split["sha256"]:
+            shutil.rmtree(corpus)
+            raise SystemExit(f"gpu_experiments: {archive}: {split['file']} does not match {manifest} (removed)")
+    return f"unpacked {archive} into {corpus} (checksums as in {manifest.name})"
+
+
 def device_name() -> str:
     import jax
 
@@ -72,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"), help="Markdown file to append to")
     ap.add_argument("--export", help="copy the report and slim databases here (e.g. a lent device's $OUT)")
     ap.add_argument("--bootstrap", default="1000", help="the report's bootstrap resamples")
+    ap.add_argument("--corpus-archive", default="corpora/pypi.tar.xz",
+                    help="the pypi corpus carried compressed: unpacked into corpora/pypi when that is missing")
     args = ap.parse_args(argv)
+    archive = Path(args.corpus_archive) if os.path.isabs(args.corpus_archive) else REPO / args.corpus_archive
+    print("gpu_experiments: " + unpack_corpus(archive, REPO / "corpora" / "pypi",
+                                              REPO / "experiments" / "pypi-corpus.manifest.json"), flush=True)
     start = time.monotonic()
     deadline = start + args.budget_s
     runs = (REPO / args.runs).resolve() if not os.path.isabs(args.runs) else Path(args.runs)

@@ -64,6 +64,27 @@ def text_corpus(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def pypi_corpus_here(tmp_path, monkeypatch) -> Path:
+    """The gpu and full scales' corpus (data.corpus = "bin:corpora/pypi", relative to the working directory) as
+    `jscale plan` and the pre-training checks see it, without its 205 MB: the working directory moves to tmp_path,
+    whose corpora/pypi holds meta.json, a sparse train.bin of the committed manifest's size (epochs are counted from
+    it) and small real validation and test splits."""
+    import json
+
+    manifest = json.loads((REPO / "experiments" / "pypi-corpus.manifest.json").read_text())
+    corpus = tmp_path / "corpora" / "pypi"
+    corpus.mkdir(parents=True)
+    (corpus / "meta.json").write_text(json.dumps({"vocab_size": 256, "bytes_per_token": 1}))
+    with open(corpus / "train.bin", "wb") as f:
+        f.truncate(manifest["splits"]["train"]["tokens"])
+    text = (REPO / "jscale" / "grid.py").read_bytes()
+    (corpus / "val.bin").write_bytes(text)
+    (corpus / "test.bin").write_bytes(text[::-1])
+    monkeypatch.chdir(tmp_path)
+    return corpus
+
+
 def jscale_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "jscale.cli", *args]
 

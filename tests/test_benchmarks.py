@@ -3,6 +3,7 @@ and `jscale plan`'s wall-time estimate follows the work it is given."""
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -182,3 +183,38 @@ def test_first_run_benchmark_smoke_runs_both_revisions(tmp_path):
                         "--steps", "6"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "pair 0: before" in p.stdout and "pair 0: now" in p.stdout and "first run with empty caches" in p.stdout
+
+
+def test_gpu_experiments_unpack_the_carried_corpus_and_refuse_a_different_one(tmp_path):
+    """The pypi corpus travels to a lent device as corpora/pypi.tar.xz: unpacked when corpora/pypi is missing, each
+    split checked against the manifest; an archive whose splits differ is refused and leaves nothing behind."""
+    import hashlib
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("gpu_experiments", REPO / "benchmarks" / "gpu_experiments.py")
+    gpu_experiments = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_experiments)
+    made = tmp_path / "made" / "pypi"
+    made.mkdir(parents=True)
+    splits = {}
+    for name, content in (("train.bin", b"def f():\n    return 1\n" * 50), ("val.bin", b"x = 2\n"),
+                          ("test.bin", b"y = 3\n")):
+        (made / name).write_bytes(content)
+        splits[name] = {"file": name, "sha256": hashlib.sha256(content).hexdigest()}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"splits": splits}))
+    archive = tmp_path / "pypi.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(made, arcname="pypi")
+    corpus = tmp_path / "corpora" / "pypi"
+    assert gpu_experiments.unpack_corpus(tmp_path / "none.tar.xz", corpus, manifest).startswith("no ")
+    assert gpu_experiments.unpack_corpus(archive, corpus, manifest).startswith("unpacked")
+    assert (corpus / "train.bin").read_bytes() == (made / "train.bin").read_bytes()
+    assert gpu_experiments.unpack_corpus(archive, corpus, manifest).endswith("already there")
+    shutil.rmtree(corpus)
+    splits["val.bin"]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps({"splits": splits}))
+    with pytest.raises(SystemExit, match="val.bin does not match"):
+        gpu_experiments.unpack_corpus(archive, corpus, manifest)
+    assert not corpus.exists()

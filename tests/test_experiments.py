@@ -5,16 +5,21 @@ import jax
 import pytest
 
 from conftest import REPO
-from jscale import report, sweep, train
+from jscale import accounting, planning, report, sweep, train
 
 EXPERIMENTS = ("shape", "size", "sample_efficiency", "lstm", "recurrent", "compute", "critical_batch", "data",
                "efficiency")
 
 
+def _exact_flops(sw) -> float:
+    return sum(r.cfg.train.steps * r.cfg.train.batch_size * r.cfg.model.n_ctx *
+               accounting.account(r.cfg.model).train_flops_exact for r in sw.runs)
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_scale_plans_and_every_run_can_start(name):
+def test_every_scale_plans_and_every_run_can_start(name, pypi_corpus_here):
     path = REPO / "experiments" / f"{name}.toml"
-    sizes = {}
+    compute = {}
     for scale in sweep.scales(sweep.config.read_toml(path)):
         sw = sweep.load(path, scale=scale)
         assert sw.claim and sw.analysis == name and sw.scale == scale
@@ -23,8 +28,9 @@ def test_every_scale_plans_and_every_run_can_start(name):
             if run.cfg.model.lstm_impl == "cudnn" and jax.default_backend() != "gpu":
                 continue  # rightly refused here: cuDNN's LSTM is the gpu scales' (checked on a GPU)
             train.check_runnable(run.cfg)
-        sizes[scale] = max(r.cfg.model.d_model for r in sw.runs)
-    assert sizes["cpu"] < sizes["gpu"] < sizes["full"]
+        compute[scale] = _exact_flops(sw)
+    assert compute["cpu"] < compute["gpu"] < compute["full"]  # (the converged gpu/full tiers train smaller models
+    # than the cpu tier's largest, for far longer)
     assert name in report.SECTIONS
 
 
@@ -76,14 +82,30 @@ def test_scale_budget_keys_are_checked(tmp_path, old, new, names, jscale_here):
     assert r.returncode == 2 and names in r.stderr
 
 
-def test_plan_says_whether_a_converged_claim_can_be_decided_and_how_often_runs_repeat_their_corpus(jscale_here):
-    """shape at full: the largest model's expected improvement per doubling (the long tier's measured relation,
-    about 0.79 / sqrt(tokens per parameter)) is far above 1%, and its runs repeat the built-in corpus 47 times."""
-    from jscale import planning
-
-    plan = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full", "--no-estimate")
+def test_plan_says_whether_a_converged_claim_can_be_decided_and_how_often_runs_repeat_their_corpus(
+        jscale_here, pypi_corpus_here):
+    """shape at cpu: the largest model's expected improvement per doubling (the long tier's measured relation,
+    about 0.79 / sqrt(tokens per parameter)) is far above 1%; compute at full repeats the pypi corpus ~340 times."""
+    plan = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "cpu", "--no-estimate")
     line = next(x for x in plan.stdout.splitlines() if x.startswith("convergence:"))
     assert "NOT expected to converge" in line and "extrapolated from the cooldown branches" in line
+    plan = jscale_here("plan", str(REPO / "experiments" / "compute.toml"), "--scale", "full", "--no-estimate")
     assert "epochs: WARNING" in plan.stdout and "jscale corpus" in plan.stdout
     assert planning.expected_doubling(planning.tokens_per_param_needed()) == pytest.approx(0.01)
     assert planning.expected_doubling(100) == pytest.approx(0.079)
+
+
+@pytest.mark.parametrize("name", planning.CONVERGED_ANALYSES)
+def test_the_gpu_and_full_tiers_of_every_converged_claim_are_sized_to_converge(name, jscale_here, pypi_corpus_here):
+    """Each converged claim's gpu and full scales train their largest model for more tokens per parameter than the
+    1% criterion needs (by the measured relation), on at most 4 epochs of the pypi corpus, and plan without the
+    budget line hiding what they would cost (an over-budget scale says so, with the device time)."""
+    for scale in ("gpu", "full"):
+        plan = jscale_here("plan", str(REPO / "experiments" / f"{name}.toml"), "--scale", scale, "--no-estimate",
+                           check=0)
+        line = next(x for x in plan.stdout.splitlines() if x.startswith("convergence:"))
+        assert line.endswith(": expected to converge"), (scale, line)
+        tpp = float(line.split(" sees ")[1].split(" tokens per parameter")[0].replace(",", ""))
+        assert planning.tokens_per_param_needed() < tpp < 1.5 * planning.tokens_per_param_needed()
+        epochs = next(x for x in plan.stdout.splitlines() if x.startswith("epochs:"))
+        assert "WARNING" not in plan.stdout and "185,079,338 train tokens" in epochs, (scale, epochs)

@@ -35,7 +35,9 @@ BIN_SPLITS = {"train": ("train.bin",), "validation": ("val.bin", "validation.bin
 def bin_dir(cfg: DataConfig) -> Path:
     path = Path(os.path.expanduser(cfg.corpus[len("bin:"):]))
     if not path.is_dir():
-        raise ConfigError(f"data.corpus: {cfg.corpus}: not a directory of token files (train.bin, val.bin)")
+        raise ConfigError(f"data.corpus: {cfg.corpus}: not a directory of token files (train.bin, val.bin); the "
+                          "experiments' gpu and full scales read one that `jscale corpus --packages-file "
+                          "experiments/pypi-corpus.txt --out corpora/pypi` builds")
     return path
 
 
