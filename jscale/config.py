@@ -109,6 +109,11 @@ class DataConfig:
     eval_windows: int = 0  # windows of n_ctx + 1 tokens per evaluation set at the final evaluation; 0: eval_tokens
     eval_tokens: int = 600_000  # sizes eval_windows when 0: a standard error near 0.5% of the loss
     curve_eval_windows: int = 256  # evaluations before the last score this evenly spaced subset; 0 = all windows
+    # data.eval_se, in a tuned sweep: the final runs score the windows that the standard error of a paired difference
+    # needs, measured on the point's two best pilots (per-window spread and within-document correlation;
+    # jscale.noise.windows_for_se), at most eval_tokens' worth
+    eval_se: float = 0.0  # > 0: the paired standard error (nats) a tuned sweep's final evaluations are sized for
+    curve_eval_se: float = 0.0  # likewise for the evaluations before the last (sizes curve_eval_windows)
     cache_dir: str = ""  # tokenized corpora; "" = $JSCALE_CACHE or ~/.cache/jscale
     tfds_data_dir: str = ""  # data_dir for tfds: corpora; "" = TFDS's default
     download: bool = True  # tfds: download and prepare a dataset that is not prepared (where there is network)
@@ -216,7 +221,8 @@ MEMBER_KEYS = {("train", "lr"), ("train", "warmup_steps"), ("train", "final_lr_f
 # Keys added after results were first recorded, with the value that reproduces the behaviour from before: a run
 # that leaves them at it keeps the identity (run id, run directory) it had before they existed.
 NEUTRAL_LATER_KEYS = {"data.download": True, "data.hf_name": "", "data.text_column": "", "model.init_from": "",
-                      "train.eval_log_points": 0, "train.anneal_branches": 0}
+                      "train.eval_log_points": 0, "train.anneal_branches": 0, "data.eval_se": 0.0,
+                      "data.curve_eval_se": 0.0}
 IDENTITY_SECTIONS = ("model", "data", "train", "parallel")  # what a run computes (logging is not)
 
 
@@ -446,6 +452,9 @@ def validate(cfg: Config) -> None:
         if getattr(d, key) < 0:
             zero = "from data.eval_tokens" if key == "eval_windows" else "all"
             raise ConfigError(f"data.{key}: must be >= 0 (0 = {zero}), got {getattr(d, key)}")
+    for key in ("eval_se", "curve_eval_se"):
+        if not (math.isfinite(getattr(d, key)) and getattr(d, key) >= 0):
+            raise ConfigError(f"data.{key}: must be a standard error in nats >= 0 (0 = off), got {getattr(d, key)}")
     for key in ("validation_fraction", "test_fraction"):
         if not 0 < getattr(d, key) < 1:
             raise ConfigError(f"data.{key}: must be in (0, 1), got {getattr(d, key)}")

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import accounting, data, interrupts, results, sweep as sweeps, tracking, train, tuning
-from jscale.config import Config, DataConfig
+from jscale import accounting, data, interrupts, noise, results, sweep as sweeps, tracking, train, tuning
+from jscale.config import Config, DataConfig, eval_window_counts
 from jscale.errors import ConfigError, resource_error
 from jscale.files import write_atomic
 from jscale.hosts import agree
@@ -367,6 +367,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                 left = (f"{len(waiting)} of {len(points)} tuned points wait for pilots another job is training, so "
                         f"the {len(awaiting)} final runs are not planned yet: re-run this command when it is done")
             else:
+                chosen = _common_eval_sizes(chosen, bar)
                 finals = sweeps.tuned_runs(awaiting, chosen)
                 final_groups = sweeps.group_runs(finals, members)
                 db.add_runs(sweeps.run_row(r, g.group_id) for g in final_groups for r in g.runs)
@@ -521,10 +522,56 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
     if math.isfinite(choice.margin):
         note += (f"; lr {choice.chosen['train.lr']:.3g} at the vertex of the parabola in log(lr) through the best "
                  f"three; margin {100 * choice.margin:.2f}%")
-    db.record_tuning(point, list(tune.keys), grid, choice.losses, choice.chosen, not flags, rounds > 0, note,
+    chosen, sizes_note = _eval_sizes(db, point, finals[0].cfg, say)
+    chosen = {**choice.chosen, **chosen}
+    db.record_tuning(point, list(tune.keys), grid, choice.losses, chosen, not flags, rounds > 0, note + sizes_note,
                      choice.margin, rounds)
     say(f"point {point}: chose {tuning.values_text(choice.chosen)} on validation loss ({note})")
-    return choice.chosen
+    return chosen
+
+
+def _common_eval_sizes(chosen: dict[str, dict], bar) -> dict[str, dict]:
+    """Every point's final runs score the same windows (the most any point's pilots ask for), so the report's paired
+    comparisons across points (one resample of documents for all) see the same text."""
+    keys = {k for values in chosen.values() for k in values if k in tuning.EVAL_SIZE_KEYS}
+    if not keys:
+        return chosen
+    most = {k: max(values[k] for values in chosen.values() if k in values) for k in keys}
+    if bar is not None:
+        bar.write(f"final evaluations of every point: {tuning.values_text(most)} (the most any point needs)")
+    return {point: {**values, **most} for point, values in chosen.items()}
+
+
+def _eval_sizes(db, point: str, cfg, say) -> tuple[dict[str, int], str]:
+    """The final runs' evaluation sizes for data.eval_se / data.curve_eval_se: from the per-window differences
+    between the point's two best pilots (scored on the same windows) and the documents those windows come from
+    (noise.windows_for_se), at most what eval_tokens (eval_windows) and curve_eval_windows allow. Deterministic
+    given the pilots, so a resumed sweep chooses the same."""
+    d, n_ctx = cfg.data, cfg.model.n_ctx
+    if not (d.eval_se or d.curve_eval_se):
+        return {}, ""
+    n_final, n_curve = eval_window_counts(d, n_ctx)
+    pilots = db.pilot_windows(point)
+    if len(pilots) < 2 or len(pilots[0][1]) != len(pilots[1][1]):
+        say(f"point {point}: fewer than two finished pilots with per-window losses: evaluations keep their "
+            f"configured size")
+        return {}, "; evaluations at their configured size (no two pilots to size them from)"
+    diffs = pilots[1][1].astype(np.float64) - pilots[0][1]
+    blocks = db.blocks("validation", n_ctx, train.eval_context(cfg.model), len(diffs))
+    out, notes = {}, []
+    if d.eval_se:
+        size = noise.windows_for_se(diffs, blocks, d.eval_se, n_final)
+        n_final = size.windows
+        out["data.eval_windows" if d.eval_windows else "data.eval_tokens"] = (
+            size.windows if d.eval_windows else size.windows * (n_ctx + 1))
+        notes.append(f"final evaluations: {size.text(d.eval_se)}")
+    if d.curve_eval_se:
+        size = noise.windows_for_se(diffs, blocks, d.curve_eval_se, min(n_curve, n_final))
+        out["data.curve_eval_windows"] = size.windows
+        notes.append(f"curve evaluations: {size.text(d.curve_eval_se)}")
+    for line in notes:
+        say(f"point {point}: {line}")
+    return out, "".join(f"; {line}" for line in notes)
 
 
 WAIT_POLL_S = 2.0

@@ -360,3 +360,62 @@ def log_slope(x: np.ndarray) -> Callable[[np.ndarray], float]:
         return float(-np.polyfit(logx, np.log(loss), 1)[0])
 
     return alpha
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSize:
+    """How many windows an evaluation set needs for a standard error (jscale.config.DataConfig.eval_se)."""
+    windows: int  # what to score (within [n_min, n_max])
+    se: float  # the standard error of a paired difference predicted at that many windows (nats)
+    floor: float  # what no number of windows of these documents gets below (the between-document part)
+    rho: float  # the correlation of two windows' differences within one document
+    sd: float  # the per-window spread of the differences
+    attainable: bool  # the target is reachable within n_max
+
+    def text(self, target: float) -> str:
+        what = (f"{self.windows:,} windows give a paired standard error of {self.se:.2g} nats (target {target:.2g})"
+                if self.attainable else f"a paired standard error of {target:.2g} nats is out of reach: "
+                f"{self.windows:,} windows (the most allowed) give {self.se:.2g}")
+        return (f"{what}; per-window spread {self.sd:.3g}, within-document correlation {self.rho:.2f}, "
+                f"between-document floor {self.floor:.2g}")
+
+
+def windows_for_se(diffs_W: np.ndarray, blocks_W: np.ndarray | None, target: float, n_max: int,
+                   n_min: int = 64) -> EvalSize:
+    """The windows an evaluation needs so that the mean of a paired difference (two runs scored on the same windows)
+    has standard error `target`, from a sample of such differences (a point's pilots, scored on fewer windows).
+
+    Windows of one document are correlated (intra-class correlation rho), so with n windows spread over B documents
+    the variance of the mean is sd^2 (1 - rho) / n + sd^2 rho / min(n, B): more windows shrink only the first part.
+    rho comes from the sample's design effect (its document-clustered variance against the i.i.d. one, with m0
+    windows per document: deff = 1 + (m0 - 1) rho); B is the number of documents the sample drew from."""
+    x = np.asarray(diffs_W, np.float64)
+    W = len(x)
+    if W < 2:
+        raise ValueError("windows_for_se: needs at least two windows")
+    sd = float(x.std(ddof=1))
+    rho, B = 0.0, W
+    if blocks_W is not None and len(blocks_W) == W:
+        _, inv = np.unique(blocks_W, return_inverse=True)
+        B = int(inv.max()) + 1
+        if 1 < B < W and sd > 0:
+            sums = np.bincount(inv, weights=x - x.mean())
+            deff = float((sums ** 2).sum() * B / (B - 1)) / (sd ** 2 * W)
+            rho = float(np.clip((deff - 1) / (W / B - 1), 0.0, 1.0))
+    var = sd ** 2
+
+    def se_at(n: int) -> float:
+        return math.sqrt(var * (1 - rho) / n + var * rho / min(n, B))
+
+    floor = math.sqrt(var * rho / B)
+    lo, hi = max(1, n_min), max(1, n_max, n_min)
+    if var == 0:
+        n = lo
+    elif var / target ** 2 <= B:  # fewer windows than documents: each window from its own document
+        n = math.ceil(var / target ** 2)
+    elif target > floor:
+        n = math.ceil(var * (1 - rho) / (target ** 2 - floor ** 2))
+    else:
+        n = hi
+    n = min(max(n, lo), hi)
+    return EvalSize(n, se_at(n), floor, rho, sd, se_at(n) <= target * (1 + 1e-9))

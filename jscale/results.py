@@ -299,6 +299,23 @@ class ResultsDB:
                                      run_ids).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def pilot_windows(self, point: str, split: str = "validation") -> list[tuple[float, np.ndarray]]:
+        """The finished pilots of a tuned point: (final validation loss, per-window losses of `split`), best first;
+        what sizes the point's final evaluations (data.eval_se)."""
+        with db_errors(self.path):
+            rows = self.conn.execute(
+                "SELECT r.final_val_loss, w.losses FROM runs r JOIN windows w ON w.run_id = r.run_id "
+                "WHERE r.point = ? AND r.role = 'pilot' AND r.status = 'done' AND w.split = ? "
+                "AND r.final_val_loss IS NOT NULL ORDER BY r.final_val_loss, r.run_id", (point, split)).fetchall()
+        return [(float(loss), np.frombuffer(blob, "<f4")) for loss, blob in rows]
+
+    def blocks(self, split: str, n_ctx: int, context: int, n_windows: int) -> np.ndarray | None:
+        """Each window's document for these evaluation windows (record_blocks), or None."""
+        with db_errors(self.path):
+            row = self.conn.execute("SELECT blocks FROM window_blocks WHERE split = ? AND n_ctx = ? AND context = ? "
+                                    "AND n_windows = ?", (split, n_ctx, context, n_windows)).fetchone()
+        return None if row is None else np.frombuffer(row[0], "<i4")
+
     def record_tuning(self, point: str, keys: list[str], grid: dict, losses: list, chosen: dict, bracketed: bool,
                       extended: bool, note: str, margin: float = float("nan"), rounds: int = 0) -> None:
         with db_errors(self.path), self.conn:

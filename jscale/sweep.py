@@ -284,6 +284,10 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
         out.append(Run(run_id, name, cfg, tags))
     if not out:
         raise ConfigError("axis: the sweep expands to no runs")
+    sized = [k for k in ("eval_se", "curve_eval_se") if getattr(out[0].cfg.data, k)]
+    if sized and tune is None:
+        raise ConfigError(f"data.{sized[0]}: sizes the final evaluations from a point's pilots; this sweep has no "
+                          f"[tune] table (use data.eval_tokens / data.curve_eval_windows)")
     if tune is not None:
         out += pilot_runs(out, tune)
     name = str(spec.get("name", Path(source).stem))
@@ -321,7 +325,7 @@ def tuned_runs(finals: list[Run], chosen: dict[str, dict[str, float]]) -> list[R
         if values is None:
             continue
         cfg = tuning.apply(r.cfg, values)
-        name = r.name + " " + " ".join(_tag_text(k, v) for k, v in values.items())
+        name = r.name + " " + " ".join(_tag_text(k, v) for k, v in values.items() if k not in tuning.EVAL_SIZE_KEYS)
         out.append(Run(_hash_config(cfg), name, cfg, {**r.tags, **values, "tune.chosen": True}))
     return out
 
@@ -371,6 +375,12 @@ def plan_table(sweep: Sweep, groups: list[Group]) -> str:
                      f"{sweep.tune.fraction:g} of the steps)")
     lines.append(f"evaluation: {eval_flops:.3e} FLOPs over all runs ({100 * eval_flops / max(total_exact, 1):.0f}% of "
                  f"training)")
+    sized = [(k, getattr(r.cfg.data, k)) for r in tuned[:1] for k in ("eval_se", "curve_eval_se")
+             if getattr(r.cfg.data, k)]
+    if sized:
+        lines.append("evaluation: after the pilots, " + " and ".join(
+            f"{'final' if k == 'eval_se' else 'curve'} evaluations are sized for a paired standard error of {v:g} nats"
+            for k, v in sized) + " (data.eval_se, data.curve_eval_se; at most the windows counted above)")
     lines.append(f"estimated compute: {total_6n:.3e} FLOPs (6ND), {total_exact:.3e} FLOPs (exact) = "
                  f"{total_exact / accounting.PF_DAY:.3e} PF-days")
     return "\n".join(lines)

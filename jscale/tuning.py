@@ -132,12 +132,19 @@ def pilot_config(cfg: Config, tune: Tune, values: dict[str, float]) -> Config:
     return resolve(dataclasses.replace(cfg, train=train, data=d))
 
 
+EVAL_SIZE_KEYS = ("data.eval_tokens", "data.eval_windows", "data.curve_eval_windows")  # set after the pilots
+# from data.eval_se / data.curve_eval_se (grid), not tuned on a grid
+
+
 def apply(cfg: Config, values: dict[str, float]) -> Config:
     """cfg with tuned values put in. A different batch size keeps the run's tokens (and its warmup's and evaluation
-    interval's tokens) fixed by rescaling the step counts, so batch sizes are compared at equal data."""
-    t = cfg.train
+    interval's tokens) fixed by rescaling the step counts, so batch sizes are compared at equal data. The evaluation
+    sizes chosen after the pilots (EVAL_SIZE_KEYS) go into the data config."""
+    t, d = cfg.train, cfg.data
     for key, value in values.items():
-        if key == "train.batch_size" and value != t.batch_size:
+        if key in EVAL_SIZE_KEYS:
+            d = dataclasses.replace(d, **{key.split(".")[1]: int(value)})
+        elif key == "train.batch_size" and value != t.batch_size:
             scale = t.batch_size / value
             eval_every = max(1, round(t.eval_every * scale))
             steps = max(eval_every, round(t.steps * scale))
@@ -146,12 +153,13 @@ def apply(cfg: Config, values: dict[str, float]) -> Config:
                                     warmup_steps=min(round(t.warmup_steps * scale), steps))
         else:
             t = dataclasses.replace(t, **{key.split(".")[1]: int(value) if key == "train.batch_size" else value})
-    return resolve(dataclasses.replace(cfg, train=t))
+    return resolve(dataclasses.replace(cfg, train=t, data=d))
 
 
 def values_text(values: dict[str, float]) -> str:
     """Tuned values as people read them: "lr = 0.002, b2 = 0.99"."""
-    return ", ".join(f"{k.split('.')[-1]} = {v:g}" for k, v in values.items())
+    return ", ".join(f"{k.split('.')[-1]} = {v:,}" if k in EVAL_SIZE_KEYS else f"{k.split('.')[-1]} = {v:g}"
+                     for k, v in values.items())
 
 
 def pilots_text(losses: list) -> str:

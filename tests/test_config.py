@@ -34,6 +34,8 @@ def test_toml_and_overrides(tmp_path):
     (["train.warmup_steps=5000", "train.steps=100"], "train.warmup_steps: must be in [0, train.steps = 100]"),
     (["data.tokenizer=bpe", "data.vocab_size=100"], "data.vocab_size: a BPE vocabulary needs 257"),
     (["data.max_train_tokens=64"], "data.max_train_tokens: 64 tokens cannot hold one window"),
+    (["data.eval_se=-0.01"], "data.eval_se: must be a standard error in nats >= 0"),
+    (["data.curve_eval_se=nan"], "data.curve_eval_se: must be a finite number"),
     (["model.n_layer"], "model.n_layer: an override must look like section.key=value"),
     (["n_layer=2"], "n_layer: an override key must be section.key"),
 ])

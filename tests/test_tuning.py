@@ -186,3 +186,47 @@ def test_a_batch_size_grid_compares_batch_sizes_at_equal_tokens(tmp_path):
     chosen = json.loads(t["tuning"].iloc[0].chosen)["train.batch_size"]
     final = t["runs"][t["runs"].role == "final"].iloc[0]
     assert final.batch_size == chosen and final.steps * final.batch_size == 60 * 8  # the final run's tokens kept
+
+
+def test_eval_se_sizes_the_final_evaluations_from_the_pilots_differences(tmp_path):
+    """data.eval_se: after the pilots, the final runs score the windows that the standard error of a paired difference
+    needs, computed from each point's two best pilots' per-window differences and their documents (recomputed here
+    from the database), at most eval_tokens' worth; every point's final runs score the most any point needs (the
+    report compares points on the same windows); curve evaluations likewise; a re-run chooses the same and trains
+    nothing. Without a [tune] table the key is refused in one line."""
+    import numpy as np
+
+    from jscale import noise
+
+    base = {**BASE, "data": {"eval_tokens": 512 * 17, "eval_se": 0.01, "curve_eval_se": 0.03}}
+    spec = {"name": "t", "base": base, "seeds": 2, "axis": [{"key": "model.d_model", "values": [16, 24]}],
+            "tune": {"grid": {"train.lr": [1e-3, 3e-3, 1e-2]}, "fraction": 0.5}}
+    sw = sweep.expand(spec)
+    assert "final evaluations are sized for a paired standard error of 0.01 nats" in sweep.plan_table(sw, sw.groups(8))
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
+    tables = results.load(tmp_path / "s")
+    runs, windows = tables["runs"], tables["windows"]
+    val = windows[windows.split == "validation"].set_index("run_id").losses
+    blocks = tables["blocks"][("validation", 16, 0, 128)]
+    needs = []
+    for t in tables["tuning"].itertuples():
+        pilots = runs[(runs.role == "pilot") & (runs.point == t.point)].sort_values(["final_val_loss", "run_id"])
+        a, b = val[pilots.run_id.iloc[0]], val[pilots.run_id.iloc[1]]
+        assert len(a) == 128  # a pilot scores a quarter of the final evaluation's windows
+        final = noise.windows_for_se(b.astype(np.float64) - a, blocks, 0.01, 512)
+        curve = noise.windows_for_se(b.astype(np.float64) - a, blocks, 0.03, final.windows)
+        needs.append((final.windows, curve.windows))
+        assert f"final evaluations: {final.windows:,} windows" in t.note
+    n_final, n_curve = max(n for n, _ in needs), max(c for _, c in needs)
+    assert 64 <= n_curve <= n_final <= 512
+    for t in tables["tuning"].itertuples():  # what the point's final runs were trained with
+        assert json.loads(t.chosen)["data.eval_tokens"] >= 64 * 17
+    finals = runs[runs.role == "final"]
+    assert len(finals) == 4 and set(finals.status) == {"done"}
+    for rid, cfg in zip(finals.run_id, finals.config):
+        assert len(val[rid]) == n_final and json.loads(cfg)["data"]["curve_eval_windows"] == n_curve
+        assert json.loads(cfg)["data"]["eval_tokens"] == n_final * 17
+    again = grid.run_sweep(sw, tmp_path / "s", ensemble_size=8, progress=False)
+    assert again["trained_groups"] == 0
+    with pytest.raises(ConfigError, match=r"^data.eval_se: sizes the final evaluations from a point's pilots"):
+        sweep.expand({k: v for k, v in spec.items() if k != "tune"})
