@@ -131,11 +131,17 @@ class Tracker:
                 self._wandb[i].log(values, step=step)
 
     def close(self) -> None:
-        for w in self._tb:
-            w.close()
-        for run in self._wandb:
-            run.finish()
-        self._tb, self._wandb = [], []
+        """Close every writer even when one fails (a full disk fails the flush inside close): none is left half
+        open; the first failure is raised after all are closed."""
+        writers, self._tb, runs, self._wandb = self._tb, [], self._wandb, []
+        failed = None
+        for finish in [w.close for w in writers] + [r.finish for r in runs]:
+            try:
+                finish()
+            except Exception as e:  # noqa: BLE001 (re-raised below, once every writer is closed)
+                failed = failed or e
+        if failed is not None:
+            raise failed
 
 
 def _import_wandb():

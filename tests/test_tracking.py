@@ -169,3 +169,25 @@ def test_a_sweep_logs_each_member_of_a_vmapped_group_as_its_own_run(tmp_path):
     for run_id, step, val_loss in rows:  # TensorBoard's run is named as W&B's: "lr=0.001 [RUN_ID]"
         folder = tmp_path / "out" / "tb" / f"{names[run_id]} [{run_id}]"
         assert read_scalars(folder)["validation/loss"][step] == pytest.approx(val_loss)
+
+
+def test_a_writer_that_fails_to_close_leaves_no_other_writer_open(tmp_path, monkeypatch):
+    """A full disk fails tensorboardX's flush inside close(): the writers after it are still closed (their event
+    files complete and readable), none stays registered, and the first failure is what the caller sees."""
+    from jscale import tracking
+
+    tracker = tracking.Tracker(config.LoggingConfig(tensorboard=True), ["a", "b"], ["a", "b"],
+                               [tmp_path / "a", tmp_path / "b"], [{}, {}])
+    tracker.start(0)
+    tracker._log([{"validation/loss": 2.0}, {"validation/loss": 3.0}], [1, 1])
+    first, second = tracker._tb
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(first, "close", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tracker.close()
+    assert not tracker.active
+    assert read_scalars(tmp_path / "b") == {"validation/loss": {1: 3.0}}  # closed: flushed to its file
+    second.close()  # (a second close of a closed writer is harmless)
