@@ -151,3 +151,35 @@ def test_a_final_evaluation_on_more_windows_is_compared_on_the_curves_windows(tm
     runs = regime.table(tables["runs"], tables["curves"])
     assert runs["regime"].item() != "overfitting"
     assert tables["runs"]["best_val_step"].item() == 40
+
+
+def test_check_extrapolation_compares_a_longer_run_with_the_shorter_ones_floor_on_the_same_windows(tmp_path):
+    """experiments/check_extrapolation.py on two real tiny sweeps of one shape and seed, 96 and 192 steps, three
+    cooldown branches each: the longer run's final checkpoint, scored again on the shorter sweep's windows (the
+    same count, so the same windows), gives exactly its stored final validation loss; the shorter run's L_inf is
+    below its own longest annealed loss; the difference comes with an interval that contains it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def sweep_at(steps, name):
+        spec = {"name": "size", "base": {"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16},
+                                         "data": {"eval_windows": 64, "curve_eval_windows": 16},
+                                         "train": {**TRAIN, "steps": steps, "anneal_branches": 3,
+                                                   "eval_every": steps // 4, "checkpoint_every": steps // 4}},
+                "axis": [{"key": "model.d_model", "values": [16]}]}
+        grid.run_sweep(sweep.expand(spec), tmp_path / name, progress=False)
+        return tmp_path / name
+
+    short, longer = sweep_at(96, "short"), sweep_at(192, "longer")
+    p = subprocess.run([sys.executable, str(REPO / "experiments" / "check_extrapolation.py"), str(longer), str(short),
+                        "--resamples", "50", "--out", str(tmp_path / "rows.json")],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [row] = json.loads((tmp_path / "rows.json").read_text())
+    stored = results.load(longer)["runs"].set_index("role").loc["final"]
+    assert row["converged_loss"] == pytest.approx(float(stored.final_val_loss), abs=1e-6)
+    assert row["long_L_inf"] < row["long_loss"] and row["tokens"] == 2 * row["long_tokens"]
+    lo, hi = row["minus_L_inf_interval"]
+    assert lo <= row["minus_L_inf"] <= hi and "d_model 16 seed 0" in p.stdout
