@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from jscale import interrupts
+from jscale import cpuload, interrupts
 from jscale.errors import JscaleError, ResourceError, resource_error
 
 
@@ -163,14 +163,15 @@ def _run(args) -> None:
         raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
                           f"process (several would share one accelerator's memory)")
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t0, others = time.perf_counter(), cpuload.Others()
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
                              progress=not args.quiet, wait_for_others=args.worker, timings=timings)
     if jax.process_index() == 0 and not args.worker:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
         if summary["trained_groups"] and not args.quiet:
-            print(grid.describe_timings(timings, time.perf_counter() - t0))
+            load = cpuload.note(others.share(), "these times are longer than on an idle machine")
+            print(grid.describe_timings(timings, time.perf_counter() - t0) + (f"; {load}" if load else ""))
         if summary.get("left"):
             print(f"left: {summary['left']}")
 
@@ -193,11 +194,15 @@ def _run_workers(args, sw, out: Path) -> None:
         child += ["--ensemble-size", str(args.ensemble_size)]
     elif not (out / "ensemble.json").is_file():
         child += ["--ensemble-size", "1"]
+    t0, others = time.perf_counter(), cpuload.Others()
     status = workers.run(child, out, args.workers, progress=not args.quiet)
     if status != 0:
         raise SystemExit(status)
     done, left = workers.summary(out)
     print(done)
+    if not args.quiet:
+        load = cpuload.note(others.share(), "this time is longer than on an idle machine")
+        print(f"time: {time.perf_counter() - t0:.1f} s" + (f"; {load}" if load else ""))
     if left:
         print(f"left: {left}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jscale import accounting
+from jscale import accounting, cpuload
 from jscale.config import Config, DataConfig, ModelConfig, TrainConfig
 
 # (kind, n_layer, d_model, n_ctx, batch) per backend: small and large enough to separate overhead from rate.
@@ -105,7 +105,9 @@ def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
             for key, cfg in todo.items():
                 short = dataclasses.replace(cfg.train, steps=steps + 2, warmup_steps=1, warmup_tokens=0,
                                             warmup_per_param=0.0, anneal_branches=0)
+                others = cpuload.Others()
                 known[key] = _time_steps(dataclasses.replace(cfg, train=short), steps)
+                known[key]["others_share"] = others.share()  # a shape timed on a busy CPU reads slow
         finally:
             jax.config.update("jax_enable_compilation_cache", cache_on)
         _store(device_key(), {**measured, "shapes": known})
@@ -263,5 +265,12 @@ def describe(groups, measured: dict, budget_minutes: float = 0.0) -> str:
         over = e["total"] / 60 > budget_minutes
         budget = (f"; the scale's budget is {budget_minutes:g} min"
                   + (": OVER it, `jscale run` refuses without --force" if over else ": within it"))
+    load = ""
+    if "device" not in measured:  # this machine's own measurements: say when it was, or is, shared
+        timed = [r.get("others_share") or 0.0 for r in measured.get("shapes", {}).values()]
+        if timed and max(timed) >= cpuload.NOTE_SHARE:
+            load += f"; its shapes were timed while other processes used up to {100 * max(timed):.0f}% of the cores"
+        busy = cpuload.note(cpuload.now(), "a run started now takes longer than this", now=True)
+        load += f"; {busy}" if busy else ""
     return (f"estimated wall time on {where}: {fmt(e['total'])} (train {fmt(e['train'])}, eval "
-            f"{fmt(e['eval'])}{compile_text}), from throughput measured {measured['date']}{budget}")
+            f"{fmt(e['eval'])}{compile_text}), from throughput measured {measured['date']}{budget}{load}")
