@@ -6,6 +6,11 @@ largest model will get there. The long tier on the built-in corpus measured the 
 per doubling of tokens as about c / sqrt(tokens per parameter) (experiments/results/long: d_model 8 to 48 at depth 2,
 n_ctx 64, byte tokens, 2026-12-05; c = DOUBLING_C): 4% at ~350 tokens per parameter, 1% only at ~6,000. On another
 corpus, tokenizer or context the relation is an extrapolation, and the plan says so.
+
+Runs of one size scatter about the relation: at ~8,050 tokens per parameter (size.toml's converged scale, d_model
+8-16, two seeds; experiments/results/converged) the six runs improved 0.64% to 1.06% per doubling, 0.73x to 1.20x the
+relation's 0.88% (their mean, 0.88%, is the relation's), and two of the six did not pass 1%. So a plan expects every
+run to pass only when SEED_SPREAD times the relation does: about 9,000 tokens per parameter for 1%.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from jscale import accounting, data, regime
 from jscale.sweep import Sweep
 
 DOUBLING_C = 0.79  # improvement per doubling ~ DOUBLING_C / sqrt(tokens per parameter) (the long tier; see above)
+SEED_SPREAD = 1.2  # the most a run exceeded the relation among six at ~8,000 tokens per parameter (see above)
 CONVERGED_ANALYSES = ("size", "shape", "lstm", "recurrent", "efficiency")  # claims about converged models
 MAX_EPOCHS = 4.0  # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023); beyond, a claim about
 # fresh-data scaling is a claim about repeated data
@@ -28,7 +34,8 @@ def expected_doubling(tokens_per_param: float) -> float:
 
 
 def tokens_per_param_needed(threshold: float = regime.CONVERGED_DOUBLING) -> float:
-    return (DOUBLING_C / threshold) ** 2
+    """Tokens per parameter at which every run, not just the typical one, is expected below the threshold."""
+    return (SEED_SPREAD * DOUBLING_C / threshold) ** 2
 
 
 def train_tokens(d) -> int | None:
@@ -68,8 +75,12 @@ def describe(sw: Sweep, groups, tokens_per_s: float | None = None) -> list[str]:
         line = (f"convergence: the largest model (N_total {n_total:,}) sees {tpp:,.0f} tokens per parameter; its "
                 f"annealed loss is expected to improve ~{100 * exp:.1f}% per doubling{basis}; the claim needs < "
                 f"{100 * regime.CONVERGED_DOUBLING:g}%")
-        if exp < regime.CONVERGED_DOUBLING:
-            line += ": expected to converge"
+        if SEED_SPREAD * exp < regime.CONVERGED_DOUBLING:
+            line += (f": expected to converge (every run: up to {SEED_SPREAD:g}x the relation, "
+                     f"{100 * SEED_SPREAD * exp:.2f}%)")
+        elif exp < regime.CONVERGED_DOUBLING:
+            line += (f": borderline (runs scatter up to {SEED_SPREAD:g}x the relation, {100 * SEED_SPREAD * exp:.2f}%: "
+                     f"some may not pass; ~{need:,.0f} tokens per parameter would)")
         else:
             more = need * n_total / tokens
             line += (f": NOT expected to converge (it would need ~{need:,.0f} tokens per parameter, {more:,.0f}x these "
