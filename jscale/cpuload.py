@@ -1,9 +1,9 @@
 """How much of this machine's CPU other processes took while jscale timed or trained something.
 
 Wall times read on a shared CPU are longer than on an idle one (the long tier's sweeps, which shared 2 cores with
-another job, took about 4x their estimate, part of it from the sharing), so `jscale run` and `jscale plan` say so. Linux only (/proc/stat);
-elsewhere nothing is said. Other processes' CPU time = the machine's busy time less this process's own (its threads
-and the children it waited for, such as `--workers`).
+another job, took about 4x their estimate, part of it from the sharing), so `jscale run` and `jscale plan` say so.
+Linux only (/proc/stat); elsewhere nothing is said. Other processes' CPU time = the machine's busy time less this
+process's own (its threads and the children it waited for, such as `--workers`).
 """
 
 from __future__ import annotations
