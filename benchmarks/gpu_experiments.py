@@ -1,6 +1,6 @@
 """The converged experiments at their gpu scale, within a device budget: run this on a machine with a GPU.
 
-    python benchmarks/gpu_experiments.py --budget-s 540 --export $OUT        # size, then compute; then the report
+    python benchmarks/gpu_experiments.py --budget-s 540 --export $OUT        # compute, then size; then the report
     python benchmarks/gpu_experiments.py --experiments X.toml --scale cpu --runs R --report-out O --budget-s 60
 
 Each experiment runs as `jscale run experiments/NAME.toml --scale gpu --out runs/gpu/NAME` in a child process, one
@@ -10,8 +10,8 @@ where this one stopped; an experiment is not started with less than --min-start-
 `jscale report runs/gpu --out experiments/results/gpu` reports whatever has finished (a report of unfinished sweeps
 says which runs are missing), and one row per experiment (finished or not, wall time, device, date) is appended to
 benchmarks/RESULTS.md. --export DIR copies the report and slim databases (experiments/slim_results.py) to DIR, the
-folder a lent device hands back. Order: size (L(N) decided from cooldown branches), then compute (IsoFLOP minima):
-the two converged claims of issue 25; others can be named with --experiments.
+folder a lent device hands back. Order: compute (IsoFLOP minima, ~5 estimated minutes: done in one call), then size
+(converged L(N), ~1.9 estimated H100-hours: it resumes over many calls); others can be named with --experiments.
 
 The gpu scales train on the pypi corpus (`data.corpus = "bin:corpora/pypi"`, 205.6 MB of token files), which a
 machine without the package registry cannot build and which is larger than a lent device carries. Carry it
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT = ("experiments/size.toml", "experiments/compute.toml")
+DEFAULT = ("experiments/compute.toml", "experiments/size.toml")
 GRACE_S = 120  # after SIGTERM: the child finishes its step and checkpoint; then SIGKILL (every write is atomic)
 
 
