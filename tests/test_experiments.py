@@ -34,7 +34,7 @@ def test_every_scale_plans_and_every_run_can_start(name, pypi_corpus_here):
     assert name in report.SECTIONS
 
 
-def test_plan_prints_the_scale_and_rejects_an_unknown_one(jscale_here):
+def test_plan_prints_the_scale_and_rejects_an_unknown_one(jscale_here, pypi_corpus_here):
     ok = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "full", "--no-estimate")
     assert ok.returncode == 0 and "sweep shape at scale full" in ok.stdout
     bad = jscale_here("plan", str(REPO / "experiments" / "shape.toml"), "--scale", "huge")
