@@ -217,6 +217,28 @@ def test_the_ensemble_measurement_runs_on_a_transformer_xl():
     assert m["speedup"] > 0 and m["mode"] in ("vmap", "map")
 
 
+def test_the_ensemble_measurement_keeps_each_modes_fastest_of_interleaved_rounds(monkeypatch):
+    """One slow reading (another process waking during the vmapped step's timing) must not pick the slower mode:
+    each of single, vmap and map is timed in two interleaved rounds and its fastest kept."""
+    from jscale import config, resolve, train
+
+    cfg = resolve.resolve(config.from_dict({"model": {"n_layer": 1, "d_model": 16, "n_heads": 2, "n_ctx": 16},
+                                            "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}))
+    order = ["single", *train.ENSEMBLE_MODES]
+    readings = {"single": [1.0, 1.0], "vmap": [5.0, 1.2], "map": [1.5, 1.5]}  # vmap's first reading disturbed
+    calls = []
+
+    def scripted(fn, state, batch, hparams, steps):
+        mode = order[len(calls) % len(order)]
+        calls.append(mode)
+        return readings[mode][(len(calls) - 1) // len(order)]  # this mode's reading of the current round
+
+    monkeypatch.setattr(train, "seconds_per_step", scripted)
+    m = grid.measure_vmap_speedup(cfg, members=2, steps=1)
+    assert calls == order * 2
+    assert m["mode"] == "vmap" and m["vmap_step_s"] == 1.2 and m["speedup"] == pytest.approx(2 * 1.0 / 1.2)
+
+
 TUNED_TOML = SWEEP_TOML.replace('[[axis]]\nkey = "train.seed"\nvalues = [0, 1]\n', "").replace(
     'name = "tiny"', 'name = "tiny"\nseeds = 2') + '[tune]\ngrid = {{ "train.lr" = [1e-3, 3e-3, 1e-2] }}\nextend = true\n'
 
