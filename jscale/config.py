@@ -107,7 +107,7 @@ class DataConfig:
     subset_seed: int = 0  # which chunks make up the D tokens (subsets of one seed are nested)
     subset_chunk: int = 4096  # tokens per chunk of a D-token subset
     eval_windows: int = 0  # windows of n_ctx + 1 tokens per evaluation set at the final evaluation; 0: eval_tokens
-    eval_tokens: int = 600_000  # sizes eval_windows when 0: a standard error near 0.5% of the loss
+    eval_tokens: int = 600_000  # sizes eval_windows when 0 (a paired difference of two runs: SE ~0.002 nats)
     curve_eval_windows: int = 256  # evaluations before the last score this evenly spaced subset; 0 = all windows
     # data.eval_se, in a tuned sweep: the final runs score the windows that the standard error of a paired difference
     # needs, measured on the point's two best pilots (per-window spread and within-document correlation;

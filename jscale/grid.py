@@ -110,16 +110,20 @@ def measure_vmap_speedup(cfg: Config, members: int, steps: int = 5, rounds: int 
     hp = {k: np.asarray(v) for k, v in train.hparams_from_config(cfg.train).items()}
     B, T = cfg.train.batch_size, cfg.model.n_ctx
 
-    timed = lambda fn, state, batch, hparams: train.seconds_per_step(fn, state, batch, hparams, steps)
+    # the steps split over the rounds and warmed up in the first only: about the cost of one round of `steps`
+    per_round = max(1, -(-steps // max(1, rounds)))
     init = fns["init"]
     stacked_hp = jax.tree.map(lambda x: np.stack([x] * members), hp)
     stacked_init = lambda: jax.tree.map(jnp.asarray, train.stack_members([init(np.uint32(s)) for s in range(members)]))
     seconds: dict[str, list[float]] = {"single": [], **{mode: [] for mode in train.ENSEMBLE_MODES}}
-    for _ in range(max(1, rounds)):
-        seconds["single"].append(timed(fns["single"], init(np.uint32(0)), jnp.zeros((B, T + 1), jnp.int32), hp))
+    for r in range(max(1, rounds)):
+        warmup = 2 if r == 0 else 0
+        seconds["single"].append(train.seconds_per_step(fns["single"], init(np.uint32(0)),
+                                                        jnp.zeros((B, T + 1), jnp.int32), hp, per_round, warmup))
         for mode in train.ENSEMBLE_MODES:
-            seconds[mode].append(timed(fns[mode], stacked_init(), jnp.zeros((members, B, T + 1), jnp.int32),
-                                       stacked_hp))
+            seconds[mode].append(train.seconds_per_step(fns[mode], stacked_init(),
+                                                        jnp.zeros((members, B, T + 1), jnp.int32), stacked_hp,
+                                                        per_round, warmup))
     single = min(seconds["single"])
     result = {"members": members, "single_step_s": single}
     for mode in train.ENSEMBLE_MODES:

@@ -228,7 +228,7 @@ def test_the_ensemble_measurement_keeps_each_modes_fastest_of_interleaved_rounds
     readings = {"single": [1.0, 1.0], "vmap": [5.0, 1.2], "map": [1.5, 1.5]}  # vmap's first reading disturbed
     calls = []
 
-    def scripted(fn, state, batch, hparams, steps):
+    def scripted(fn, state, batch, hparams, steps, warmup):
         mode = order[len(calls) % len(order)]
         calls.append(mode)
         return readings[mode][(len(calls) - 1) // len(order)]  # this mode's reading of the current round
