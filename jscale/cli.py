@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from jscale import cpuload, interrupts
-from jscale.errors import JscaleError, ResourceError, resource_error
+from jscale.errors import ConfigError, JscaleError, ResourceError, resource_error
 
 
 def _train(args) -> None:
@@ -96,8 +96,6 @@ def _eval_text(cfg, train_flops: float) -> str:
 
 def _check_run_flags(args) -> None:
     """Flags that a run or a plan would otherwise take silently, refused in one line before anything is written."""
-    from jscale.errors import ConfigError
-
     if getattr(args, "ensemble_size", None) is not None and args.ensemble_size < 1:
         raise ConfigError(f"--ensemble-size: must be >= 1, got {args.ensemble_size}")
     n, i = getattr(args, "num_processes", None), getattr(args, "process_id", None)
@@ -158,8 +156,6 @@ def _run(args) -> None:
     import jax
 
     if args.worker and jax.default_backend() != "cpu":
-        from jscale.errors import ConfigError
-
         raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
                           f"process (several would share one accelerator's memory)")
     timings: dict[str, float] = {}

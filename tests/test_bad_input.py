@@ -128,6 +128,7 @@ CASES = [
     (["train", "good.toml", "train.schedule=linear"], 2, "train.schedule"),
     (["train", "good.toml", "data.eval_windows=-1"], 2, "data.eval_windows"),
     (["train", "good.toml", "data.eval_windows=10000000"], 2, "data.eval_windows"),
+    (["train", "good.toml", "data.eval_se=0.003"], 2, "data.eval_se"),
     (["train", "missing.toml"], 2, "missing.toml"),
     (["train", "bad_syntax.toml"], 2, "bad_syntax.toml"),
     (["train", "good.toml", "train.lr=nan"], 2, "train.lr"),
