@@ -17,23 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jscale import data, planning, regime, results, trained
-from jscale.models import build
 from jscale.noise import WindowBlocks
-from jscale.train import make_eval_step, padded_chunks
 
 
 def per_window_losses(sweep_dir: str, run_id: str, n_windows: int, n_ctx: int) -> np.ndarray:
-    """A run's final checkpoint scored on the first n_windows-window validation set of its corpus, (W,)."""
+    """A run's final checkpoint scored on the n_windows-window validation set of its corpus, (W,)."""
     model = trained.load(sweep_dir, run_id)
     windows = data.prepare(model.cfg.data).eval_windows(n_windows, n_ctx, 0, "validation", strict=True)
-    step = jax.jit(make_eval_step(build(model.cfg.model)))
-    return np.concatenate([np.asarray(step(model.params, jnp.asarray(c, jnp.int32)))[:n]
-                           for c, n in padded_chunks(windows, 16)]).mean(axis=1)
+    return trained.window_losses(model, windows).mean(axis=1)
 
 
 def main(argv=None) -> int:

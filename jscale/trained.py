@@ -182,7 +182,7 @@ def evaluate(model: TrainedModel, corpus: str | None = None, split: str | None =
     or "all", every token of the corpus (its splits one after another, tiled by windows): the default for another
     corpus (a file of yours is scored whole), "test" for the run's own. windows: how many (0 = as the run's final
     evaluation, or for "all" every window; for "all" N > 0 keeps N evenly spaced)."""
-    from jscale.train import eval_context, make_eval_step, padded_chunks, summarize_eval
+    from jscale.train import eval_context, summarize_eval
 
     cfg = model.cfg
     split = split or ("test" if corpus is None else "all")
@@ -209,14 +209,20 @@ def evaluate(model: TrainedModel, corpus: str | None = None, split: str | None =
         raise ConfigError(f"--split: the {split} split of {d.corpus} is too short for one window of {n_ctx + 1}")
     bytes_per_token = (sum(tokens.meta[f"{s}_bytes"] for s in parts) /
                        max(sum(len(tokens.splits[s]) for s in parts), 1))
-    eval_step = jax.jit(make_eval_step(build(cfg.model)))
-    losses = [np.asarray(eval_step(model.params, jnp.asarray(chunk, jnp.int32)))[:n]
-              for chunk, n in padded_chunks(windows_WxS, 16)]  # a fixed chunk size: one compile
-    summary = summarize_eval(np.concatenate(losses)[None])
+    summary = summarize_eval(window_losses(model, windows_WxS)[None])
     loss, se = float(summary["loss"][0]), float(summary["se"][0])
     return {"run": model.source, "step": model.step, "corpus": d.corpus, "split": split, "windows": len(windows_WxS),
             "loss": loss, "se": se, "bits_per_byte": loss / math.log(2) / bytes_per_token,
             "per_position": summary["per_position"][0].round(5).tolist()}
+
+
+def window_losses(model: TrainedModel, windows_WxS: np.ndarray) -> np.ndarray:
+    """The model's loss at every scored position of every window, (W, T)."""
+    from jscale.train import make_eval_step, padded_chunks
+
+    eval_step = jax.jit(make_eval_step(build(model.cfg.model)))
+    return np.concatenate([np.asarray(eval_step(model.params, jnp.asarray(chunk, jnp.int32)))[:n]
+                           for chunk, n in padded_chunks(windows_WxS, 16)])  # a fixed chunk size: one compile
 
 
 def position_bins(per_position: list[float]) -> list[tuple[int, int, float]]:
