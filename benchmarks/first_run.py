@@ -40,12 +40,15 @@ zip = {{ "model.d_model" = [32, 48, 64, 96], "model.n_heads" = [2, 3, 4, 6] }}
 """
 
 
-def run(code: Path, toml: Path, out: Path, cache: Path) -> float:
+def cold_run(args: list[str], cache: Path, code: Path = REPO) -> float:
+    """Wall seconds of one `jscale ARGS` in a fresh process with every cache empty (compiled programs, token files,
+    evaluation windows, throughput probes: a new JSCALE_CACHE), as a user's first run; code: the checkout whose
+    jscale runs (PYTHONPATH and cwd). benchmarks/workers.py times its runs with it too."""
     env = {**os.environ, "PYTHONPATH": str(code), "JSCALE_CACHE": str(cache)}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jscale.cli", "run", str(toml), "--out", str(out), "--quiet"], check=True,
-                   env=env, stdout=subprocess.DEVNULL, cwd=code)  # (PYTHONPATH and cwd: that revision's jscale)
+    subprocess.run([sys.executable, "-m", "jscale.cli", *args], check=True, env=env, stdout=subprocess.DEVNULL,
+                   cwd=code)
     return time.perf_counter() - t0
 
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 for which in order:
                     code = tree if which == "before" else REPO
                     tag = f"{which}-{pair}"
-                    walls[which].append(run(code, toml, tmp / tag, tmp / f"cache-{tag}"))
+                    walls[which].append(cold_run(["run", str(toml), "--out", str(tmp / tag), "--quiet"],
+                                                 tmp / f"cache-{tag}", code))
                     print(f"pair {pair}: {which} {walls[which][-1]:.1f} s", flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)

@@ -23,8 +23,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from first_run import cold_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,16 +66,9 @@ def trained(out: Path) -> dict:
 
 
 def run(toml: Path, out: Path, workers: int, cache: Path) -> float:
-    """Wall seconds of one `jscale run` with every cache empty (compiled programs, token files, evaluation
-    windows, throughput probes: a fresh JSCALE_CACHE), as a user's first run."""
-    cmd = [sys.executable, "-m", "jscale", "run", str(toml), "--scale", "bench", "--out", str(out), "--quiet"]
-    if workers > 1:
-        cmd += ["--workers", str(workers)]
-    env = {**os.environ, "JSCALE_CACHE": str(cache)}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t0
+    """Wall seconds of one `jscale run` of the bench scale, as a user's first run (first_run.cold_run)."""
+    return cold_run(["run", str(toml), "--scale", "bench", "--out", str(out), "--quiet",
+                     *(["--workers", str(workers)] if workers > 1 else [])], cache)
 
 
 def main(argv: list[str] | None = None) -> int:
