@@ -19,13 +19,13 @@ from jscale.errors import ConfigError, JscaleError, ResourceError, resource_erro
 
 
 def _train(args) -> None:
-    from jscale import resolve, train
+    from jscale import config, resolve, train
 
     cfg = resolve.load(args.config, args.overrides)
-    for key in ("eval_se", "curve_eval_se"):
-        if getattr(cfg.data, key):
-            raise ConfigError(f"data.{key}: sizes the final runs' evaluations of a tuned sweep from its pilots "
-                              f"(jscale run); one run sizes them with data.eval_tokens / data.curve_eval_windows")
+    sized = config.pilot_sized(cfg.data)
+    if sized:
+        raise ConfigError(f"data.{sized[0]}: sizes the final runs' evaluations of a tuned sweep from its pilots "
+                          f"(jscale run); one run sizes them with data.eval_tokens / data.curve_eval_windows")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     interrupts.check()  # a Ctrl-C while JAX was importing: stop before any work
     record = train.train(cfg, out, progress=not args.quiet)

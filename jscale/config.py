@@ -121,6 +121,14 @@ class DataConfig:
     text_column: str = ""  # tfds:/hf: corpora: the column that holds the text; "" = "text" or the only text one
 
 
+PILOT_SIZED = ("eval_se", "curve_eval_se")  # data keys whose evaluation sizes a tuned sweep's pilots decide
+
+
+def pilot_sized(d: "DataConfig") -> list[str]:
+    """The PILOT_SIZED keys this data config sets (> 0): its evaluations are sized after a tuned sweep's pilots."""
+    return [key for key in PILOT_SIZED if getattr(d, key)]
+
+
 def eval_window_counts(d: "DataConfig", n_ctx: int) -> tuple[int, int]:
     """(windows at the final evaluation, windows at the evaluations before it) per evaluation set."""
     final = d.eval_windows or -(-d.eval_tokens // (n_ctx + 1))
@@ -452,7 +460,7 @@ def validate(cfg: Config) -> None:
         if getattr(d, key) < 0:
             zero = "from data.eval_tokens" if key == "eval_windows" else "all"
             raise ConfigError(f"data.{key}: must be >= 0 (0 = {zero}), got {getattr(d, key)}")
-    for key in ("eval_se", "curve_eval_se"):
+    for key in PILOT_SIZED:
         if not (math.isfinite(getattr(d, key)) and getattr(d, key) >= 0):
             raise ConfigError(f"data.{key}: must be a standard error in nats >= 0 (0 = off), got {getattr(d, key)}")
     for key in ("validation_fraction", "test_fraction"):

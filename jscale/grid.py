@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import accounting, data, interrupts, noise, results, sweep as sweeps, tracking, train, tuning
-from jscale.config import Config, DataConfig, eval_window_counts
+from jscale.config import Config, DataConfig, eval_window_counts, pilot_sized
 from jscale.errors import ConfigError, resource_error
 from jscale.files import write_atomic
 from jscale.hosts import agree
@@ -532,8 +532,8 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
     if math.isfinite(choice.margin):
         note += (f"; lr {choice.chosen['train.lr']:.3g} at the vertex of the parabola in log(lr) through the best "
                  f"three; margin {100 * choice.margin:.2f}%")
-    chosen, sizes_note = _eval_sizes(db, point, finals[0].cfg, say)
-    chosen = {**choice.chosen, **chosen}
+    sizes, sizes_note = _eval_sizes(db, point, finals[0].cfg, say)
+    chosen = {**choice.chosen, **sizes}
     db.record_tuning(point, list(tune.keys), grid, choice.losses, chosen, not flags, rounds > 0, note + sizes_note,
                      choice.margin, rounds)
     say(f"point {point}: chose {tuning.values_text(choice.chosen)} on validation loss ({note})")
@@ -558,7 +558,7 @@ def _eval_sizes(db, point: str, cfg, say) -> tuple[dict[str, int], str]:
     (noise.windows_for_se), at most what eval_tokens (eval_windows) and curve_eval_windows allow. Deterministic
     given the pilots, so a resumed sweep chooses the same."""
     d, n_ctx = cfg.data, cfg.model.n_ctx
-    if not (d.eval_se or d.curve_eval_se):
+    if not pilot_sized(d):
         return {}, ""
     n_final, n_curve = eval_window_counts(d, n_ctx)
     pilots = db.pilot_windows(point)

@@ -284,7 +284,7 @@ def expand(spec: dict, source: str = "<dict>", overrides: list[str] = (), scale:
         out.append(Run(run_id, name, cfg, tags))
     if not out:
         raise ConfigError("axis: the sweep expands to no runs")
-    sized = [k for k in ("eval_se", "curve_eval_se") if getattr(out[0].cfg.data, k)]
+    sized = config.pilot_sized(out[0].cfg.data)
     if sized and tune is None:
         raise ConfigError(f"data.{sized[0]}: sizes the final evaluations from a point's pilots; this sweep has no "
                           f"[tune] table (use data.eval_tokens / data.curve_eval_windows)")
@@ -375,8 +375,7 @@ def plan_table(sweep: Sweep, groups: list[Group]) -> str:
                      f"{sweep.tune.fraction:g} of the steps)")
     lines.append(f"evaluation: {eval_flops:.3e} FLOPs over all runs ({100 * eval_flops / max(total_exact, 1):.0f}% of "
                  f"training)")
-    sized = [(k, getattr(r.cfg.data, k)) for r in tuned[:1] for k in ("eval_se", "curve_eval_se")
-             if getattr(r.cfg.data, k)]
+    sized = [(k, getattr(r.cfg.data, k)) for r in tuned[:1] for k in config.pilot_sized(r.cfg.data)]
     if sized:
         lines.append("evaluation: after the pilots, " + " and ".join(
             f"{'final' if k == 'eval_se' else 'curve'} evaluations are sized for a paired standard error of {v:g} nats"
