@@ -9,8 +9,8 @@ corpus, tokenizer or context the relation is an extrapolation, and the plan says
 
 Runs of one size scatter about the relation: at ~8,050 tokens per parameter (size.toml's converged scale, d_model
 8-16, two seeds; experiments/results/converged) the six runs improved 0.64% to 1.06% per doubling, 0.73x to 1.20x the
-relation's 0.88% (their mean, 0.88%, t-interval 0.70 to 1.06, matches it), and two of the six did not pass 1%. So a plan expects every
-run to pass only when SEED_SPREAD times the relation does: about 9,000 tokens per parameter for 1%.
+relation's 0.88% (their mean, 0.88%, t-interval 0.70 to 1.06, matches it), and two of the six did not pass 1%. So a
+plan expects every run to pass only when SEED_SPREAD times the relation does: about 9,000 tokens per parameter.
 """
 
 from __future__ import annotations
