@@ -56,7 +56,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout rate in training (0 as Kaplan)
     tie_embeddings: bool = True  # the unembedding reuses the embedding matrix (GPT-2)
     dtype: str = "auto"  # compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
-    attention: str = "auto"  # auto (cuDNN where the shape allows, XLA otherwise) | xla | cudnn
+    attention: str = "auto"  # auto (cuDNN where the shape allows, einsum on CPU, XLA otherwise) | xla | cudnn | einsum
     init_from: str = ""  # start from these weights instead of a random init: hf:DIR (a GPT-2 directory)
 
     @property
@@ -399,7 +399,7 @@ def validate(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
     _choice("model.kind", m.kind, MODEL_KINDS)
     _choice("model.dtype", m.dtype, ("auto", "float32", "bfloat16"))
-    _choice("model.attention", m.attention, ("auto", "xla", "cudnn"))
+    _choice("model.attention", m.attention, ("auto", "xla", "cudnn", "einsum"))
     _choice("model.lstm_impl", m.lstm_impl, ("scan", "cudnn"))
     if m.lstm_impl == "cudnn" and m.dropout > 0:
         raise ConfigError("model.lstm_impl: cuDNN's LSTM path has no dropout between layers here; use scan")

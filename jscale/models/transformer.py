@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jscale.config import ModelConfig
+from jscale.models.attention import causal_attention
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's
 
@@ -27,9 +28,12 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
 
 
 def attention_implementation(cfg: ModelConfig, dtype: jnp.dtype) -> str:
-    """cuDNN's fused attention where it applies (GPU, 16-bit, head dim a multiple of 8 up to 256), else XLA's."""
+    """cuDNN's fused attention where it applies (GPU, 16-bit, head dim a multiple of 8 up to 256); on CPU the
+    einsums with a hand-written backward of attention.py (measured faster there); else XLA's."""
     if cfg.attention != "auto":
         return cfg.attention
+    if jax.default_backend() == "cpu":
+        return "einsum"
     cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
                 and cfg.d_head % 8 == 0 and cfg.d_head <= 256)
     return "cudnn" if cudnn_ok else "xla"
@@ -57,9 +61,12 @@ class CausalSelfAttention(nn.Module):
         q_BxTxHxK = qkv[..., :H * K].reshape(B, T, H, K)
         k_BxTxGxK = qkv[..., H * K:(H + G) * K].reshape(B, T, G, K)
         v_BxTxGxK = qkv[..., (H + G) * K:].reshape(B, T, G, K)
-        out_BxTxHxK = jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True,
-            implementation=attention_implementation(cfg, dtype))
+        implementation = attention_implementation(cfg, dtype)
+        if implementation == "einsum":
+            out_BxTxHxK = causal_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK)
+        else:
+            out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True,
+                                                       implementation=implementation)
         # GPT-2 scales the residual projections' init by 1/sqrt(2 n_layer).
         out_BxTxD = _dense(cfg.d_model, "c_proj", dtype, 0.02 / math.sqrt(2 * cfg.n_layer))(
             out_BxTxHxK.reshape(B, T, H * K))
