@@ -40,16 +40,21 @@ zip = {{ "model.d_model" = [32, 48, 64, 96], "model.n_heads" = [2, 3, 4, 6] }}
 """
 
 
-def cold_run(args: list[str], cache: Path, code: Path = REPO) -> float:
+def cold_run(args: list[str], cache: Path, code: Path = REPO, output: list[str] | None = None) -> float:
     """Wall seconds of one `jscale ARGS` in a fresh process with every cache empty (compiled programs, token files,
     evaluation windows, throughput probes: a new JSCALE_CACHE), as a user's first run; code: the checkout whose
-    jscale runs (PYTHONPATH and cwd). benchmarks/workers.py times its runs with it too."""
+    jscale runs (PYTHONPATH and cwd); output: a list its stdout is appended to (else dropped).
+    benchmarks/long_tier.py times its runs with it too."""
     env = {**os.environ, "PYTHONPATH": str(code), "JSCALE_CACHE": str(cache)}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jscale.cli", *args], check=True, env=env, stdout=subprocess.DEVNULL,
-                   cwd=code)
-    return time.perf_counter() - t0
+    p = subprocess.run([sys.executable, "-m", "jscale.cli", *args], check=True, env=env, cwd=code, text=True,
+                       stdout=subprocess.DEVNULL if output is None else subprocess.PIPE,
+                       stderr=None if output is None else subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if output is not None:
+        output.append(p.stdout)
+    return wall
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,19 @@
-"""The long scale's smallest and largest size groups, trained by one process (`jscale run`'s default) and by
-`jscale run --workers 2`, alternating, each in fresh processes on empty sweep directories with empty caches.
+"""The long scale's smallest and largest size groups, timed whole: an earlier revision against this code, in one
+process (`jscale run`'s default) and with `--workers 2`, alternating, each in fresh processes on empty sweep
+directories with empty caches.
 
-    python benchmarks/workers.py                  # 2 pairs, 780 steps (a tenth of the long scale's 7,800)
-    python benchmarks/workers.py --smoke --steps 40   # what the tests run: one pair, 8k-token evaluations
+    python benchmarks/long_tier.py --before 92d5d46   # 2 rounds, 780 steps (a tenth of the long scale's 7,800)
+    python benchmarks/long_tier.py --before 92d5d46 --before f07801b   # several earlier revisions, alternating
+    python benchmarks/long_tier.py --smoke --steps 40   # what the tests run: one round, 8k-token evaluations
 
 The sweep is experiments/size.toml's long scale restricted to d_model 8 and 48 (N = 1.5k and 55k, two seeds each,
 their learning-rate pilots and cooldown branches included), at --steps steps (3 cooldown branches below 2,000
-steps, 1 below 600). Printed per configuration: wall time,
-the exact training FLOPs of every run it trained (pilots included) over that wall time, that rate against the
-float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores), per-token
-time, and whether the final runs' losses equal those of the other configuration.
+steps, 1 below 600); an earlier revision (--before, checked out into a temporary git worktree and run with the same
+Python environment) trains it from its own size.toml. Printed per configuration and round: wall time, the exact
+training FLOPs of every run it trained (pilots included) over that wall time, that rate against the float32 matmul
+limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores), per-token time, the share of
+the wall that was not training steps or cooldown branches (one process: from `jscale run`'s own time line), and how
+far the final runs' validation losses lie from the first configuration's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -41,12 +46,12 @@ print(2 * 2048 ** 3 * n / (time.perf_counter() - t) / 1e9)
 """
 
 
-def sweep_toml(steps: int, smoke: bool = False) -> str:
-    """size.toml with a [scale.bench]: the long scale's settings at d_model 8 and 48 and `steps` steps (fewer
-    cooldown branches when the run is too short for the first to start after warmup)."""
-    text = (REPO / "experiments" / "size.toml").read_text()
+def sweep_toml(steps: int, smoke: bool = False, code: Path = REPO) -> str:
+    """code's size.toml with a [scale.bench]: the long scale's settings at d_model 8 and 48 and `steps` steps
+    (fewer cooldown branches when the run is too short for the first to start after warmup)."""
+    text = (code / "experiments" / "size.toml").read_text()
     return text + f"""
-[scale.bench]                   # benchmarks/workers.py: the long scale's smallest and largest sizes
+[scale.bench]                   # benchmarks/long_tier.py: the long scale's smallest and largest sizes
 "train.steps" = {steps}
 "train.anneal_branches" = {5 if steps >= 2000 else 3 if steps >= 600 else 1}
 "train.eval_every" = {max(1, steps // 4)}
@@ -57,55 +62,94 @@ def sweep_toml(steps: int, smoke: bool = False) -> str:
 
 
 def trained(out: Path) -> dict:
-    """Exact training FLOPs and tokens of every run in the sweep directory, and the final runs' losses."""
+    """Exact training FLOPs and tokens of every run in the sweep directory, and the final runs' losses by (d_model,
+    seed): run ids hash the whole config, which an earlier revision may spell differently."""
     with sqlite3.connect(out / "results.sqlite") as c:
         flops, tokens = c.execute("SELECT SUM(step * batch_size * n_ctx * flops_per_token_exact), "
                                   "SUM(step * batch_size * n_ctx) FROM runs").fetchone()
-        finals = dict(c.execute("SELECT run_id, final_val_loss FROM runs WHERE role = 'final'").fetchall())
+        finals = {f"{d}/{seed}": loss for d, seed, loss in c.execute(
+            "SELECT d_model, seed, final_val_loss FROM runs WHERE role = 'final'").fetchall()}
     return {"flops": flops, "tokens": tokens, "finals": finals}
 
 
-def run(toml: Path, out: Path, workers: int, cache: Path) -> float:
-    """Wall seconds of one `jscale run` of the bench scale, as a user's first run (first_run.cold_run)."""
-    return cold_run(["run", str(toml), "--scale", "bench", "--out", str(out), "--quiet",
-                     *(["--workers", str(workers)] if workers > 1 else [])], cache)
+def training_share(stdout: str) -> float | None:
+    """The share of the wall time in training steps and cooldown branches, from `jscale run`'s time line (one
+    process only: `--workers` prints the wall alone)."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "")
+    wall = re.match(r"time: ([0-9.]+) s", line)
+    parts = {label: float(sec) for label, sec in re.findall(r"(training steps|cooldown branches) ([0-9.]+) s", line)}
+    return sum(parts.values()) / float(wall.group(1)) if wall and parts else None
+
+
+def run(toml: Path, out: Path, workers: int, cache: Path, code: Path) -> tuple[float, str]:
+    """Wall seconds and stdout of one `jscale run` of the bench scale, as a user's first run (first_run.cold_run);
+    not --quiet, for the time line (progress bars go to stderr, which is dropped)."""
+    output: list[str] = []
+    wall = cold_run(["run", str(toml), "--scale", "bench", "--out", str(out),
+                     *(["--workers", str(workers)] if workers > 1 else [])], cache, code, output=output)
+    return wall, output[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=2, help="alternating (one process, two workers) pairs")
+    ap.add_argument("--before", action="append", default=[],
+                    help="also time the sweep with the code at this git revision (one process); may be repeated")
+    ap.add_argument("--pairs", type=int, default=2, help="alternating rounds (every configuration once each)")
     ap.add_argument("--steps", type=int, default=780, help="training steps of each final run")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--smoke", action="store_true", help="one pair, small evaluations, no matmul measurement (for "
+    ap.add_argument("--smoke", action="store_true", help="one round, small evaluations, no matmul measurement (for "
                                                          "the tests)")
     args = ap.parse_args(argv)
     limit = None if args.smoke else float(subprocess.run([sys.executable, "-c", MATMUL], check=True,
                                                          capture_output=True, text=True).stdout)
     with tempfile.TemporaryDirectory() as tmp:
-        toml = Path(tmp) / "size.toml"
-        toml.write_text(sweep_toml(args.steps, args.smoke))
-        rows = []
-        for pair in range(1 if args.smoke else args.pairs):
-            order = (1, args.workers) if pair % 2 == 0 else (args.workers, 1)
-            for w in order:
-                out = Path(tmp) / f"p{pair}-w{w}"
-                wall = run(toml, out, w, Path(tmp) / f"cache-p{pair}-w{w}")
-                rows.append({"pair": pair, "workers": w, "wall": wall, **trained(out)})
+        tmp = Path(tmp)
+        configs, trees = [], []
+        try:
+            for i, rev in enumerate(args.before):
+                trees.append(tmp / f"before-{i}")
+                subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[-1]), rev],
+                               check=True, capture_output=True)
+                configs.append((rev, trees[-1], 1))
+            configs += [("now", REPO, 1), ("now", REPO, args.workers)]
+            rows = []
+            for pair in range(1 if args.smoke else args.pairs):
+                for label, code, w in (configs if pair % 2 == 0 else configs[::-1]):
+                    name = label if w == 1 else f"{label} --workers {w}"
+                    tag = f"p{pair}-{label}-w{w}".replace("/", "_")
+                    toml = tmp / f"size-{label}.toml"
+                    toml.write_text(sweep_toml(args.steps, args.smoke, code))
+                    wall, stdout = run(toml, tmp / tag, w, tmp / f"cache-{tag}", code)
+                    rows.append({"pair": pair, "configuration": name, "wall": wall,
+                                 "training_share": training_share(stdout), **trained(tmp / tag)})
+                    print(f"round {pair}: {name} {wall:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            for tree in trees:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
         load = os.getloadavg()[0]
     print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
           f"{load:.1f}" + ("" if limit is None else f"; float32 2048x2048 matmul: {limit:.0f} GFLOP/s"))
-    print("| pair | configuration | wall (s) | tokens trained | exact training FLOPs/s | of the matmul limit | "
-          "us/token | final losses as one process |")
-    print("|---|---|---|---|---|---|---|---|")
-    base = {r["pair"]: r["finals"] for r in rows if r["workers"] == 1}
+    first = rows[0]["configuration"]
+    print("| round | configuration | wall (s) | tokens trained | exact training FLOPs/s | of the matmul limit | "
+          f"us/token | not training | final losses against {first}'s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = {r["pair"]: r["finals"] for r in rows if r["configuration"] == first}
     for r in rows:
         rate = r["flops"] / r["wall"]
-        same = "-" if r["workers"] == 1 else ("identical" if r["finals"] == base[r["pair"]] else "differ")
+        ref = base[r["pair"]]
+        if r["configuration"] == first:
+            same = "-"
+        elif r["finals"] == ref:
+            same = "identical"
+        else:
+            same = "max |difference| " + (f"{max(abs(v - ref[k]) for k, v in r['finals'].items()):.4f}"
+                                          if r["finals"].keys() == ref.keys() else "- (different runs)")
         share = "-" if limit is None else f"{100 * rate / 1e9 / limit:.1f}%"
-        name = "one process" if r["workers"] == 1 else f"--workers {r['workers']}"
-        print(f"| {r['pair']} | {name} | {r['wall']:.1f} | {r['tokens']:,} | {rate / 1e9:.2f} G | {share} | "
-              f"{1e6 * r['wall'] / r['tokens']:.2f} | {same} |")
-    print(json.dumps([{k: v for k, v in r.items() if k != "finals"} for r in rows]))
+        other = "-" if r["training_share"] is None else f"{100 * (1 - r['training_share']):.0f}%"
+        print(f"| {r['pair']} | {r['configuration']} | {r['wall']:.1f} | {r['tokens']:,} | {rate / 1e9:.2f} G | "
+              f"{share} | {1e6 * r['wall'] / r['tokens']:.2f} | {other} | {same} |")
+    print(json.dumps(rows))
     return 0
 
 

@@ -167,16 +167,21 @@ def test_tokenizing_benchmark_smoke_writes_identical_token_files(tmp_path):
     assert "token files identical: True" in text and "| batched, every core (write_token_files) |" in text
 
 
-def test_workers_benchmark_smoke_trains_the_same_sweep_both_ways(tmp_path):
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "workers.py"), "--smoke", "--steps", "40"],
-                       capture_output=True, text=True, timeout=600)
+def test_long_tier_benchmark_smoke_trains_the_same_sweep_every_way(tmp_path):
+    """An earlier revision (here HEAD, a worktree), this code, and this code with --workers 2: the same runs, the
+    time line read for the training share, losses compared by (d_model, seed)."""
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "long_tier.py"), "--smoke", "--steps", "40",
+                        "--before", "HEAD"], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = json.loads(p.stdout.strip().splitlines()[-1])
-    assert [r["workers"] for r in rows] == [1, 2] and rows[0]["tokens"] == rows[1]["tokens"] > 0
-    # (whether the losses equal one process's depends on the ensemble mode that process measured: a vmapped one
-    # is numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
-    row = next(line for line in p.stdout.splitlines() if "| --workers 2 |" in line)
-    assert row.endswith(("| identical |", "| differ |"))
+    assert [r["configuration"] for r in rows] == ["HEAD", "now", "now --workers 2"]
+    assert rows[0]["tokens"] == rows[1]["tokens"] == rows[2]["tokens"] > 0
+    assert 0 < rows[0]["training_share"] < 1 and 0 < rows[1]["training_share"] < 1
+    assert rows[2]["training_share"] is None  # --workers prints its wall alone
+    # (whether the losses equal HEAD's depends on the ensemble mode each process measured: a vmapped one is
+    # numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
+    row = next(line for line in p.stdout.splitlines() if "| now --workers 2 |" in line)
+    assert row.endswith("| identical |") or "| max |difference| 0.0" in row, row
 
 
 def test_first_run_benchmark_smoke_runs_both_revisions(tmp_path):
