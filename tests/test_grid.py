@@ -193,6 +193,24 @@ def test_ensemble_size_is_measured_once_per_backend_and_kept(tmp_path):
     assert (tmp_path / "ensemble.json").exists()
 
 
+def test_the_ensemble_measurement_runs_on_the_group_that_costs_most_to_train(tmp_path, monkeypatch):
+    """Three cheap d_model 8 runs and two d_model 64 ones: the measurement times the wide pair (its choice decides
+    most of the sweep's time), not the group with the most runs."""
+    seen = []
+
+    def measured(cfg, members, steps=5, rounds=2):
+        seen.append((cfg.model.d_model, members))
+        return {"members": members, "mode": "map", "speedup": 1.5}
+
+    monkeypatch.setattr(grid, "measure_vmap_speedup", measured)
+    sw = sweep.expand({"name": "t", "base": BASE, "axis": [
+        {"zip": {"model.d_model": [8, 8, 8, 64, 64], "model.n_heads": [1, 1, 1, 4, 4],
+                 "train.seed": [0, 1, 2, 0, 1]}}]})
+    assert sorted(len(g.runs) for g in sw.groups(grid.MAX_MEMBERS)) == [2, 3]
+    members, decision = grid.choose_ensemble_size(sw, tmp_path, None)
+    assert seen == [(64, 2)] and members == 2 and decision["mode"] == "map"
+
+
 def test_status_shows_a_claimed_group_as_running_before_its_first_evaluation(tmp_path):
     sw = make({"key": "train.seed", "values": [0, 1]})
     groups = sw.groups(8)
