@@ -1,7 +1,7 @@
 """Wall-time estimates for a sweep from this device's measured training throughput.
 
 The first estimate on a device trains a few probe models for some steps (seconds on a CPU) and caches what it
-measured in `CACHE/throughput.json` under the device's name; later estimates read the cache. A step of a group is
+measured in `CACHE/throughput-v2.json` under the device's name; later estimates read the cache. A step of a group is
 modelled as `overhead + FLOPs / rate`, fitted per model family (Transformers, LSTMs) to the probes, and
 `jscale plan` corrects it with the sweep's own shapes timed on this device (`with_shapes`: the smallest, median and
 largest; each other shape takes the correction of the nearest in FLOPs); evaluation costs a third of a training
@@ -42,7 +42,9 @@ def device_key() -> str:
 def _cache_path() -> Path:
     from jscale.data import cache_root
 
-    return cache_root(DataConfig()) / "throughput.json"
+    # v2: step times measured with models/attention.py's CPU attention (2026-12-06); the step times cached before it
+    # (throughput.json) were up to 1.6x longer for narrow heads and are not read.
+    return cache_root(DataConfig()) / "throughput-v2.json"
 
 
 def measure(steps: int = 8) -> dict:

@@ -64,14 +64,14 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     measured = throughput.table(log=lambda line: None)
     assert [r["kind"] for r in measured["probes"]] == ["transformer", "lstm"]
     assert all(r["seconds_per_step"] > 0 and r["flops_per_step"] > 0 for r in measured["probes"])
-    cached = json.loads((tmp_path / "throughput.json").read_text())
+    cached = json.loads((tmp_path / "throughput-v2.json").read_text())
     assert cached[throughput.device_key()] == measured
     monkeypatch.setattr(throughput, "measure", lambda: pytest.fail("measured again"))
     assert throughput.table() == measured
     p = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)  # measuring again would fail
     assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
     assert "timing 3 of this sweep's model shapes" in p.stdout  # its own shapes, once
-    timed = json.loads((tmp_path / "throughput.json").read_text())[throughput.device_key()]["shapes"]
+    timed = json.loads((tmp_path / "throughput-v2.json").read_text())[throughput.device_key()]["shapes"]
     assert len(timed) == 3 and all(r["seconds_per_step"] > 0 and r["compile_s"] > 0 for r in timed.values())
     again = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)
     estimate = lambda out: next(line for line in out.splitlines()  # (less what other processes take of the CPU now)
