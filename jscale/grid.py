@@ -192,13 +192,10 @@ def default_mode() -> str:
 def _measure_ensemble_size(sweep: sweeps.Sweep, requested: int | None) -> dict:
     if requested is not None:
         return {"members": requested, "mode": default_mode(), "reason": "set by --ensemble-size"}
-    # Measure on the group that costs the most to train (runs x steps x exact FLOPs per step), where the choice
-    # matters most, at the size memory allows (capped at 16 for the measurement). On a CPU the answer differs by
-    # shape (benchmarks/RESULTS.md: two d_model 8 members ran faster mapped, two d_model 48 ones one by one).
-    def cost(g: sweeps.Group) -> float:
-        t, per_token = g.cfg.train, accounting.account(g.cfg.model).train_flops_exact
-        return len(g.runs) * t.steps * t.batch_size * g.cfg.model.n_ctx * per_token
-    largest = max(sweep.groups(MAX_MEMBERS), key=cost)
+    # Measure on the group that costs the most to train (its exact FLOPs over all steps), where the choice matters
+    # most, at the size memory allows (capped at 16 for the measurement). On a CPU the answer differs by shape
+    # (benchmarks/RESULTS.md: two d_model 8 members ran faster mapped, two d_model 48 ones one by one).
+    largest = max(sweep.groups(MAX_MEMBERS), key=lambda g: _group_gflops_per_step(g) * g.cfg.train.steps)
     cap = min(len(largest.runs), members_that_fit(largest.cfg))
     if cap < 2:
         decision = {"members": max(1, cap), "mode": default_mode(),
