@@ -11,6 +11,7 @@ worktree and run with the same Python environment. Prints each run's wall time a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import statistics
@@ -49,12 +50,23 @@ def cold_run(args: list[str], cache: Path, code: Path = REPO, output: list[str] 
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "jscale.cli", *args], check=True, env=env, cwd=code, text=True,
-                       stdout=subprocess.DEVNULL if output is None else subprocess.PIPE,
-                       stderr=None if output is None else subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL if output is None else subprocess.PIPE)
     wall = time.perf_counter() - t0
     if output is not None:
         output.append(p.stdout)
     return wall
+
+
+@contextlib.contextmanager
+def checkout(rev: str, path: Path):
+    """The code at git revision rev, checked out into a temporary worktree at path (removed afterwards)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+                       check=False, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tree = tmp / "before"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.before], check=True,
-                       capture_output=True)
-        try:
+        with checkout(args.before, tmp / "before") as tree:
             toml = tmp / "sweep.toml"
             toml.write_text(SWEEP.format(steps=args.steps, every=max(1, args.steps // 3),
                                          warmup=min(20, args.steps // 3)))
@@ -81,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
                     walls[which].append(cold_run(["run", str(toml), "--out", str(tmp / tag), "--quiet"],
                                                  tmp / f"cache-{tag}", code))
                     print(f"pair {pair}: {which} {walls[which][-1]:.1f} s", flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
     before, now = statistics.median(walls["before"]), statistics.median(walls["now"])
     print(f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores, load after {os.getloadavg()[0]:.1f}: first "
           f"run with empty caches, median of {args.pairs}: {args.before} {before:.1f} s, now {now:.1f} s "

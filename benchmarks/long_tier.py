@@ -19,6 +19,7 @@ far the final runs' validation losses lie from the first configuration's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -30,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from first_run import cold_run
+from first_run import checkout, cold_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def training_share(stdout: str) -> float | None:
 
 def run(toml: Path, out: Path, workers: int, cache: Path, code: Path) -> tuple[float, str]:
     """Wall seconds and stdout of one `jscale run` of the bench scale, as a user's first run (first_run.cold_run);
-    not --quiet, for the time line (progress bars go to stderr, which is dropped)."""
+    not --quiet, for the time line (progress bars go to stderr)."""
     output: list[str] = []
     wall = cold_run(["run", str(toml), "--scale", "bench", "--out", str(out),
                      *(["--workers", str(workers)] if workers > 1 else [])], cache, code, output=output)
@@ -102,31 +103,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     limit = None if args.smoke else float(subprocess.run([sys.executable, "-c", MATMUL], check=True,
                                                          capture_output=True, text=True).stdout)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as trees:
         tmp = Path(tmp)
-        configs, trees = [], []
-        try:
-            for i, rev in enumerate(args.before):
-                trees.append(tmp / f"before-{i}")
-                subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees[-1]), rev],
-                               check=True, capture_output=True)
-                configs.append((rev, trees[-1], 1))
-            configs += [("now", REPO, 1), ("now", REPO, args.workers)]
-            rows = []
-            for pair in range(1 if args.smoke else args.pairs):
-                for label, code, w in (configs if pair % 2 == 0 else configs[::-1]):
-                    name = label if w == 1 else f"{label} --workers {w}"
-                    tag = f"p{pair}-{label}-w{w}".replace("/", "_")
-                    toml = tmp / f"size-{label}.toml"
-                    toml.write_text(sweep_toml(args.steps, args.smoke, code))
-                    wall, stdout = run(toml, tmp / tag, w, tmp / f"cache-{tag}", code)
-                    rows.append({"pair": pair, "configuration": name, "wall": wall,
-                                 "training_share": training_share(stdout), **trained(tmp / tag)})
-                    print(f"round {pair}: {name} {wall:.1f} s", file=sys.stderr, flush=True)
-        finally:
-            for tree in trees:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                               capture_output=True)
+        codes = [(rev, trees.enter_context(checkout(rev, tmp / f"before-{i}"))) for i, rev in enumerate(args.before)]
+        codes.append(("now", REPO))
+        tomls = {}
+        for i, (label, code) in enumerate(codes):  # each revision trains the bench scale of its own size.toml
+            tomls[label] = tmp / f"size-{i}.toml"
+            tomls[label].write_text(sweep_toml(args.steps, args.smoke, code))
+        configs = [(label, code, 1) for label, code in codes] + [("now", REPO, args.workers)]
+        rows = []
+        for pair in range(1 if args.smoke else args.pairs):
+            for label, code, w in (configs if pair % 2 == 0 else configs[::-1]):
+                name = label if w == 1 else f"{label} --workers {w}"
+                tag = f"p{pair}-{label}-w{w}".replace("/", "_")
+                wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code)
+                rows.append({"pair": pair, "configuration": name, "wall": wall,
+                             "training_share": training_share(stdout), **trained(tmp / tag)})
+                print(f"round {pair}: {name} {wall:.1f} s", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
     print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
           f"{load:.1f}" + ("" if limit is None else f"; float32 2048x2048 matmul: {limit:.0f} GFLOP/s"))
