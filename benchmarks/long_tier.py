@@ -5,6 +5,7 @@ directories with empty caches.
     python benchmarks/long_tier.py --before 92d5d46   # 2 rounds, 780 steps (a tenth of the long scale's 7,800)
     python benchmarks/long_tier.py --before 92d5d46 --before f07801b   # several earlier revisions, alternating
     python benchmarks/long_tier.py --smoke --steps 40   # what the tests run: one round, 8k-token evaluations
+    python benchmarks/long_tier.py --before 92d5d46 --pairs 1 --steps 7800 --workers-only   # full length
 
 The sweep is experiments/size.toml's long scale restricted to d_model 8 and 48 (N = 1.5k and 55k, two seeds each,
 their learning-rate pilots and cooldown branches included), at --steps steps (3 cooldown branches below 2,000
@@ -12,7 +13,7 @@ steps, 1 below 600); an earlier revision (--before, checked out into a temporary
 Python environment) trains it from its own size.toml. Printed per configuration and round: wall time, the exact
 training FLOPs of every run it trained (pilots included) over that wall time, that rate against the float32 matmul
 limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores), per-token time, the share of
-the wall that was not training steps or cooldown branches (one process: from `jscale run`'s own time line), and how
+the wall that was not training steps or cooldown branches (from `jscale run`'s own time line), and how
 far the final runs' validation losses lie from the first configuration's.
 """
 
@@ -74,12 +75,12 @@ def trained(out: Path) -> dict:
 
 
 def training_share(stdout: str) -> float | None:
-    """The share of the wall time in training steps and cooldown branches, from `jscale run`'s time line (one
-    process only: `--workers` prints the wall alone)."""
+    """The share of the wall time in training steps and cooldown branches, from `jscale run`'s time line (with
+    `--workers`, of the workers' seconds: the wall time times the number of workers)."""
     line = next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "")
-    wall = re.match(r"time: ([0-9.]+) s", line)
+    wall = re.match(r"time: ([0-9.]+) s(?:, \d+ workers \(([0-9.]+) worker-seconds\))?", line)
     parts = {label: float(sec) for label, sec in re.findall(r"(training steps|cooldown branches) ([0-9.]+) s", line)}
-    return sum(parts.values()) / float(wall.group(1)) if wall and parts else None
+    return sum(parts.values()) / float(wall.group(2) or wall.group(1)) if wall and parts else None
 
 
 def run(toml: Path, out: Path, workers: int, cache: Path, code: Path) -> tuple[float, str]:
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=2, help="alternating rounds (every configuration once each)")
     ap.add_argument("--steps", type=int, default=780, help="training steps of each final run")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers-only", action="store_true",
+                    help="time this code with --workers only, not also in one process (a full-length round is long)")
     ap.add_argument("--smoke", action="store_true", help="one round, small evaluations, no matmul measurement (for "
                                                          "the tests)")
     args = ap.parse_args(argv)
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, code) in enumerate(codes):  # each revision trains the bench scale of its own size.toml
             tomls[label] = tmp / f"size-{i}.toml"
             tomls[label].write_text(sweep_toml(args.steps, args.smoke, code))
-        configs = [(label, code, 1) for label, code in codes] + [("now", REPO, args.workers)]
+        configs = [(label, code, 1) for label, code in codes if not (args.workers_only and label == "now")]
+        configs.append(("now", REPO, args.workers))
         rows = []
         for pair in range(1 if args.smoke else args.pairs):
             for label, code, w in (configs if pair % 2 == 0 else configs[::-1]):

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from jscale import cpuload, interrupts
+from jscale import cpuload, interrupts, progress
 from jscale.errors import ConfigError, JscaleError, ResourceError, resource_error
 
 
@@ -139,6 +139,8 @@ def _plan(args) -> None:
 def _run(args) -> None:
     from jscale import grid, sweep, workers
 
+    if args.cpus:  # first: JAX must not start before the process is on its cores
+        workers.pin(args.cpus)
     _check_run_flags(args)
     shard = grid.parse_shard(args.shard)
     workers.check(args.workers, args.shard, args.num_processes is not None or args.coordinator is not None)
@@ -159,15 +161,17 @@ def _run(args) -> None:
         raise ConfigError(f"--workers: shares one machine's CPU cores; on {jax.default_backend()} run one "
                           f"process (several would share one accelerator's memory)")
     timings: dict[str, float] = {}
-    t0, others = time.perf_counter(), cpuload.Others()
+    t0, started, others = time.perf_counter(), time.time(), cpuload.Others()
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
                              progress=not args.quiet, wait_for_others=args.worker, timings=timings)
+    if args.timings_out:
+        workers.write_timings(Path(args.timings_out), started, timings)
     if jax.process_index() == 0 and not args.worker:
         print(f"done: {out} | {summary['runs']} runs in {summary['groups']} groups, {summary['trained_groups']} "
               f"trained now | jscale status {out}")
         if summary["trained_groups"] and not args.quiet:
             load = cpuload.note(others.share(), "these times are longer than on an idle machine")
-            print(grid.describe_timings(timings, time.perf_counter() - t0) + (f"; {load}" if load else ""))
+            print(progress.describe_timings(timings, time.perf_counter() - t0) + (f"; {load}" if load else ""))
         if summary.get("left"):
             print(f"left: {summary['left']}")
 
@@ -176,9 +180,11 @@ def _run_workers(args, sw, out: Path) -> None:
     """`jscale run --workers N`: the sweep is validated here, trained by N worker processes (jscale.workers)."""
     from jscale import grid, results, workers
 
+    t0, started, others = time.perf_counter(), time.time(), cpuload.Others()
     grid.check_sweep_dir(sw, out, log=False)  # a wrong directory is refused once, before any worker starts
     results.ResultsDB(out).close()  # created (or checked) here: workers creating it at once would race for it
     grid.prepare_data(sw)  # corpora and evaluation windows into the caches once, not by every worker at once
+    prepared = time.time()
     child = [args.sweep, *args.overrides, "--out", str(out)]
     if args.scale:
         child += ["--scale", args.scale]
@@ -190,15 +196,16 @@ def _run_workers(args, sw, out: Path) -> None:
         child += ["--ensemble-size", str(args.ensemble_size)]
     elif not (out / "ensemble.json").is_file():
         child += ["--ensemble-size", "1"]
-    t0, others = time.perf_counter(), cpuload.Others()
-    status = workers.run(child, out, args.workers, progress=not args.quiet)
+    lines: list[dict] = []
+    status = workers.run(child, out, args.workers, progress=not args.quiet, timings=lines)
     if status != 0:
         raise SystemExit(status)
     done, left = workers.summary(out)
     print(done)
     if not args.quiet:
-        load = cpuload.note(others.share(), "this time is longer than on an idle machine")
-        print(f"time: {time.perf_counter() - t0:.1f} s" + (f"; {load}" if load else ""))
+        load = cpuload.note(others.share(), "these times are longer than on an idle machine")
+        print(workers.describe_timings(lines, args.workers, started, prepared, time.time(),
+                                       time.perf_counter() - t0) + (f"; {load}" if load else ""))
     if left:
         print(f"left: {left}")
 
@@ -390,8 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     p.add_argument("--workers", type=int, default=1,
                    help="N processes train the sweep's groups side by side on this machine (a CPU's cores; one "
-                        "run per group unless --ensemble-size); results are those of one process")
+                        "run per group unless --ensemble-size), each on its share of the cores; results are bitwise "
+                        "those of one process on as many cores (--cpus)")
+    p.add_argument("--cpus", help="run on these CPU cores only, e.g. 0 or 0,1 (results depend on how many: XLA "
+                                  "splits its sums over its threads); --workers gives each worker an equal share")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
+    p.add_argument("--timings-out", help=argparse.SUPPRESS)  # a worker's time line, as JSON, for its parent
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")

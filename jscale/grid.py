@@ -229,6 +229,8 @@ def log_session(sweep: sweeps.Sweep, out: Path) -> None:
     session = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "device": dev.device_kind, "backend": jax.default_backend(), "devices": jax.device_count(),
                "processes": jax.process_count(), "jax": jax.__version__, "pid": os.getpid()}
+    if jax.default_backend() == "cpu" and hasattr(os, "sched_getaffinity"):  # the cores it ran on: XLA:CPU's sums
+        session["cpus"] = sorted(os.sched_getaffinity(0))                   # split over as many threads
     with directory_lock(out):
         # The description follows the sweep as run now (a seed added, say); the sessions accumulate.
         held = {**sweep.describe(), "sessions": (_read_json(out / "sweep.json") or {}).get("sessions", []) + [session]}
@@ -284,8 +286,7 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     log_session(sweep, out)
     t0 = time.perf_counter()
     members, decision = choose_ensemble_size(sweep, out, ensemble_size)
-    if timings is not None:  # the ensemble-speed measurement of a new directory
-        timings["measure"] = timings.get("measure", 0.0) + time.perf_counter() - t0
+    _add_time(timings, "measure", t0)  # the ensemble-speed measurement of a new directory
     mode = ensemble_mode or decision.get("mode", "vmap" if decision else default_mode())  # older dirs: vmap
     ready = [r for r in sweep.runs if not r.awaits_tuning]
     awaiting = [r for r in sweep.runs if r.awaits_tuning]
@@ -345,8 +346,8 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                 t0 = time.perf_counter()
                 steps = future.result() if future is not None else train.compile_steps(
                     [r.cfg for r in g.runs], len(g.runs) > 1, None, mode, with_init=not _has_checkpoint(out, g))
-                if timings is not None:  # compile time the sweep waited for; background compile overlaps training
-                    timings["compile_wait"] = timings.get("compile_wait", 0.0) + time.perf_counter() - t0
+                # compile time the sweep waited for (a background compile overlaps training)
+                _add_time(timings, "compile_wait", t0)
                 _train_group(g, out, db, corpora, bar, steps, timings)
             finally:
                 if leader and jax.process_count() == 1:
@@ -366,15 +367,12 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             # the same pilots), then train the final runs. They are grouped over all points, so they wait until
             # every point is chosen; the job that completes the tuning trains all of them (claims keep a re-run of
             # another shard from training a group twice), and a job that cannot says what it left.
-            chosen, waiting = {}, []
             points = sorted({r.tags["tune.of"] for r in awaiting})
-            for point in points:
-                choice = _tune_point(sweep, point, awaiting, db, members, train_groups, add_to_bar, bar,
-                                     groups if wait_for_others else None)
-                if choice is None:
-                    waiting.append(point)
-                else:
-                    chosen[point] = choice
+            choices = _tune_points(points, lambda point: _tune_point(
+                sweep, point, awaiting, db, members, train_groups, add_to_bar, bar,
+                groups if wait_for_others else None, timings), db, wait_for_others, timings)
+            chosen = {point: c for point, c in choices.items() if c is not None}
+            waiting = [point for point, c in choices.items() if c is None]
             if waiting:
                 left = (f"{len(waiting)} of {len(points)} tuned points wait for pilots another job is training, so "
                         f"the {len(awaiting)} final runs are not planned yet: re-run this command when it is done")
@@ -406,22 +404,6 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
             "members": members, "busy_groups": counts["busy"], "left": left}
 
 
-TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("eval", "evaluations"),
-                ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
-                ("data", "data"), ("windows", "choosing evaluation windows"),
-                ("measure", "measuring ensemble speed"))
-
-
-def describe_timings(timings: dict[str, float], wall: float) -> str:
-    """Where a `jscale run` spent its wall time, from run_sweep(timings=...): each part in seconds and percent, and
-    what is left (choosing windows, tuning, the database, tracking)."""
-    parts = [(label, timings.get(key, 0.0)) for key, label in TIMING_PARTS if timings.get(key, 0.0) >= 0.05]
-    other = max(0.0, wall - sum(seconds for _, seconds in parts))
-    pct = lambda seconds: f"{100 * seconds / wall:.0f}%" if wall > 0 else "-"
-    return (f"time: {wall:.1f} s: " + ", ".join(f"{label} {seconds:.1f} s ({pct(seconds)})" for label, seconds in parts)
-            + f", other {other:.1f} s ({pct(other)})")
-
-
 def prepare_data(sweep: sweeps.Sweep) -> None:
     """Tokenize every corpus the sweep's runs read and choose their evaluation windows, once, into the caches
     (what the first group of each corpus would do): `jscale run --workers` calls it before its workers start, so
@@ -443,8 +425,7 @@ def _corpus(cfg: DataConfig, corpora: dict, timings: dict | None = None) -> data
     if key not in corpora:
         t0 = time.perf_counter()
         corpora[key] = data.prepare(cfg)
-        if timings is not None:
-            timings["data"] = timings.get("data", 0.0) + time.perf_counter() - t0
+        _add_time(timings, "data", t0)
     return corpora[key]
 
 
@@ -483,8 +464,42 @@ def _pilot_losses(db, runs: list[sweeps.Run], keys) -> list[tuple[dict, float]] 
     return out
 
 
+def _tune_points(points: list[str], tune_one, db, concurrent: bool, timings: dict | None) -> dict[str, dict | None]:
+    """Each point's choice, by tune_one(point) (None where pilots another job trains are unfinished).
+
+    concurrent (a worker of `jscale run --workers`): each point is tuned by one worker at a time (a claim on
+    "tune:POINT"), and a worker goes on to the points no one else holds before it waits. Extending a point's grid
+    trains one pilot at a time, so a worker waiting for another's extension would leave its core idle while another
+    point could be extended. The choice does not depend on who makes it: the same pilots give the same values, so a
+    worker that comes back to a point another worker tuned chooses it again from the finished pilots."""
+    chosen: dict[str, dict | None] = {}
+    pending = list(points)
+    while pending:
+        for point in list(pending):
+            if concurrent and not db.claim(f"tune:{point}"):
+                continue  # another worker is tuning it: tune another, come back to this one
+            try:
+                chosen[point] = tune_one(point)
+            finally:
+                if concurrent:
+                    db.release(f"tune:{point}")
+            pending.remove(point)
+        if pending:  # every point left is being tuned by another worker
+            t0 = time.perf_counter()
+            interrupts.check()
+            time.sleep(WAIT_POLL_S)
+            _add_time(timings, "wait", t0)
+    return {point: chosen[point] for point in points}
+
+
+def _add_time(timings: dict | None, part: str, t0: float) -> None:
+    if timings is not None:
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - t0
+
+
 def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db, members: int, train_groups,
-                add_to_bar, bar, wait_in: list[sweeps.Group] | None = None) -> dict | None:
+                add_to_bar, bar, wait_in: list[sweeps.Group] | None = None,
+                timings: dict | None = None) -> dict | None:
     """Choose a point's tuned values from its pilots (extending the grid while the optimum is at an edge),
     record the choice, and return it; None while pilots trained by another job are unfinished, unless wait_in
     (the sweep's groups) is given: then wait for them, training any whose job died."""
@@ -497,7 +512,7 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
     if losses is None and wait_in is not None:
         ids = {r.run_id for r in pilots}
         losses = _wait_for_pilots(db, pilots, tune.keys, [g for g in wait_in if ids & {r.run_id for r in g.runs}],
-                                  train_groups)
+                                  train_groups, timings)
     if losses is None:
         say(f"point {point}: its pilots are not all finished (another job trains them); re-run to train its "
             f"final runs")
@@ -521,7 +536,7 @@ def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db,
         train_groups(todo)
         extra_losses = _pilot_losses(db, extra, tune.keys)
         if extra_losses is None and wait_in is not None:
-            extra_losses = _wait_for_pilots(db, extra, tune.keys, extra_groups, train_groups)
+            extra_losses = _wait_for_pilots(db, extra, tune.keys, extra_groups, train_groups, timings)
         if extra_losses is None:
             return None
         for key, values in more.items():
@@ -589,7 +604,8 @@ def _eval_sizes(db, point: str, cfg, say) -> tuple[dict[str, int], str]:
 WAIT_POLL_S = 2.0
 
 
-def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[sweeps.Group], train_groups) -> list:
+def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[sweeps.Group], train_groups,
+                     timings: dict | None = None) -> list:
     """The pilots' losses once every one is finished: another job trains them; a group whose job died (its claim
     gone stale) is taken over and trained here."""
     while True:
@@ -597,8 +613,10 @@ def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[swee
         if losses is not None:
             return losses
         train_groups(_unfinished(pilot_groups, db))  # skips groups a live job holds
+        t0 = time.perf_counter()
         interrupts.check()
         time.sleep(WAIT_POLL_S)
+        _add_time(timings, "wait", t0)
 
 
 def _checkpoint_dir(out: Path, g: sweeps.Group) -> Path:

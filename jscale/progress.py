@@ -1,4 +1,4 @@
-"""Progress bars (tqdm) for a run or a sweep, showing the latest losses."""
+"""Progress bars (tqdm) for a run or a sweep, showing the latest losses; the time line `jscale run` prints at the end."""
 
 from __future__ import annotations
 
@@ -25,3 +25,24 @@ def progress_bar(enabled: bool, total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("eval", "evaluations"),
+                ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
+                ("data", "data"), ("windows", "choosing evaluation windows"),
+                ("measure", "measuring ensemble speed"), ("wait", "waiting for another worker's pilots"))
+
+
+def describe_timings(timings: dict[str, float], wall: float) -> str:
+    """Where a `jscale run` spent its wall time, from run_sweep(timings=...): each part in seconds and percent, and
+    what is left (choosing windows, tuning, the database, tracking)."""
+    return f"time: {wall:.1f} s: " + describe_parts(timings, wall, TIMING_PARTS)
+
+
+def describe_parts(timings: dict[str, float], total: float, labels) -> str:
+    """'label S s (P%), ..., other S s (P%)': each part of (key, label) in labels against total."""
+    parts = [(label, timings.get(key, 0.0)) for key, label in labels if timings.get(key, 0.0) >= 0.05]
+    other = max(0.0, total - sum(seconds for _, seconds in parts))
+    pct = lambda seconds: f"{100 * seconds / total:.0f}%" if total > 0 else "-"
+    return ", ".join(f"{label} {seconds:.1f} s ({pct(seconds)})" for label, seconds in parts) \
+        + f", other {other:.1f} s ({pct(other)})"

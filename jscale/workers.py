@@ -8,23 +8,35 @@ long scale's size sweep, cold caches included (benchmarks/RESULTS.md, 2026-12-05
 How: the workers are ordinary `jscale run` jobs on the same sweep directory, which concurrent jobs could always
 share: each claims a group before training it (`results.ResultsDB.claim`), so no group trains twice, and a worker
 waits for pilots another worker trains (taking them over if that worker dies) instead of leaving a point's final
-runs to it, so the final runs are shared too. The parent trains nothing: it starts the workers in their own session
-(a Ctrl-C reaches them once, forwarded), shows one progress bar read from the results database, and reports.
+runs to it, so the final runs are shared too. Tuned points are claimed too, so that two workers extend two points'
+learning-rate grids at once (one pilot at a time each) instead of one waiting for the other. The parent trains
+nothing: it starts the workers in their own session (a Ctrl-C reaches them once, forwarded), shows one progress bar
+read from the results database, and reports where the workers' time went (each worker's parts, summed).
 
-Results do not depend on where a group trained: every group runs the same compiled program on the same batches
-(a pure function of seed and step), whichever process holds it.
+Each worker runs on its own share of the cores (`cpu_shares`, `jscale run --cpus`): two workers each spreading
+their steps over both cores of a 2-core machine slowed each other down (two d_model 48 steps at once: 35 ms each
+unpinned, 27.5 ms each pinned; a tenth of the long scale's size sweep: 87-92 s pinned against 95-105 s, four
+alternating pairs, warm caches; this project's 2-core CPU, 2026-12-06).
+
+Results do not depend on which worker trained a group: every group runs the same compiled program on the same
+batches (a pure function of seed and step) with as many threads. They are bitwise those of one process on as many
+cores (`jscale run --cpus 0` for a worker of a 2-core machine), and numerically, not bitwise, those of one process
+on every core: XLA:CPU splits a matrix product's sums over the threads it has.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from jscale import interrupts, results
+from jscale import files, interrupts, progress, results
 from jscale.errors import ConfigError, JscaleError
 
 POLL_S = 2.0
@@ -40,12 +52,54 @@ def check(workers: int, shard: str | None, multi_host: bool) -> None:
                           "--num-processes")
 
 
-def run(child_args: list[str], out: Path, workers: int, progress: bool = True) -> int:
+def run(child_args: list[str], out: Path, workers: int, progress: bool = True,
+        timings: list[dict] | None = None) -> int:
     """Start `workers` processes of `jscale run CHILD_ARGS --worker` and wait for them. Returns the exit status of
     the first worker that failed (0 if none did); a signal received here is forwarded to every worker, which stops
-    at its next step boundary, and then raised as `interrupts.Interrupted`."""
+    at its next step boundary, and then raised as `interrupts.Interrupted`. timings: a list that receives each
+    worker's time line (write_timings) once all have exited."""
     cmd = [sys.executable, "-m", "jscale", "run", *child_args, "--worker", "--quiet"]
-    procs = [subprocess.Popen(cmd, start_new_session=True) for _ in range(workers)]
+    with tempfile.TemporaryDirectory(prefix="jscale-workers-") as tmp:
+        files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
+        status = _run(cmd, files, out, workers, progress)
+        if timings is not None:
+            timings += [json.loads(f.read_text()) for f in files if f.is_file()]
+    return status
+
+
+def cpu_shares(workers: int, cpus: list[int] | None = None) -> list[list[int]] | None:
+    """The CPU cores each worker runs on: equal, disjoint shares of this process's cores (leftovers unused, so that
+    every worker has as many threads and computes the same bits); None (no pinning) where there are fewer cores
+    than workers or the platform cannot pin."""
+    if cpus is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+    per = len(cpus) // workers
+    return [cpus[i * per:(i + 1) * per] for i in range(workers)] if per >= 1 else None
+
+
+def pin(cpus: str) -> None:
+    """`jscale run --cpus 0,1`: this process (and every thread it starts later) runs on these cores only. Called
+    before JAX starts: XLA:CPU sizes its thread pool by them."""
+    try:
+        chosen = {int(c) for c in cpus.split(",")}
+    except ValueError:
+        raise ConfigError(f"--cpus: a comma-separated list of CPU core numbers, got {cpus!r}") from None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("--cpus: this platform cannot pin a process to cores")
+    allowed = os.sched_getaffinity(0)
+    if not chosen <= allowed:
+        raise ConfigError(f"--cpus: {sorted(chosen - allowed)} not among this process's cores {sorted(allowed)}")
+    os.sched_setaffinity(0, chosen)
+
+
+def _run(cmd: list[str], files: list[Path], out: Path, workers: int, progress: bool) -> int:
+    # Each worker on its own cores: two workers that each spread their steps over both cores of a 2-core machine
+    # slow each other down (d_model 48: 35 ms a step each, against 27.5 pinned; benchmarks/RESULTS.md, 2026-12-06).
+    shares = cpu_shares(workers) or [None] * workers
+    procs = [subprocess.Popen([*cmd, "--timings-out", str(f), *(["--cpus", ",".join(map(str, c))] if c else [])],
+                              start_new_session=True) for f, c in zip(files, shares)]
     bar = _Bar(out, workers) if progress else None
     try:
         while any(p.poll() is None for p in procs):
@@ -74,6 +128,32 @@ def run(child_args: list[str], out: Path, workers: int, progress: bool = True) -
     for i, rc in failed:
         print(f"jscale: worker {i} exited with status {rc} (its own error line is above)", file=sys.stderr)
     return failed[0][1] if failed else 0
+
+
+def write_timings(path: Path, started: float, timings: dict[str, float]) -> None:
+    """A worker's time line for its parent: when it started and ended (epoch seconds) and its parts
+    (grid.run_sweep's timings)."""
+    files.write_atomic(path, json.dumps({"started": started, "ended": time.time(), "timings": timings}))
+
+
+def describe_timings(lines: list[dict], workers: int, started: float, prepared: float, ended: float,
+                     wall: float) -> str:
+    """Where the workers' time went, in worker-seconds (workers x the wall time, what the cores could have
+    trained): each worker's parts summed (progress.TIMING_PARTS), what the parent did before they started (the corpus
+    and evaluation windows, every worker slot waiting), the workers' start-up (Python and JAX) and the time a worker
+    sat finished while another still trained."""
+    parts: dict[str, float] = {}
+    for line in lines:
+        for key, seconds in line["timings"].items():
+            parts[key] = parts.get(key, 0.0) + seconds
+    parts["before"] = workers * (prepared - started)
+    parts["startup"] = sum(line["started"] - prepared for line in lines)
+    parts["finished"] = sum(ended - line["ended"] for line in lines)
+    capacity = workers * wall
+    labels = (*progress.TIMING_PARTS, ("before", "preparing data before the workers started"),
+              ("startup", "starting the workers"), ("finished", "a worker done while another trained"))
+    return (f"time: {wall:.1f} s, {workers} workers ({capacity:.1f} worker-seconds): "
+            + progress.describe_parts(parts, capacity, labels))
 
 
 def summary(out: Path) -> tuple[str, str]:

@@ -176,8 +176,7 @@ def test_long_tier_benchmark_smoke_trains_the_same_sweep_every_way(tmp_path):
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     assert [r["configuration"] for r in rows] == ["HEAD", "now", "now --workers 2"]
     assert rows[0]["tokens"] == rows[1]["tokens"] == rows[2]["tokens"] > 0
-    assert 0 < rows[0]["training_share"] < 1 and 0 < rows[1]["training_share"] < 1
-    assert rows[2]["training_share"] is None  # --workers prints its wall alone
+    assert all(0 < r["training_share"] < 1 for r in rows)  # --workers: of the workers' seconds
     # (whether the losses equal HEAD's depends on the ensemble mode each process measured: a vmapped one is
     # numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
     row = next(line for line in p.stdout.splitlines() if "| now --workers 2 |" in line)

@@ -4,6 +4,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -273,14 +274,26 @@ def test_workers_share_a_tuned_sweep_and_train_exactly_what_one_process_trains(t
     an edge included) and share the final runs; every curve, choice and final loss is bitwise that of one process."""
     spec = tmp_path / "tuned.toml"
     spec.write_text(TUNED_TOML.format(steps=8))
-    one = jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--ensemble-size", "1", check=0)
+    # each worker runs on its own core, so the reference is one process on one core (XLA:CPU splits a product's
+    # sums over as many threads as the process has cores)
+    core = str(min(os.sched_getaffinity(0)))
+    one = subprocess.run(jscale_cmd("run", str(spec), "--out", str(tmp_path / "one"), "--ensemble-size", "1",
+                                    "--cpus", core), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
     # the run summary says where the time went: each part with its share, and what is left
     line = next(x for x in one.stdout.splitlines() if x.startswith("time: "))
     seconds = [float(m) for m in re.findall(r" ([0-9.]+) s \(", line)]
     assert "training steps" in line and "evaluations" in line and line.split(", ")[-1].startswith("other ")
     assert sum(seconds) == pytest.approx(float(line.split()[1]), abs=0.05 * len(seconds))
-    two = jscale_here("run", str(spec), "--out", str(tmp_path / "two"), "--quiet", "--workers", "2", check=0)
+    two = jscale_here("run", str(spec), "--out", str(tmp_path / "two"), "--workers", "2", check=0)
     assert "left:" not in one.stdout + two.stdout and "done:" in two.stdout
+    # the workers' time line: their parts in worker-seconds (2 x the wall), start-up and finishing included
+    line = next(x for x in two.stdout.splitlines() if x.startswith("time: "))
+    wall, capacity = map(float, re.match(r"time: ([0-9.]+) s, 2 workers \(([0-9.]+) worker-seconds\): ", line).groups())
+    assert capacity == pytest.approx(2 * wall, abs=0.11)
+    seconds = [float(m) for m in re.findall(r" ([0-9.]+) s \(", line)]
+    assert "training steps" in line and "starting the workers" in line and line.split(", ")[-1].startswith("other ")
+    assert sum(seconds) == pytest.approx(capacity, abs=0.05 * len(seconds))
     runs, tuning = sweep_rows(tmp_path / "two")
     assert {r[1] for r in runs} == {"done"} and sum(r[2] == "final" for r in runs) == 4
     assert (runs, tuning) == sweep_rows(tmp_path / "one")
@@ -289,17 +302,68 @@ def test_workers_share_a_tuned_sweep_and_train_exactly_what_one_process_trains(t
 
     sessions = json.loads((tmp_path / "two" / "sweep.json").read_text())["sessions"]
     assert len({s["pid"] for s in sessions}) == 2  # both workers worked on the directory
+    assert json.loads((tmp_path / "one" / "sweep.json").read_text())["sessions"][0]["cpus"] == [int(core)]
+    if len(os.sched_getaffinity(0)) >= 2:  # each on a core of its own
+        assert sorted(len(s["cpus"]) for s in sessions) == [1, 1] and sessions[0]["cpus"] != sessions[1]["cpus"]
     for bad, message in ((["--workers", "0"], "--workers: must be >= 1"),
-                         (["--workers", "2", "--shard", "0/2"], "cannot be combined with --shard")):
+                         (["--workers", "2", "--shard", "0/2"], "cannot be combined with --shard"),
+                         (["--cpus", "0,x"], "--cpus: a comma-separated list of CPU core numbers"),
+                         (["--cpus", "4096"], "--cpus: [4096] not among this process's cores")):
         r = jscale_here("run", str(spec), "--out", str(tmp_path / "bad"), *bad)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
 
 
+def test_workers_get_equal_disjoint_shares_of_the_cores():
+    from jscale import workers
+
+    assert workers.cpu_shares(2, [0, 1]) == [[0], [1]]
+    assert workers.cpu_shares(2, [0, 1, 2, 3, 5]) == [[0, 1], [2, 3]]  # equal shares: as many threads each
+    assert workers.cpu_shares(3, [0, 1]) is None  # fewer cores than workers: not pinned
+    assert workers.cpu_shares(1, [4, 7]) == [[4, 7]]
+
+
+def test_a_worker_tunes_the_points_no_one_else_holds_before_it_waits(tmp_path, monkeypatch):
+    """Extending a grid trains one pilot at a time: a worker whose point another worker is tuning (a live process
+    holds "tune:POINT" in the real database) tunes the next point first, and comes back once that process is gone;
+    the time it then waits is counted. One process tunes the points in order and claims nothing."""
+    db = results.ResultsDB(tmp_path)
+    holder = subprocess.Popen(["sleep", "60"])  # another worker, tuning point "a"
+    try:
+        started = results.process_started(holder.pid)
+        with db.conn:
+            db.conn.execute("INSERT INTO claims VALUES ('tune:a', ?, ?, ?, ?)",
+                            (socket.gethostname(), holder.pid, time.time(), started))
+        order, timings = [], {}
+
+        def tune_one(point):
+            order.append(point)
+            held = db.conn.execute("SELECT pid FROM claims WHERE group_id = ?", (f"tune:{point}",)).fetchone()
+            assert held == (os.getpid(),)  # tuned under this process's claim
+            if point == "b":  # the other worker finishes "a" while this one tunes "b"... a poll later
+                holder.kill()
+                holder.wait()
+            return {"train.lr": 0.1 if point == "a" else 0.2}
+
+        monkeypatch.setattr(grid, "WAIT_POLL_S", 0.01)
+        assert grid._tune_points(["a", "b", "c"], tune_one, db, True, timings) == {
+            "a": {"train.lr": 0.1}, "b": {"train.lr": 0.2}, "c": {"train.lr": 0.2}}
+        assert order == ["b", "c", "a"]
+        assert db.conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0  # every claim released
+        order.clear()
+        assert grid._tune_points(["c", "a"], lambda p: order.append(p), db, False, None) == {"c": None, "a": None}
+        assert order == ["c", "a"]
+    finally:
+        holder.kill()
+        holder.wait()
+        db.close()
+
+
 def test_a_signal_to_the_workers_parent_stops_every_worker_and_the_rerun_finishes_bitwise(tmp_path, jscale_here):
     spec = tmp_path / "tiny.toml"
     spec.write_text(SWEEP_TOML.format(steps=400))
-    jscale_here("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1", check=0)
+    subprocess.run(jscale_cmd("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1",
+                              "--cpus", str(min(os.sched_getaffinity(0)))), check=True)  # as one worker trains
     out = tmp_path / "two"
     p = subprocess.Popen(jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--workers", "2"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
