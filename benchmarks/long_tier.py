@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code)
                 rows.append({"pair": pair, "configuration": name, "wall": wall,
                              "training_share": training_share(stdout), **trained(tmp / tag)})
-                print(f"round {pair}: {name} {wall:.1f} s", file=sys.stderr, flush=True)
+                line = next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "(no time line)")
+                print(f"round {pair}: {name} {wall:.1f} s; {line}", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
     print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
           f"{load:.1f}" + ("" if limit is None else f"; float32 2048x2048 matmul: {limit:.0f} GFLOP/s"))

@@ -19,7 +19,8 @@ Tables:
   the step it left the run at, and every evaluation set's loss, standard error and per-window losses (float32).
 
 - claims: which process is training which group now (host, pid, the process's start time, heartbeat), so that
-  concurrent jobs on one directory never train the same group twice; a claim whose process is gone is taken over,
+  concurrent jobs on one directory never train the same group twice (and which worker of `jscale run --workers` is
+  tuning which point: group_id "tune:POINT"); a claim whose process is gone is taken over,
   and so is one whose pid now belongs to another process (pids are reused: the start time tells them apart).
 
 The schema is created in one transaction, and every evaluation of a group is written in one transaction, so a crash
