@@ -116,6 +116,7 @@ def test_evaluation_windows_found_verbatim_in_train_are_left_out():
     # The rolling hash agrees with a direct one on every window.
     h = data.window_hashes(train_tokens[:5000], 100)
     assert len(h) == 4901 and h[123] == data.window_hashes(train_tokens[123:223], 100)[0]
+    assert np.array_equal(data.window_hashes(train_tokens[:5000], 100, block=700), h)  # blocks of any size agree
     assert len(set(h.tolist())) == 4901
 
 

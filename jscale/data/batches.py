@@ -96,15 +96,26 @@ def window_hashes(tokens: np.ndarray, length: int, block: int = 1 << 22) -> np.n
         for lo in range(0, n, block):
             hi = min(n, lo + block)
             t = np.asarray(tokens[lo:hi + length - 1]).astype(np.uint64) + np.uint64(1)
-            inv_pow = np.full(len(t), _HASH_BASE_INV, np.uint64)
-            inv_pow[0] = 1
-            inv_pow = np.cumprod(inv_pow)  # b^-j relative to lo
-            prefix = np.concatenate([[np.uint64(0)], np.cumsum(t * inv_pow)])
-            fwd_pow = np.full(hi - lo, _HASH_BASE, np.uint64)
-            fwd_pow[0] = 1
-            fwd_pow = np.cumprod(fwd_pow)  # b^(s - lo)
-            out[lo:hi] = fwd_pow * base_pow_len * (prefix[length:length + hi - lo] - prefix[:hi - lo])
+            prefix = np.concatenate([[np.uint64(0)], np.cumsum(t * _powers(_HASH_BASE_INV, len(t)))])
+            out[lo:hi] = _powers(_HASH_BASE, hi - lo) * base_pow_len * (prefix[length:length + hi - lo] - prefix[:hi - lo])
     return out
+
+
+_POWER_TABLES: dict[int, np.ndarray] = {}
+
+
+def _powers(base: np.uint64, n: int) -> np.ndarray:
+    """base^0, base^1, ..., base^(n-1) modulo 2^64 (read-only): every block of a hash pass uses the same ones, so the
+    longest table made so far is kept and cut."""
+    table = _POWER_TABLES.get(int(base))
+    if table is None or len(table) < n:
+        table = np.full(max(n, 1), base, np.uint64)
+        table[0] = 1
+        with np.errstate(over="ignore"):
+            table = np.cumprod(table)
+        table.flags.writeable = False
+        _POWER_TABLES[int(base)] = table
+    return table[:n]
 
 
 def window_starts(tokens: np.ndarray, n_windows: int, n_ctx: int, context: int = 0,
@@ -139,9 +150,15 @@ def window_starts_many(requests: list[tuple[np.ndarray, int, int, int]], exclude
             own[i] = window_hashes(tokens[context:], length)[candidates[i]]
         wanted = np.unique(np.concatenate(list(own.values())))  # sorted: a search into the few, not a sort
         found = np.zeros(len(wanted), bool)
+        # A train window can only match if the low bits of its hash are some wanted hash's: a table lookup rules out
+        # nearly all of them before the (slower) binary search into wanted.
+        low_bits = np.uint64((1 << 24) - 1)
+        maybe = np.zeros(1 << 24, bool)
+        maybe[(wanted & low_bits).astype(np.intp)] = True
         block = 1 << 22
         for lo in range(0, max(len(exclude) - length + 1, 0), block):
             train_hashes = window_hashes(exclude[lo:lo + block + length - 1], length)
+            train_hashes = train_hashes[maybe[(train_hashes & low_bits).astype(np.intp)]]
             at = np.minimum(np.searchsorted(wanted, train_hashes), len(wanted) - 1)
             found[at[wanted[at] == train_hashes]] = True
             interrupts.check()
