@@ -74,10 +74,15 @@ def trained(out: Path) -> dict:
     return {"flops": flops, "tokens": tokens, "finals": finals}
 
 
+def time_line(stdout: str) -> str:
+    """`jscale run`'s time line ('time: ...'), or '' when it printed none."""
+    return next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "")
+
+
 def training_share(stdout: str) -> float | None:
     """The share of the wall time in training steps and cooldown branches, from `jscale run`'s time line (with
     `--workers`, of the workers' seconds: the wall time times the number of workers)."""
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "")
+    line = time_line(stdout)
     wall = re.match(r"time: ([0-9.]+) s(?:, \d+ workers \(([0-9.]+) worker-seconds\))?", line)
     parts = {label: float(sec) for label, sec in re.findall(r"(training steps|cooldown branches) ([0-9.]+) s", line)}
     return sum(parts.values()) / float(wall.group(2) or wall.group(1)) if wall and parts else None
@@ -124,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code)
                 rows.append({"pair": pair, "configuration": name, "wall": wall,
                              "training_share": training_share(stdout), **trained(tmp / tag)})
-                line = next((ln for ln in stdout.splitlines() if ln.startswith("time: ")), "(no time line)")
-                print(f"round {pair}: {name} {wall:.1f} s; {line}", file=sys.stderr, flush=True)
+                print(f"round {pair}: {name} {wall:.1f} s; {time_line(stdout) or '(no time line)'}", file=sys.stderr,
+                      flush=True)
         load = os.getloadavg()[0]
     print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
           f"{load:.1f}" + ("" if limit is None else f"; float32 2048x2048 matmul: {limit:.0f} GFLOP/s"))

@@ -485,10 +485,7 @@ def _tune_points(points: list[str], tune_one, db, concurrent: bool, timings: dic
                     db.release(f"tune:{point}")
             pending.remove(point)
         if pending:  # every point left is being tuned by another worker
-            t0 = time.perf_counter()
-            interrupts.check()
-            time.sleep(WAIT_POLL_S)
-            _add_time(timings, "wait", t0)
+            _wait_a_poll(timings)
     return {point: chosen[point] for point in points}
 
 
@@ -613,10 +610,15 @@ def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[swee
         if losses is not None:
             return losses
         train_groups(_unfinished(pilot_groups, db))  # skips groups a live job holds
-        t0 = time.perf_counter()
-        interrupts.check()
-        time.sleep(WAIT_POLL_S)
-        _add_time(timings, "wait", t0)
+        _wait_a_poll(timings)
+
+
+def _wait_a_poll(timings: dict | None) -> None:
+    """Wait one poll interval for another job's progress (interruptible), counted as waiting."""
+    t0 = time.perf_counter()
+    interrupts.check()
+    time.sleep(WAIT_POLL_S)
+    _add_time(timings, "wait", t0)
 
 
 def _checkpoint_dir(out: Path, g: sweeps.Group) -> Path:

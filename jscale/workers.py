@@ -60,10 +60,10 @@ def run(child_args: list[str], out: Path, workers: int, progress: bool = True,
     worker's time line (write_timings) once all have exited."""
     cmd = [sys.executable, "-m", "jscale", "run", *child_args, "--worker", "--quiet"]
     with tempfile.TemporaryDirectory(prefix="jscale-workers-") as tmp:
-        files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
-        status = _run(cmd, files, out, workers, progress)
+        paths = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
+        status = _run(cmd, paths, out, workers, progress)
         if timings is not None:
-            timings += [json.loads(f.read_text()) for f in files if f.is_file()]
+            timings += [json.loads(f.read_text()) for f in paths if f.is_file()]
     return status
 
 
@@ -94,12 +94,12 @@ def pin(cpus: str) -> None:
     os.sched_setaffinity(0, chosen)
 
 
-def _run(cmd: list[str], files: list[Path], out: Path, workers: int, progress: bool) -> int:
+def _run(cmd: list[str], timing_paths: list[Path], out: Path, workers: int, progress: bool) -> int:
     # Each worker on its own cores: two workers that each spread their steps over both cores of a 2-core machine
     # slow each other down (d_model 48: 35 ms a step each, against 27.5 pinned; benchmarks/RESULTS.md, 2026-12-06).
     shares = cpu_shares(workers) or [None] * workers
     procs = [subprocess.Popen([*cmd, "--timings-out", str(f), *(["--cpus", ",".join(map(str, c))] if c else [])],
-                              start_new_session=True) for f, c in zip(files, shares)]
+                              start_new_session=True) for f, c in zip(timing_paths, shares)]
     bar = _Bar(out, workers) if progress else None
     try:
         while any(p.poll() is None for p in procs):
