@@ -11,10 +11,10 @@ The sweep is experiments/size.toml's long scale restricted to d_model 8 and 48 (
 their learning-rate pilots and cooldown branches included), at --steps steps (3 cooldown branches below 2,000
 steps, 1 below 600); an earlier revision (--before, checked out into a temporary git worktree and run with the same
 Python environment) trains it from its own size.toml. Printed per configuration and round: wall time, the exact
-training FLOPs of every run it trained (pilots included) over that wall time, that rate against the float32 matmul
-limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores), per-token time, the share of
-the wall that was not training steps or cooldown branches (from `jscale run`'s own time line), and how
-far the final runs' validation losses lie from the first configuration's.
+training FLOPs of every run it trained (pilots and cooldown branches included) over that wall time, that rate
+against the float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores),
+per-token time, the share of the wall that was not training steps or cooldown branches (from `jscale run`'s own time
+line), and how far the final runs' validation losses lie from the first configuration's.
 """
 
 from __future__ import annotations
@@ -64,14 +64,20 @@ def sweep_toml(steps: int, smoke: bool = False, code: Path = REPO) -> str:
 
 
 def trained(out: Path) -> dict:
-    """Exact training FLOPs and tokens of every run in the sweep directory, and the final runs' losses by (d_model,
-    seed): run ids hash the whole config, which an earlier revision may spell differently."""
+    """Exact training FLOPs and tokens of every run in the sweep directory (pilots included) and of every cooldown
+    branch (the steps from where it left its run to its horizon), and the final runs' losses by (d_model, seed): run
+    ids hash the whole config, which an earlier revision may spell differently."""
     with sqlite3.connect(out / "results.sqlite") as c:
         flops, tokens = c.execute("SELECT SUM(step * batch_size * n_ctx * flops_per_token_exact), "
                                   "SUM(step * batch_size * n_ctx) FROM runs").fetchone()
+        branch_flops, branch_tokens = c.execute(
+            "SELECT SUM((a.horizon - a.start) * r.batch_size * r.n_ctx * r.flops_per_token_exact), "
+            "SUM((a.horizon - a.start) * r.batch_size * r.n_ctx) FROM (SELECT DISTINCT run_id, horizon, start "
+            "FROM anneals) a JOIN runs r USING (run_id)").fetchone()
         finals = {f"{d}/{seed}": loss for d, seed, loss in c.execute(
             "SELECT d_model, seed, final_val_loss FROM runs WHERE role = 'final'").fetchall()}
-    return {"flops": flops, "tokens": tokens, "finals": finals}
+    return {"flops": flops + (branch_flops or 0), "tokens": tokens + (branch_tokens or 0),
+            "branch_tokens": branch_tokens or 0, "finals": finals}
 
 
 def time_line(stdout: str) -> str:
