@@ -64,14 +64,14 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     measured = throughput.table(log=lambda line: None)
     assert [r["kind"] for r in measured["probes"]] == ["transformer", "lstm"]
     assert all(r["seconds_per_step"] > 0 and r["flops_per_step"] > 0 for r in measured["probes"])
-    cached = json.loads((tmp_path / "throughput-v2.json").read_text())
+    cached = json.loads((tmp_path / "throughput-v3.json").read_text())
     assert cached[throughput.device_key()] == measured
     monkeypatch.setattr(throughput, "measure", lambda: pytest.fail("measured again"))
     assert throughput.table() == measured
     p = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)  # measuring again would fail
     assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
     assert "timing 3 of this sweep's model shapes" in p.stdout  # its own shapes, once
-    timed = json.loads((tmp_path / "throughput-v2.json").read_text())[throughput.device_key()]["shapes"]
+    timed = json.loads((tmp_path / "throughput-v3.json").read_text())[throughput.device_key()]["shapes"]
     assert len(timed) == 3 and all(r["seconds_per_step"] > 0 and r["compile_s"] > 0 for r in timed.values())
     again = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)
     estimate = lambda out: next(line for line in out.splitlines()  # (less what other processes take of the CPU now)
@@ -176,6 +176,8 @@ def test_long_tier_benchmark_smoke_trains_the_same_sweep_every_way(tmp_path):
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     assert [r["configuration"] for r in rows] == ["HEAD", "now", "now --workers 2"]
     assert rows[0]["tokens"] == rows[1]["tokens"] == rows[2]["tokens"] > 0
+    # the cooldown branches' steps are counted with the runs' (each final run branches once at 40 steps)
+    assert 0 < rows[0]["branch_tokens"] == rows[2]["branch_tokens"] < rows[0]["tokens"]
     assert all(0 < r["training_share"] < 1 for r in rows)  # --workers: of the workers' seconds
     # (whether the losses equal HEAD's depends on the ensemble mode each process measured: a vmapped one is
     # numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
