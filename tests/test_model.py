@@ -165,16 +165,22 @@ def test_dense_backward_matches_float64_numpy(d_in, d_out):
                                   jax.lax.dot_general(x[0], weights[0], over_tokens))
 
 
-def test_cpu_dense_layers_give_autodiffs_gradients(monkeypatch):
-    """The whole model's loss gradient with the CPU Dense product and with flax's own (as on other backends)."""
+@pytest.mark.parametrize("kind, tie, dense_per_layer, dense_outside", [("transformer", True, 4, 0),
+                                                                      ("lstm", False, 1, 1)])
+def test_cpu_dense_layers_give_autodiffs_gradients(monkeypatch, kind, tie, dense_per_layer, dense_outside):
+    """The whole model's loss gradient with the CPU Dense product and with flax's own (as on other backends): a
+    Transformer's four Dense layers a block, an LSTM's input projections and its untied output layer."""
     tokens = jax.random.randint(jax.random.key(1), (2, CFG.n_ctx), 0, CFG.vocab_size)
+    cfg = ModelConfig(**{**CFG.__dict__, "kind": kind, "tie_embeddings": tie, "attention": "einsum",
+                         "dtype": "float32"})
+    attention = CFG.n_layer if kind == "transformer" else 0  # the einsum attention's own custom_vjp, one a block
     grads = []
     for backend in ("cpu", "gpu"):
         monkeypatch.setattr(transformer.jax, "default_backend", lambda b=backend: b)
-        model = build(ModelConfig(**{**CFG.__dict__, "attention": "einsum", "dtype": "float32"}))
+        model = build(cfg)
         params = model.init(jax.random.key(0), jnp.zeros((1, CFG.n_ctx), jnp.int32))["params"]
         loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, tokens))[..., 0])  # noqa: E731
-        jaxpr = str(jax.make_jaxpr(loss)(params))  # a layer: the einsum attention, and four Dense layers on CPU
-        assert jaxpr.count("custom_vjp_call") == (5 if backend == "cpu" else 1) * CFG.n_layer
+        dense = dense_per_layer * CFG.n_layer + dense_outside if backend == "cpu" else 0
+        assert str(jax.make_jaxpr(loss)(params)).count("custom_vjp_call") == attention + dense
         grads.append(jax.jit(jax.grad(loss))(params))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *grads)

@@ -1,6 +1,7 @@
 """A Dense layer's matrix product, with a backward pass written for XLA:CPU.
 
-What `_dense` (transformer.py) passes to `flax.linen.Dense` as its `dot_general` on CPU. The forward product is
+What `_dense` (transformer.py, transformer_xl.py) and lstm.py pass to `flax.linen.Dense` as its `dot_general` on
+CPU. The forward product is
 Dense's own; what differs is the weight gradient dW = X^T dY, a product over the tokens. Autodiff writes it as one
 contraction over both leading axes of (B, T, D) and (B, T, F) tensors, for which XLA:CPU copies an operand into a
 transposed layout and runs a slow path; over the flattened (N, D) and (N, F) matrices it runs Eigen's product
