@@ -144,6 +144,12 @@ def memory_estimate(cfg: ModelConfig, batch_size: int, bytes_per_activation: int
     return {"params_and_optimizer": 16.0 * acc.N_total, "activations": cfg.depth * per_layer + logits}
 
 
+def step_flops(cfg) -> float:
+    """Exact training FLOPs of one run's step (one member of an ensemble): its batch's tokens times the exact
+    training FLOPs per token."""
+    return cfg.train.batch_size * cfg.model.n_ctx * account(cfg.model).train_flops_exact
+
+
 def eval_sets(cfg) -> int:
     """How many sets each evaluation scores: validation and test, and the extra sets (the built-in corpus's prose and
     notes, or data.extra_eval's)."""

@@ -238,8 +238,7 @@ def log_session(sweep: sweeps.Sweep, out: Path) -> None:
 
 
 def _group_gflops_per_step(g: sweeps.Group) -> float:
-    c = g.cfg
-    return len(g.runs) * c.train.batch_size * c.model.n_ctx * accounting.account(c.model).train_flops_exact / 1e9
+    return len(g.runs) * accounting.step_flops(g.cfg) / 1e9
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -74,12 +74,7 @@ def _time_steps(cfg: Config, steps: int) -> dict[str, float]:
           for k, v in train.hparams_from_config(cfg.train).items()}
     batch_arr = sharding.put(np.zeros((cfg.train.batch_size, cfg.model.n_ctx + 1), np.int32), compiled.batch_sh)
     seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
-    return {"flops_per_step": _flops_per_step(cfg), "seconds_per_step": seconds, "compile_s": compile_s}
-
-
-def _flops_per_step(cfg: Config) -> float:
-    """Exact training FLOPs of one member's step."""
-    return cfg.train.batch_size * cfg.model.n_ctx * accounting.account(cfg.model).train_flops_exact
+    return {"flops_per_step": accounting.step_flops(cfg), "seconds_per_step": seconds, "compile_s": compile_s}
 
 
 def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
@@ -93,7 +88,7 @@ def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
     shapes = {}
     for g in groups:
         shapes.setdefault(member_shape_key(g.cfg), g.cfg)
-    by_flops = sorted(shapes.items(), key=lambda kv: _flops_per_step(kv[1]))
+    by_flops = sorted(shapes.items(), key=lambda kv: accounting.step_flops(kv[1]))
     picks = {by_flops[i][0]: by_flops[i][1] for i in {0, len(by_flops) // 2, len(by_flops) - 1}} if by_flops else {}
     known = dict(measured.get("shapes", {}))
     todo = {k: c for k, c in picks.items() if k not in known}
@@ -231,7 +226,7 @@ def estimate(groups, measured: dict) -> dict[str, float]:
     for g in groups:
         c, members = g.cfg, len(g.runs)
         overhead, rate = fits[FAMILY[c.model.kind]]
-        one_flops = _flops_per_step(c)
+        one_flops = accounting.step_flops(c)
         modelled = overhead + one_flops / rate
         if member_shape_key(c) in timed:
             ratio = timed[member_shape_key(c)]["seconds_per_step"] / modelled

@@ -92,6 +92,17 @@ def test_where_6N_parts_from_the_real_count():
     assert acc.C_forward / (2 * acc.N) > 3
 
 
+def test_a_steps_flops_are_its_tokens_times_the_exact_count():
+    """The long scale's d_model 48 step: 32 windows of 64 tokens, each token 3 x (2N + attention + de-embedding +
+    4 D), N = 12 n_layer D^2 (GPT-2's count as in test_gpt2_small, at this shape): 0.907 GFLOP."""
+    from jscale.config import Config
+
+    cfg = Config(model=ModelConfig(n_layer=2, d_model=48, n_heads=6, n_ctx=64, vocab_size=256),
+                 train=TrainConfig(batch_size=32))
+    per_token = 3 * (4 * 48 + 2 * 12 * 2 * 48 ** 2 + 2 * 2 * 64 * 48 + 2 * 48 * 256)
+    assert accounting.step_flops(cfg) == 32 * 64 * per_token == 907_149_312
+
+
 def test_memory_estimate_scales_with_batch():
     cfg = ModelConfig(n_layer=2, d_model=64, n_heads=4, n_ctx=64, vocab_size=256)
     a = accounting.memory_estimate(cfg, 8, 4)
