@@ -1,14 +1,14 @@
 """A Dense layer's matrix product, with a backward pass written for XLA:CPU.
 
-What `_dense` (transformer.py, transformer_xl.py) and lstm.py pass to `flax.linen.Dense` as its `dot_general` on
-CPU. The forward product is
-Dense's own; what differs is the weight gradient dW = X^T dY, a product over the tokens. Autodiff writes it as one
-contraction over both leading axes of (B, T, D) and (B, T, F) tensors, for which XLA:CPU copies an operand into a
-transposed layout and runs a slow path; over the flattened (N, D) and (N, F) matrices it runs Eigen's product
-directly, and that product is fast when its result is the narrow-by-wide one. Measured on this project's 2-core CPU,
-one core (2026-12-06, benchmarks/RESULTS.md): dW of a [2048 x 192] x [2048 x 48] pair took 0.83 ms as a [192 x 48]
-result, 0.36 ms as the [48 x 192] transpose (kept apart by an optimization barrier, or XLA folds the transpose back).
-The gradient is the same sum, added up in another order: it agrees with autodiff's to float32 rounding, not bitwise.
+What `for_backend()` gives `flax.linen.Dense` as its `dot_general` on CPU (transformer.py's `_dense`, which
+transformer_xl.py shares, and lstm.py). The forward product is Dense's own; what differs is the weight gradient dW =
+X^T dY, a product over the tokens. Autodiff writes it as one contraction over both leading axes of (B, T, D) and (B,
+T, F) tensors, for which XLA:CPU copies an operand into a transposed layout and runs a slow path; over the flattened
+(N, D) and (N, F) matrices it runs Eigen's product directly, and that product is fast when its result is the
+narrow-by-wide one. Measured on this project's 2-core CPU, one core (2026-12-06, benchmarks/RESULTS.md): dW of a
+[2048 x 192] x [2048 x 48] pair took 0.83 ms as a [192 x 48] result, 0.36 ms as the [48 x 192] transpose (kept apart
+by an optimization barrier, or XLA folds the transpose back). The gradient is the same sum, added up in another
+order: it agrees with autodiff's to float32 rounding, not bitwise.
 
 Shape letters: N tokens (every leading axis of the input, flattened), D input features, F output features.
 """
@@ -56,3 +56,9 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
             or preferred_element_type is not None):
         return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
     return _product(lhs, rhs)
+
+
+def for_backend():
+    """The `dot_general` a Dense layer takes on this backend: `dense_dot_general` on CPU (measured faster there),
+    None (flax's own, XLA's autodiff) elsewhere. Called when the model is traced."""
+    return dense_dot_general if jax.default_backend() == "cpu" else None

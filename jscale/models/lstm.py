@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jscale.config import ModelConfig
-from jscale.models.dense import dense_dot_general
+from jscale.models import dense
 from jscale.models.transformer import compute_dtype
 
 
@@ -32,11 +32,6 @@ def _forget_bias(key, shape, dtype=jnp.float32):
     return jnp.zeros(shape, dtype).at[H:2 * H].set(1.0)
 
 
-def _cpu_dot_general():
-    """On CPU, a Dense layer's weight gradient as dense.py makes it (measured faster there); elsewhere flax's."""
-    return dense_dot_general if jax.default_backend() == "cpu" else None
-
-
 class LSTMLayer(nn.Module):
     hidden: int
     dtype: jnp.dtype
@@ -47,7 +42,7 @@ class LSTMLayer(nn.Module):
         # Hoisted input projection: one (B*T, D) x (D, 4H) matmul instead of T small ones.
         xi_BxTx4H = nn.Dense(4 * H, name="wi", dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=nn.initializers.normal(x_BxTxD.shape[-1] ** -0.5),
-                             bias_init=_forget_bias, dot_general=_cpu_dot_general())(x_BxTxD)
+                             bias_init=_forget_bias, dot_general=dense.for_backend())(x_BxTxD)
         wh_Hx4H = self.param("wh", nn.initializers.orthogonal(), (H, 4 * H), jnp.float32).astype(self.dtype)
         B = x_BxTxD.shape[0]
 
@@ -109,5 +104,5 @@ class LSTM(nn.Module):
         else:
             logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, name="lm_head", dtype=dtype,
                                     param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02),
-                                    dot_general=_cpu_dot_general())(x_BxTxD)
+                                    dot_general=dense.for_backend())(x_BxTxD)
         return logits_BxTxV.astype(jnp.float32)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jscale.config import ModelConfig
 from jscale.models.attention import causal_attention
-from jscale.models.dense import dense_dot_general
+from jscale.models import dense
 
 LAYER_NORM_EPS = 1e-5  # GPT-2's
 
@@ -41,10 +41,9 @@ def attention_implementation(cfg: ModelConfig, dtype: jnp.dtype) -> str:
 
 
 def _dense(features: int, name: str, dtype, std: float = 0.02, use_bias: bool = True) -> nn.Dense:
-    # On CPU, the weight gradient as dense.py writes it (measured faster there); elsewhere XLA's autodiff.
     return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros,
-                    dot_general=dense_dot_general if jax.default_backend() == "cpu" else None)
+                    dot_general=dense.for_backend())
 
 
 def _layer_norm(name: str, dtype) -> nn.LayerNorm:
