@@ -141,8 +141,8 @@ def experiment_probes(smoke: bool) -> list[str]:
         state = compiled.init(seeds)
         t, n_ctx = cfgs[0].train, cfgs[0].model.n_ctx
         shape = ((len(cfgs),) if len(cfgs) > 1 else ()) + (t.batch_size, n_ctx + 1)
-        batch = sharding.put(np.zeros(shape, np.int32), compiled.batch_sh)
-        seconds = train.seconds_per_step(compiled.train_step, state, batch, hp, steps_n, warmup=1)
+        seconds = train.seconds_per_step(compiled.train_steps, state, np.zeros(shape, np.int32), hp, steps_n,
+                                         warmup=1, batches_sharding=compiled.batches_sh)
         tokens_per_s = len(cfgs) * t.batch_size * n_ctx / seconds
         total_tokens = sum(r.cfg.train.steps * r.cfg.train.batch_size * r.cfg.model.n_ctx for r in sw.runs)
         est = total_tokens / tokens_per_s  # as if every group ran at the largest group's token rate

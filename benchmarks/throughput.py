@@ -47,7 +47,7 @@ def measure(d_model, n_layer, n_ctx, batch, attention="auto", dtype="auto", step
                       attention=attention, dtype=dtype, **model)
     model, opt = build(cfg), train.make_optimizer(TrainConfig())
     state = jax.jit(train.init_state, static_argnums=(0, 1, 2, 4))(model, opt, n_ctx, jnp.uint32(0), batch)
-    step = jax.jit(train.make_train_step(model), donate_argnums=0)
+    step = jax.jit(train.multi_step(train.make_train_step(model)), donate_argnums=0)
     hp = train.hparams_from_config(TrainConfig())
     batch_arr = jax.random.randint(jax.random.key(0), (batch, n_ctx + 1), 0, 256)
     dt = train.seconds_per_step(step, state, batch_arr, hp, steps)

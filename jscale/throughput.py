@@ -72,8 +72,9 @@ def _time_steps(cfg: Config, steps: int) -> dict[str, float]:
     state = compiled.init(np.uint32(0))
     hp = {k: sharding.put(np.asarray(v), compiled.hp_sharding)
           for k, v in train.hparams_from_config(cfg.train).items()}
-    batch_arr = sharding.put(np.zeros((cfg.train.batch_size, cfg.model.n_ctx + 1), np.int32), compiled.batch_sh)
-    seconds = train.seconds_per_step(compiled.train_step, state, batch_arr, hp, steps)
+    batch = np.zeros((cfg.train.batch_size, cfg.model.n_ctx + 1), np.int32)
+    seconds = train.seconds_per_step(compiled.train_steps, state, batch, hp, steps,
+                                     batches_sharding=compiled.batches_sh)
     return {"flops_per_step": accounting.step_flops(cfg), "seconds_per_step": seconds, "compile_s": compile_s}
 
 

@@ -121,17 +121,17 @@ def test_a_sweep_resumed_mid_group_compiles_no_initialisation(tmp_path, monkeypa
     from jscale.train import programs
 
     sw = make({"key": "model.d_model", "values": [16]}, {"key": "model.n_heads", "values": [1]})
-    checks = iter(range(10 ** 6))
+    [group] = sweep.group_runs(sw.runs, 1)
 
-    def stop_after_the_first_checkpoint():  # called before the group and before each step
-        if next(checks) == 1 + 25:
+    def stop_after_the_first_checkpoint():  # called before the group and before each call of its train steps
+        if grid._has_checkpoint(tmp_path / "s", group):
             raise interrupts.Interrupted(signal.SIGINT)
 
     monkeypatch.setattr(interrupts, "check", stop_after_the_first_checkpoint)
     with pytest.raises(interrupts.Interrupted):
         grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
-    [group] = sweep.group_runs(sw.runs, 1)
     assert grid._has_checkpoint(tmp_path / "s", group)  # (so a sweep compiling it ahead leaves out its init)
+    assert set(results.load(tmp_path / "s")["runs"]["status"]) == {"running"}
     assert not grid._has_checkpoint(tmp_path / "elsewhere", group)
     monkeypatch.setattr(interrupts, "check", lambda: None)
     monkeypatch.setattr(programs, "_STEPS_CACHE", {})

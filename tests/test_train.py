@@ -84,6 +84,44 @@ def test_vmapped_train_step_matches_each_member_alone():
     assert not np.allclose(metrics["loss"][0], metrics["loss"][1])
 
 
+@pytest.mark.parametrize("members", [None, 2])
+def test_several_steps_a_call_split_any_way_give_the_same_bits_as_the_steps(members):
+    """train.multi_step runs the first n of K batches through train_step inside one program (what the loop calls).
+    However the steps are split into calls, the bits are the same (a resumed run and a cooldown branch split them
+    differently from the run they must equal); against one step a call, the same to float32 rounding (XLA compiles
+    the step inside the loop on its own); rows n.. of the metrics stay zero."""
+    cfg = config.ModelConfig(n_layer=1, d_model=16, n_heads=2, n_ctx=8, vocab_size=32)
+    model, opt = build(cfg), train.make_optimizer(TrainConfig())
+    step = train.make_train_step(model)
+    K, n = train.STEPS_PER_CALL, 5
+    init = lambda seed: train.init_state(model, opt, 8, jnp.uint32(seed))
+    hp = train.hparams_from_config(TrainConfig(lr=1e-2, warmup_steps=2))
+    batch_shape = (4, 9) if members is None else (members, 4, 9)
+    if members is not None:  # an ensemble, members mapped one after another (the CPU mode)
+        step = train.ensemble(step, "map")
+        hp = jax.tree.map(lambda x: jnp.stack([x] * members), hp)
+        init = lambda seed: jax.tree.map(lambda *a: jnp.stack(a), *(train.init_state(model, opt, 8, jnp.uint32(s))
+                                                                      for s in range(members)))
+    batches = jax.random.randint(jax.random.key(3), (K, *batch_shape), 0, 32)
+    steps = jax.jit(train.multi_step(step))
+    at_once, metrics = steps(init(0), batches, hp, np.int32(n))
+    split, _ = steps(init(0), batches, hp, np.int32(2))
+    split, rest = steps(split, jnp.concatenate([batches[2:], batches[:2]]), hp, np.int32(n - 2))
+    for a, b in zip(jax.tree.leaves(at_once), jax.tree.leaves(split)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(metrics["loss"][2:n], rest["loss"][:n - 2])
+    assert not np.any(np.asarray(metrics["loss"][n:])) and int(at_once.step.reshape(-1)[0]) == n
+    one, losses = init(0), []
+    for i in range(n):
+        one, m = jax.jit(step)(one, batches[i], hp)
+        losses.append(m["loss"])
+    # (Adam divides by the gradient's size, so a near-zero gradient's rounding moves its weight by up to ~1e-5 here;
+    # a skipped or reordered step moves weights by ~lr = 1e-2)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(at_once.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.stack(losses), metrics["loss"][:n], rtol=1e-6)
+
+
 def test_loss_falls_on_the_builtin_corpus(tmp_path):
     cfg = tiny(tmp_path, steps=300, eval_every=100, checkpoint_every=300)
     final = train.train(cfg, tmp_path / "run", progress=False)
@@ -105,7 +143,7 @@ def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compila
     b = tiny(tmp_path, corpus=str(text_corpus), steps=80, lr=1e-3, warmup_steps=9, eval_every=20, checkpoint_every=40,
              schedule="wsd")
     first, second = train.compile_steps([a], stacked=False), train.compile_steps([b], stacked=False)
-    assert second.train_step is first.train_step and second.eval_step is first.eval_step
+    assert second.train_steps is first.train_steps and second.eval_step is first.eval_step
     assert second.seconds["compile"] == 0.0
     # What the programs do depend on keeps them apart: the model, the batch, the evaluation chunk, the mesh.
     key = lambda cfg, members=1: programs._shape_key([cfg] * members, members > 1, None)

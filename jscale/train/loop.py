@@ -26,7 +26,7 @@ from jscale.hosts import agree, fetch
 from jscale.models import has_memory
 from jscale.progress import progress_bar, set_bar, show_losses
 from jscale.train.checkpoints import Checkpoints
-from jscale.train.programs import GroupSteps, compile_steps, device_peak_flops, stack_members
+from jscale.train.programs import STEPS_PER_CALL, GroupSteps, compile_steps, device_peak_flops, stack_members
 from jscale.train.sinks import JsonlSink
 from jscale.train.step import TrainState, eval_context, hparams_from_config, padded_chunks, summarize_eval
 
@@ -145,19 +145,25 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     data_tokens = [d or len(corpus.train) for d, _, _ in subsets]  # D: the tokens each member may draw from
 
     last: list[dict] = []
-    losses: list[jax.Array] = []
-    grad_norms: list[jax.Array] = []
+    losses: list[tuple[jax.Array, int]] = []  # per train_steps call: its (K, ...) losses and how many are steps
+    grad_norms: list[tuple[jax.Array, int]] = []
     diverged = np.zeros(M if stacked else 1, bool)  # members whose loss left any sensible range, for good
     max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     loop_start, eval_before, checkpoint_before = time.perf_counter(), times.get("eval", 0.0), times.get("checkpoint", 0.0)
     anneal_before = times.get("anneal", 0.0)
-    def batch_at(step: int) -> jax.Array:
-        """Every member's batch of this step: a pure function of (its data seed, step)."""
-        batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive, subset_seed, chunk)
-                   for s, (d, subset_seed, chunk) in zip(data_seeds, subsets)]
-        return sharding.put(np.stack(batches) if stacked else batches[0], batch_sh)
+    K = STEPS_PER_CALL
+
+    def batches_from(first: int, n: int) -> jax.Array:
+        """Every member's batches of steps first .. first + n - 1, a pure function of (its data seed, step), on a
+        leading steps axis of K rows (train_steps reads the first n; the rest are zeros)."""
+        host = np.zeros((K, *((M,) if stacked else ()), t.batch_size, n_ctx + 1), np.int32)
+        for i, step in enumerate(range(first, first + n)):
+            batches = [corpus.train_batch(s, step, t.batch_size, n_ctx, d, consecutive, subset_seed, chunk)
+                       for s, (d, subset_seed, chunk) in zip(data_seeds, subsets)]
+            host[i] = np.stack(batches) if stacked else batches[0]
+        return sharding.put(host, steps.batches_sh)
 
     # Cooldown branches (train.anneal_branches): at the step where the run of each shorter horizon would start its
     # cooldown, a copy of the state anneals to that horizon and is scored on the final validation windows.
@@ -166,18 +172,22 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     # Training scalars for the trackers every logging.every steps (one transfer of the steps since the last point).
     log_every = cfg.logging.every if tracker is not None and tracker.active else 0
     log_from, log_time, log_step = 0, time.perf_counter(), start
+    # The steps after which something happens on the host: each call of train_steps runs up to one of them.
+    events = (set(t.eval_steps()) | set(branches) | {end}
+              | (set(range(log_every, end + 1, log_every)) if log_every else set()))
     try:
-        for step in range(start, end):
-            interrupts.check()  # a step boundary: everything written so far is whole
-            state, metrics = steps.train_step(state, batch_at(step), hparams)
-            losses.append(metrics["loss"])
-            grad_norms.append(metrics["grad_norm"])
-            done = step + 1
+        step = start
+        while step < end:
+            interrupts.check()  # a call's boundary: everything written so far is whole
+            n = next(k for k in range(1, K + 1) if step + k in events or k == K)
+            state, metrics = steps.train_steps(state, batches_from(step, n), hparams, np.int32(n))
+            losses.append((metrics["loss"], n))
+            grad_norms.append((metrics["grad_norm"], n))
+            done = step + n
             if log_every and done % log_every == 0 and len(losses) > log_from:
-                n_steps = len(losses) - log_from
-                loss_m = fetch(jnp.stack(losses[log_from:])).reshape(n_steps, -1).mean(axis=0)
-                grad_m = fetch(jnp.stack(grad_norms[log_from:])).reshape(n_steps, -1).mean(axis=0)
-                lr_m = fetch(metrics["lr"]).reshape(-1)
+                loss_m = _mean_over_steps(losses[log_from:])
+                grad_m = _mean_over_steps(grad_norms[log_from:])
+                lr_m = fetch(metrics["lr"][n - 1]).reshape(-1)
                 now = time.perf_counter()
                 per_s = (done - log_step) * tokens_per_step / max(now - log_time, 1e-9)
                 tracker.record_train([{
@@ -192,7 +202,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 horizon = branches[done]
                 jax.block_until_ready(state)  # the steps dispatched so far count as training
                 anneal_start = time.perf_counter()
-                params = _anneal(steps, state, done, horizon, branch_hparams[horizon], batch_at)
+                params = _anneal(steps, state, done, horizon, branch_hparams[horizon], batches_from)
                 # validation only: convergence and its extrapolation read it (a branch costs one set's evaluation)
                 scored = {"validation": summarize_eval(evaluate(steps, params, eval_sets["validation"],
                                                                 M if stacked else 1))}
@@ -213,12 +223,12 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                                        members)
                        for split, windows in eval_sets.items()}
                 evals = {split: summarize_eval(losses) for split, losses in raw.items()}
-                train_loss = fetch(jnp.stack(losses)).reshape(len(losses), -1).mean(axis=0)  # one transfer
-                grad_norm = fetch(jnp.stack(grad_norms)).reshape(len(grad_norms), -1).mean(axis=0)
+                train_loss = _mean_over_steps(losses)
+                grad_norm = _mean_over_steps(grad_norms)
                 # NaN/inf froze the member inside train_step; a finite loss far above a uniform guess (ln V) is
                 # divergence too, and stays so.
                 diverged |= ~fetch(state.alive).reshape(-1) | ~(evals["validation"]["loss"] < max_loss)
-                lr = fetch(metrics["lr"]).reshape(-1)
+                lr = fetch(metrics["lr"][n - 1]).reshape(-1)
                 now = time.perf_counter()
                 tokens_per_s = (done - last_step) * tokens_per_step / (now - last_time)  # per member
                 last = []
@@ -276,9 +286,10 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 if final and writer is not None and hasattr(writer, "finish"):
                     writer.finish()  # results and final weights both durable: now the runs are done
             if on_step is not None:
-                on_step(1)
+                on_step(n)
             if step == start:
                 interrupts.point("train")
+            step = done
         jax.block_until_ready(state)
     finally:
         checkpoints.close()
@@ -299,14 +310,23 @@ def _with_horizon(host_hp: dict, horizon: int, hp_sharding) -> dict:
 _copy_state = jax.jit(lambda state: jax.tree.map(jnp.copy, state))  # the step donates its state: branch off a copy
 
 
-def _anneal(steps: GroupSteps, state: TrainState, start: int, horizon: int, hparams: dict, batch_at) -> object:
+def _anneal(steps: GroupSteps, state: TrainState, start: int, horizon: int, hparams: dict,
+            batches_from: Callable[[int, int], jax.Array]) -> object:
     """The parameters of the run of `horizon` steps: a copy of the state at `start` (the stable phase both runs
     share) trained on through that run's cooldown, on the batches that run would draw."""
     branch = _copy_state(state)
-    for step in range(start, horizon):
+    for step in range(start, horizon, STEPS_PER_CALL):
         interrupts.check()
-        branch, _ = steps.train_step(branch, batch_at(step), hparams)
+        n = min(STEPS_PER_CALL, horizon - step)
+        branch, _ = steps.train_steps(branch, batches_from(step, n), hparams, np.int32(n))
     return branch.params
+
+
+def _mean_over_steps(calls: list[tuple[jax.Array, int]]) -> np.ndarray:
+    """Each member's mean of a per-step metric over the steps of these train_steps calls ((K, ...) rows of which
+    the first n are steps), in one transfer: shape (members,), (1,) for a single run."""
+    rows = fetch(jnp.stack([m for m, _ in calls]))
+    return np.concatenate([r[:n] for r, (_, n) in zip(rows, calls)]).reshape(sum(n for _, n in calls), -1).mean(0)
 
 
 def _anneal_record(run_id: str, i: int, horizon: int, start: int, scored: dict, tokens_per_step: int, acc,

@@ -1,6 +1,12 @@
-"""Compiled programs: a group's init, train step and evaluation step, lowered and compiled ahead of time for its
+"""Compiled programs: a group's init, train steps and evaluation step, lowered and compiled ahead of time for its
 shapes and mesh, shared by every group of the same shapes; and ensembles (members vmapped, or mapped one after
 another inside one program).
+
+The training program runs up to STEPS_PER_CALL steps of `train_step` per call (`multi_step`), as many as the
+caller asks: a small model's step is a few milliseconds, and dispatching it from Python once per step cost a sizeable
+share of it on a CPU, where the dispatch runs on the cores that compute. Measured on this project's 2-core CPU, one
+core (2026-12-06, benchmarks/RESULTS.md): the long scale's d_model 48 and d_model 8 steps took about 15% less time
+16 to a call than one to a call.
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ class GroupSteps:
     hp_sharding: Any
     replicated: Any
     init: LazyInit  # host seeds (M,) or () -> state
-    train_step: Callable  # (state, batch, hparams) -> (state, metrics)
+    train_steps: Callable  # (state, batches (K, ...), hparams, n) -> (state, metrics (K, ...)): steps 0..n-1
+    batches_sh: Any  # the sharding of train_steps' batches: batch_sh's with a leading steps axis
     eval_step: Callable  # (params, windows (W, S)) -> losses (W, T), or (M, W, T) for an ensemble
     eval_chunk: int  # windows per eval_step call
     seconds: dict[str, float]  # {"compile": time spent lowering and compiling}
 
+
+STEPS_PER_CALL = 16  # K: training steps one call of GroupSteps.train_steps can run
 
 _STEPS_CACHE: dict[str, GroupSteps] = {}  # compiled steps by everything they depend on, shared by same-shape groups
 _INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisation per model shape
@@ -115,6 +124,26 @@ class LazyInit:
 ENSEMBLE_MODES = ("vmap", "map")
 
 
+def multi_step(step_fn: Callable, K: int = STEPS_PER_CALL) -> Callable:
+    """(state, batches (K, ...), hparams, n) -> (state after n steps, metrics (K, ...)): step_fn applied to the
+    first n <= K batches in turn, inside one program (a loop with n as data, so one compilation serves every
+    count). Rows n.. of the metrics are zeros. The bits do not depend on how steps are split into calls (so a
+    resumed run and a cooldown branch equal the run they continue); against n calls of step_fn they agree to float32
+    rounding, not always bitwise: XLA compiles the loop's body on its own."""
+
+    def train_steps(state, batches, hparams, n):
+        def one(i, carry):
+            state, metrics = carry
+            state, m = step_fn(state, jax.lax.dynamic_index_in_dim(batches, i, keepdims=False), hparams)
+            return state, jax.tree.map(lambda rows, v: jax.lax.dynamic_update_index_in_dim(rows, v, i, 0), metrics, m)
+
+        shapes = jax.eval_shape(step_fn, state, batches[0], hparams)[1]
+        metrics = jax.tree.map(lambda v: jnp.zeros((K,) + v.shape, v.dtype), shapes)
+        return jax.lax.fori_loop(0, n, one, (state, metrics))
+
+    return train_steps
+
+
 def ensemble(fn: Callable, mode: str, in_axes=0) -> Callable:
     """fn over a leading member axis: "vmap" batches the members' operations together (one wide program; what an
     accelerator wants), "map" runs the members one after another inside one compiled program (lax.map: each
@@ -143,10 +172,10 @@ def ensemble(fn: Callable, mode: str, in_axes=0) -> Callable:
 
 def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap",
                   with_init: bool = True) -> GroupSteps:
-    """Lower and compile init, train_step and eval_step for runs of these shapes (ahead of time, no arrays);
-    groups of the same shapes share one compilation. mode: how an ensemble runs its members (see `ensemble`);
-    members spread over several devices always vmap. with_init=False leaves init to compile on its first call
-    (a group that resumes from a checkpoint never makes it)."""
+    """Lower and compile init, train_steps (multi_step of train_step) and eval_step for runs of these shapes (ahead
+    of time, no arrays); groups of the same shapes share one compilation. mode: how an ensemble runs its members
+    (see `ensemble`); members spread over several devices always vmap. with_init=False leaves init to compile on
+    its first call (a group that resumes from a checkpoint never makes it)."""
     cache_key = _shape_key(cfgs, stacked, devices) + mode
     if cache_key in _STEPS_CACHE:
         steps, t0 = _STEPS_CACHE[cache_key], time.perf_counter()
@@ -200,28 +229,46 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     compiled_init = LazyInit(compile_init)
     if with_init:
         compiled_init.compile()
-    compiled_step = jax.jit(
-        step_fn, in_shardings=(state_sh, batch_sh, {k: hp_sharding for k in host_hp}),
+    K = STEPS_PER_CALL
+    batches_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
+    compiled_steps = jax.jit(
+        multi_step(step_fn, K), in_shardings=(state_sh, batches_sh, {k: hp_sharding for k in host_hp}, replicated),
         out_shardings=(state_sh, replicated), donate_argnums=0,
-    ).lower(state_abstract, jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=batch_sh), hp_abstract).compile()
+    ).lower(state_abstract, jax.ShapeDtypeStruct((K, *batch_shape), jnp.int32, sharding=batches_sh), hp_abstract,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)).compile()
     compiled_eval = jax.jit(
         eval_fn, in_shardings=(state_sh.params, replicated), out_shardings=replicated,
     ).lower(state_abstract.params, jax.ShapeDtypeStruct((chunk, window), jnp.int32, sharding=replicated)).compile()
-    steps = GroupSteps(mesh, abstract, state_sh, batch_sh, hp_sharding, replicated, compiled_init, compiled_step,
-                       compiled_eval, chunk, {"compile": time.perf_counter() - t0})
+    steps = GroupSteps(mesh, abstract, state_sh, batch_sh, hp_sharding, replicated, compiled_init, compiled_steps,
+                       batches_sh, compiled_eval, chunk, {"compile": time.perf_counter() - t0})
     _STEPS_CACHE[cache_key] = steps
     return steps
 
 
-def seconds_per_step(step_fn, state, batch, hparams, steps: int = 10, warmup: int = 2) -> float:
-    """Wall-clock seconds of one call of a jitted (state, batch, hparams) -> (state, metrics) step, after
-    compilation and warmup (for benchmarks and the grid's vmap-or-loop measurement)."""
-    for _ in range(warmup):
-        state, m = step_fn(state, batch, hparams)
+def seconds_per_step(steps_fn, state, batch, hparams, steps: int = 10, warmup: int = 2,
+                     batches_sharding=None) -> float:
+    """Wall-clock seconds per training step of a jitted `multi_step` program (state, batches, hparams, n) ->
+    (state, metrics), run as training runs it (up to STEPS_PER_CALL steps a call) on `batch` (one step's, repeated),
+    after compilation and `warmup` steps (for benchmarks, `jscale plan`'s throughput and the grid's ensemble
+    measurement). batches_sharding: where the K batches go (GroupSteps.batches_sh for a compiled group)."""
+    K = STEPS_PER_CALL
+    host = np.ascontiguousarray(np.broadcast_to(np.asarray(batch), (K, *np.shape(batch))))
+    batches = jnp.asarray(host) if batches_sharding is None else sharding.put(host, batches_sharding)
+
+    def run(n_steps: int):
+        nonlocal state
+        m = None
+        while n_steps > 0:
+            n = min(K, n_steps)
+            state, m = steps_fn(state, batches, hparams, np.int32(n))
+            n_steps -= n
+        return m
+
+    if warmup:
+        run(warmup)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step_fn(state, batch, hparams)
+    m = run(steps)
     jax.block_until_ready(m["loss"])
     return (time.perf_counter() - t0) / steps
 
