@@ -1,7 +1,7 @@
 """Wall-time estimates for a sweep from this device's measured training throughput.
 
 The first estimate on a device trains a few probe models for some steps (seconds on a CPU) and caches what it
-measured in `CACHE/throughput-v3.json` under the device's name; later estimates read the cache. A step of a group is
+measured in `CACHE/throughput-v4.json` under the device's name; later estimates read the cache. A step of a group is
 modelled as `overhead + FLOPs / rate`, fitted per model family (Transformers, LSTMs) to the probes, and
 `jscale plan` corrects it with the sweep's own shapes timed on this device (`with_shapes`: the smallest, median and
 largest; each other shape takes the correction of the nearest in FLOPs); evaluation costs a third of a training
@@ -42,10 +42,10 @@ def device_key() -> str:
 def _cache_path() -> Path:
     from jscale.data import cache_root
 
-    # v3: step times measured with models/dense.py's CPU weight gradients (2026-12-06); those cached before it
-    # (throughput-v2.json: with models/attention.py's CPU attention; throughput.json: before it) were up to 1.3x and
-    # 1.6x longer for narrow models and are not read.
-    return cache_root(DataConfig()) / "throughput-v3.json"
+    # v4: step times measured as training runs them, up to 16 steps a call (train.multi_step, 2026-12-06); those
+    # cached before it (v3: one step a call, with models/dense.py's CPU weight gradients; v2: with models/attention.py's
+    # CPU attention; throughput.json: before it) were longer for narrow models and are not read.
+    return cache_root(DataConfig()) / "throughput-v4.json"
 
 
 def measure(steps: int = 8) -> dict:

@@ -64,14 +64,14 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     measured = throughput.table(log=lambda line: None)
     assert [r["kind"] for r in measured["probes"]] == ["transformer", "lstm"]
     assert all(r["seconds_per_step"] > 0 and r["flops_per_step"] > 0 for r in measured["probes"])
-    cached = json.loads((tmp_path / "throughput-v3.json").read_text())
+    cached = json.loads((tmp_path / "throughput-v4.json").read_text())
     assert cached[throughput.device_key()] == measured
     monkeypatch.setattr(throughput, "measure", lambda: pytest.fail("measured again"))
     assert throughput.table() == measured
     p = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)  # measuring again would fail
     assert "estimated wall time on cpu" in p.stdout and "measuring" not in p.stdout
     assert "timing 3 of this sweep's model shapes" in p.stdout  # its own shapes, once
-    timed = json.loads((tmp_path / "throughput-v3.json").read_text())[throughput.device_key()]["shapes"]
+    timed = json.loads((tmp_path / "throughput-v4.json").read_text())[throughput.device_key()]["shapes"]
     assert len(timed) == 3 and all(r["seconds_per_step"] > 0 and r["compile_s"] > 0 for r in timed.values())
     again = jscale_here("plan", str(REPO / "experiments" / "quickstart.toml"), check=0)
     estimate = lambda out: next(line for line in out.splitlines()  # (less what other processes take of the CPU now)
@@ -183,6 +183,14 @@ def test_long_tier_benchmark_smoke_trains_the_same_sweep_every_way(tmp_path):
     # numerically, not bitwise, the same; tests/test_grid.py checks workers against one process bitwise)
     row = next(line for line in p.stdout.splitlines() if "| now --workers 2 |" in line)
     assert row.endswith("| identical |") or "| max |difference| 0.0" in row, row
+
+
+def test_steps_per_call_benchmark_smoke_times_both_forms():
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "steps_per_call.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| d_model 16 | one a call |" in p.stdout and "| d_model 16 | 16 a call |" in p.stdout
+    assert "parameters after 16 steps" in p.stdout
 
 
 def test_first_run_benchmark_smoke_runs_both_revisions(tmp_path):
