@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -310,20 +311,27 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                   + (f"; {len(awaiting)} final runs wait for their pilots" if awaiting else ""))
     corpora: dict[str, data.TokenizedCorpus] = {}
     counts = {"trained": 0, "busy": 0}
-    # While one group trains, the next group's steps compile in a background thread (ahead of time), so a sweep of
-    # many shapes waits for a compile only at its start.
+    # While one group trains, the steps of the next shape this process has not compiled compile in a background
+    # thread (ahead of time), so a sweep of many shapes waits for a compile only at its start. It looks past the
+    # next group: with --workers, the other worker may claim that one, and the shape after it still comes.
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscale-compile")
-    ahead: dict[str, concurrent.futures.Future] = {}
+    ahead: dict[str, concurrent.futures.Future] = {}  # by train.program_key
+
+    def program_key(g: sweeps.Group) -> str:
+        return train.program_key([r.cfg for r in g.runs], len(g.runs) > 1, None, mode)
 
     def train_groups(todo: list[sweeps.Group]) -> bool:
         """Train these groups in order; False when stop_after ended it early."""
         def compile_ahead(i: int) -> None:
-            if i < len(todo) and todo[i].group_id not in ahead and background_compile:
-                g = todo[i]
+            if not background_compile or any(not f.done() for f in ahead.values()):
+                return  # one background compile at a time
+            g = next((g for g in todo[i:] if program_key(g) not in ahead and not train.compiled(program_key(g))),
+                     None)
+            if g is not None:
                 # (a group that will resume from its checkpoint never initialises: its init is left out)
-                ahead[g.group_id] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs],
-                                                    len(g.runs) > 1, None, mode,
-                                                    with_init=not _has_checkpoint(out, g))
+                ahead[program_key(g)] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs],
+                                                        len(g.runs) > 1, None, mode,
+                                                        with_init=not _has_checkpoint(out, g))
 
         for i, g in enumerate(todo):
             interrupts.check()
@@ -341,13 +349,19 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                     db.release(g.group_id)  # another job finished it after this one made its list
                     continue
             try:
-                future = ahead.pop(g.group_id, None)
-                compile_ahead(i + 1)
+                future = ahead.pop(program_key(g), None)
                 t0 = time.perf_counter()
-                steps = future.result() if future is not None else train.compile_steps(
-                    [r.cfg for r in g.runs], len(g.runs) > 1, None, mode, with_init=not _has_checkpoint(out, g))
+                if future is not None:
+                    future.result()  # the background compile of this shape (its errors are raised here)
+                # compiled ahead: a cache hit (its init compiled now if this group needs it and it was left out)
+                steps = train.compile_steps([r.cfg for r in g.runs], len(g.runs) > 1, None, mode,
+                                            with_init=not _has_checkpoint(out, g))
+                if future is not None:
+                    steps = dataclasses.replace(steps, seconds={
+                        "compile": future.result().seconds["compile"] + steps.seconds["compile"]})
                 # compile time the sweep waited for (a background compile overlaps training)
                 _add_time(timings, "compile_wait", t0)
+                compile_ahead(i + 1)
                 _train_group(g, out, db, corpora, bar, steps, timings)
             finally:
                 if leader and jax.process_count() == 1:

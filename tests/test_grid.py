@@ -141,6 +141,35 @@ def test_a_sweep_resumed_mid_group_compiles_no_initialisation(tmp_path, monkeypa
     assert [steps.init.compiled for steps in programs._STEPS_CACHE.values()] == [False] and not programs._INIT_CACHE
 
 
+def test_the_next_new_shape_compiles_in_the_background_past_a_group_another_job_holds(tmp_path, monkeypatch):
+    """Two groups of one shape, then one of another; the second is held by another job (as the other worker of
+    --workers holds it): the new shape still compiles in the background thread while the first group trains, not on
+    the main thread when its group comes."""
+    import threading
+
+    from jscale import train
+    from jscale.train import programs
+
+    sw = make({"zip": {"model.d_model": [16, 16, 24], "train.seed": [0, 1, 0]}})
+    groups = sweep.group_runs(sw.runs, 1)
+    assert [g.cfg.model.d_model for g in groups] == [16, 16, 24]
+    compiles, real_compile, real_claim = [], train.compile_steps, results.ResultsDB.claim
+
+    def compile_steps(cfgs, *args, **kwargs):
+        compiles.append((cfgs[0].model.d_model, threading.current_thread().name))
+        return real_compile(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(train, "compile_steps", compile_steps)
+    monkeypatch.setattr(results.ResultsDB, "claim", lambda db, group_id: group_id != groups[1].group_id
+                        and real_claim(db, group_id))
+    monkeypatch.setattr(programs, "_STEPS_CACHE", {})
+    grid.run_sweep(sw, tmp_path / "s", ensemble_size=1, progress=False)
+    first_24 = next(name for d, name in compiles if d == 24)
+    assert first_24.startswith("jscale-compile"), compiles
+    runs = results.load(tmp_path / "s")["runs"]
+    assert sorted(runs[runs["status"] == "done"]["d_model"]) == [16, 24]  # the held group is left to its job
+
+
 def test_sweep_killed_at_random_points_ends_with_the_uninterrupted_results(tmp_path, jscale_here):
     """Real processes, SIGKILLed at random moments, then the same command until it finishes (the uninterrupted
     sweep and the re-runs after the kills run in this process)."""

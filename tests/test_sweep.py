@@ -110,13 +110,13 @@ def test_groups_share_shapes_and_chunk_by_ensemble_size():
     small = sw.groups(5)
     assert sorted(len(g.runs) for g in small) == [2, 2, 5, 5, 5, 5]
     assert [g.group_id for g in sw.groups(5)] == [g.group_id for g in small]  # stable across calls
-    # A size written out at its default is the same shape: one group, one compilation (jscale.train.programs._shape_key agrees).
+    # A size written out at its default is the same shape: one group, one compilation (programs.program_key agrees).
     sw = expand({"zip": {"model.d_ff": [None, 128, 256], "model.d_attn": [32, None, 32], "train.seed": [0, 1, 2]}},
                 base={**BASE, "model": {**BASE["model"], "d_model": 32}})
     assert [len(g.runs) for g in sw.groups(8)] == [2, 1]
     from jscale.train import programs
 
-    keys = {programs._shape_key([r.cfg], True, None) for r in sw.runs}
+    keys = {programs.program_key([r.cfg], True, None) for r in sw.runs}
     assert len(keys) == 2
 
 

@@ -146,7 +146,7 @@ def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compila
     assert second.train_steps is first.train_steps and second.eval_step is first.eval_step
     assert second.seconds["compile"] == 0.0
     # What the programs do depend on keeps them apart: the model, the batch, the evaluation chunk, the mesh.
-    key = lambda cfg, members=1: programs._shape_key([cfg] * members, members > 1, None)
+    key = lambda cfg, members=1: programs.program_key([cfg] * members, members > 1, None)
     other_model = resolve.resolve(config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "d_model": 16}}))
     fewer_windows = resolve.resolve(config.from_dict({**a.to_dict(), "data": {**a.to_dict()["data"], "eval_windows": 4}}))
     other_mesh = resolve.resolve(config.from_dict({**a.to_dict(), "parallel": {"data": 1}}))

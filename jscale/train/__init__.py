@@ -15,8 +15,8 @@ from jscale.train.checkpoints import Checkpoints, state_checksum
 from jscale.train.loop import (DIVERGED_LOSS_FACTOR, check_intervals, check_runnable, evaluate,
                                prepare_eval_windows, train, train_loop)
 from jscale.train.programs import (ENSEMBLE_MODES, PEAK_FLOPS, STEPS_PER_CALL, GroupSteps, LazyInit,
-                                   compile_steps, device_peak_flops, ensemble, member_shape_key, multi_step,
-                                   seconds_per_step, single_init, stack_members)
+                                   compile_steps, compiled, device_peak_flops, ensemble, member_shape_key,
+                                   multi_step, program_key, seconds_per_step, single_init, stack_members)
 from jscale.train.sinks import JsonlSink
 from jscale.train.step import (SCHEDULES, Hparams, TrainState, eval_context, hparams_from_config, init_state,
                                learning_rate, make_eval_step, make_optimizer, make_train_step, padded_chunks,
@@ -25,9 +25,9 @@ from jscale.train.step import (SCHEDULES, Hparams, TrainState, eval_context, hpa
 __all__ = [
     "Checkpoints", "state_checksum", "DIVERGED_LOSS_FACTOR", "check_intervals", "check_runnable", "evaluate",
     "prepare_eval_windows", "train", "train_loop",
-    "ENSEMBLE_MODES", "PEAK_FLOPS", "STEPS_PER_CALL", "GroupSteps", "LazyInit", "compile_steps",
-    "device_peak_flops", "ensemble", "member_shape_key", "multi_step", "seconds_per_step", "single_init",
-    "stack_members",
+    "ENSEMBLE_MODES", "PEAK_FLOPS", "STEPS_PER_CALL", "GroupSteps", "LazyInit", "compile_steps", "compiled",
+    "device_peak_flops", "ensemble", "member_shape_key", "multi_step", "program_key", "seconds_per_step",
+    "single_init", "stack_members",
     "JsonlSink", "SCHEDULES", "Hparams", "TrainState", "eval_context", "hparams_from_config", "init_state",
     "learning_rate", "make_eval_step", "make_optimizer", "make_train_step", "padded_chunks", "per_position_loss",
     "summarize_eval",

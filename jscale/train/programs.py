@@ -57,15 +57,21 @@ _STEPS_CACHE: dict[str, GroupSteps] = {}  # compiled steps by everything they de
 _INIT_CACHE: dict[str, Callable] = {}  # one compiled single-member initialisation per model shape
 
 
-def _shape_key(cfgs: list[Config], stacked: bool, devices) -> str:
-    """What a group's compiled steps depend on: the model, the batch and evaluation-chunk shapes, the mesh, the
-    member count and the devices. Not the rest of the train and data settings (steps, schedules, evaluation and
-    checkpoint intervals, the corpus): those reach the programs as data or stay on the host, so groups that differ
-    only there share one compilation."""
+def program_key(cfgs: list[Config], stacked: bool, devices=None, mode: str = "vmap") -> str:
+    """What a group's compiled steps depend on, as compile_steps' cache key: the model, the batch and
+    evaluation-chunk shapes, the mesh, the member count, the devices and the ensemble mode. Not the rest of the train
+    and data settings (steps, schedules, evaluation and checkpoint intervals, the corpus): those reach the programs as
+    data or stay on the host, so groups that differ only there share one compilation."""
     cfg = cfgs[0]
     shapes = {"model": _program_model(shared_config(cfg)["model"]), "parallel": cfg.parallel.__dict__,
               "batch_size": cfg.train.batch_size, "eval_chunk": _eval_chunk(cfg)}
-    return json.dumps([shapes, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]], sort_keys=True)
+    return json.dumps([shapes, len(cfgs), stacked, [str(x) for x in (devices or jax.devices())]],
+                      sort_keys=True) + mode
+
+
+def compiled(key: str) -> bool:
+    """Whether this process holds the compiled steps of this program_key."""
+    return key in _STEPS_CACHE
 
 
 def _program_model(model: dict) -> dict:
@@ -176,7 +182,7 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     of time, no arrays); groups of the same shapes share one compilation. mode: how an ensemble runs its members
     (see `ensemble`); members spread over several devices always vmap. with_init=False leaves init to compile on
     its first call (a group that resumes from a checkpoint never makes it)."""
-    cache_key = _shape_key(cfgs, stacked, devices) + mode
+    cache_key = program_key(cfgs, stacked, devices, mode)
     if cache_key in _STEPS_CACHE:
         steps, t0 = _STEPS_CACHE[cache_key], time.perf_counter()
         if not with_init or steps.init.compiled:
