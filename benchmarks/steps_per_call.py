@@ -27,6 +27,18 @@ from jscale.config import ModelConfig, TrainConfig
 from jscale.models import build
 
 
+def run(program, one_a_call: bool, state, batches, hp, n_steps: int):
+    """n_steps training steps on the K batches in turn: one a call, or up to K a call (train.multi_step)."""
+    K = len(batches)
+    if one_a_call:
+        for i in range(n_steps):
+            state, _ = program(state, batches[i % K], hp)
+    else:
+        for first in range(0, n_steps, K):
+            state, _ = program(state, batches, hp, np.int32(min(K, n_steps - first)))
+    return jax.block_until_ready(state)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=96, help="steps per reading (a multiple of 16 keeps calls full)")
@@ -49,27 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         several = jax.jit(train.multi_step(step), donate_argnums=0)
         init = jax.jit(train.init_state, static_argnums=(0, 1, 2, 4))
         batches = jax.random.randint(jax.random.key(0), (K, B, T + 1), 0, 256)
-        states = {"one a call": init(model, opt, T, jnp.uint32(0), B), f"{K} a call": init(model, opt, T,
-                                                                                          jnp.uint32(0), B)}
-
-        def run(form: str, n_steps: int) -> None:
-            s = states[form]
-            if form == "one a call":
-                for i in range(n_steps):
-                    s, m = one(s, batches[i % K], hp)
-            else:
-                for first in range(0, n_steps, K):
-                    s, m = several(s, batches, hp, np.int32(min(K, n_steps - first)))
-            states[form] = jax.block_until_ready(s)
-
-        for form in states:  # compile, and the same steps from the same state for the bitwise check
-            run(form, K)
+        programs = {"one a call": one, f"{K} a call": several}
+        states = {form: init(model, opt, T, jnp.uint32(0), B) for form in programs}
+        for form, program in programs.items():  # compile, and the same steps from the same state (bitwise check)
+            states[form] = run(program, form == "one a call", states[form], batches, hp, K)
         same = all(np.array_equal(a, b) for a, b in zip(*(jax.tree.leaves(s.params) for s in states.values())))
         seconds = {form: [] for form in states}
         for r in range(rounds):
             for form in (list(states) if r % 2 == 0 else list(states)[::-1]):
                 t0 = time.perf_counter()
-                run(form, steps)
+                states[form] = run(programs[form], form == "one a call", states[form], batches, hp, steps)
                 seconds[form].append((time.perf_counter() - t0) / steps)
         flops = B * T * accounting.account(cfg).train_flops_exact  # one step's exact training FLOPs
         for form, ts in seconds.items():

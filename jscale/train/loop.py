@@ -94,7 +94,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     times = {} if timings is None else timings
     for key, value in steps.seconds.items():
         times[key] = times.get(key, 0.0) + value
-    mesh, state_sh, batch_sh = steps.mesh, steps.state_sh, steps.batch_sh
+    mesh, state_sh = steps.mesh, steps.state_sh
     host_hp = [{k: np.asarray(v) for k, v in hparams_from_config(c.train).items()} for c in cfgs]
     host_hp = stack_members(host_hp) if stacked else host_hp[0]
     hparams = {k: sharding.put(v, steps.hp_sharding) for k, v in host_hp.items()}
