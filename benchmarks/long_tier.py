@@ -12,7 +12,8 @@ their learning-rate pilots and cooldown branches included), at --steps steps (3 
 steps, 1 below 600); an earlier revision (--before, checked out into a temporary git worktree and run with the same
 Python environment) trains it from its own size.toml. Printed per configuration and round: wall time, the exact
 training FLOPs of every run it trained (pilots and cooldown branches included) over that wall time, that rate
-against the float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores),
+against the float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores;
+right before and right after each configuration's run, their mean: the machine's speed drifts over minutes),
 per-token time, the share of the wall that was not training steps or cooldown branches (from `jscale run`'s own time
 line), and how far the final runs' validation losses lie from the first configuration's.
 """
@@ -115,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="one round, small evaluations, no matmul measurement (for "
                                                          "the tests)")
     args = ap.parse_args(argv)
-    limit = None if args.smoke else float(subprocess.run([sys.executable, "-c", MATMUL], check=True,
-                                                         capture_output=True, text=True).stdout)
+    def matmul_limit() -> float | None:
+        return None if args.smoke else float(subprocess.run([sys.executable, "-c", MATMUL], check=True,
+                                                            capture_output=True, text=True).stdout)
+
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as trees:
         tmp = Path(tmp)
         codes = [(rev, trees.enter_context(checkout(rev, tmp / f"before-{i}"))) for i, rev in enumerate(args.before)]
@@ -132,14 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             for label, code, w in (configs if pair % 2 == 0 else configs[::-1]):
                 name = label if w == 1 else f"{label} --workers {w}"
                 tag = f"p{pair}-{label}-w{w}".replace("/", "_")
+                before = matmul_limit()
                 wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code)
-                rows.append({"pair": pair, "configuration": name, "wall": wall,
+                limits = None if args.smoke else (before, matmul_limit())
+                rows.append({"pair": pair, "configuration": name, "wall": wall, "limits": limits,
                              "training_share": training_share(stdout), **trained(tmp / tag)})
                 print(f"round {pair}: {name} {wall:.1f} s; {time_line(stdout) or '(no time line)'}", file=sys.stderr,
                       flush=True)
         load = os.getloadavg()[0]
     print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
-          f"{load:.1f}" + ("" if limit is None else f"; float32 2048x2048 matmul: {limit:.0f} GFLOP/s"))
+          f"{load:.1f}; of the matmul limit: of the mean of a float32 2048x2048 dot's GFLOP/s (both cores) measured "
+          "right before and after each run")
     first = rows[0]["configuration"]
     print("| round | configuration | wall (s) | tokens trained | exact training FLOPs/s | of the matmul limit | "
           f"us/token | not training | final losses against {first}'s |")
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             same = "max |difference| " + (f"{max(abs(v - ref[k]) for k, v in r['finals'].items()):.4f}"
                                           if r["finals"].keys() == ref.keys() else "- (different runs)")
-        share = "-" if limit is None else f"{100 * rate / 1e9 / limit:.1f}%"
+        share = "-" if r["limits"] is None else (f"{100 * rate / 1e9 / (sum(r['limits']) / 2):.1f}% "
+                                                 f"({r['limits'][0]:.0f} and {r['limits'][1]:.0f} GFLOP/s)")
         other = "-" if r["training_share"] is None else f"{100 * (1 - r['training_share']):.0f}%"
         print(f"| {r['pair']} | {r['configuration']} | {r['wall']:.1f} | {r['tokens']:,} | {rate / 1e9:.2f} G | "
               f"{share} | {1e6 * r['wall'] / r['tokens']:.2f} | {other} | {same} |")
