@@ -94,6 +94,12 @@ def batch_sharding(mesh, shape: tuple[int, ...], stacked: bool) -> NamedSharding
     return NamedSharding(mesh, _fit((spec + (None,) * len(shape))[:len(shape)], shape, mesh))
 
 
+def steps_sharding(batch_sh: NamedSharding) -> NamedSharding:
+    """Several steps' batches (K, ...) for one call of the training program: a batch's sharding, the steps axis
+    unsharded in front."""
+    return NamedSharding(batch_sh.mesh, P(None, *batch_sh.spec))
+
+
 def member_sharding(mesh, members: int | None) -> NamedSharding:
     """Per-member vectors (hyperparameters, losses) of an ensemble of `members`; replicated for a single run."""
     if members is None:

@@ -236,7 +236,7 @@ def compile_steps(cfgs: list[Config], stacked: bool, devices=None, mode: str = "
     if with_init:
         compiled_init.compile()
     K = STEPS_PER_CALL
-    batches_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_sh.spec))
+    batches_sh = sharding.steps_sharding(batch_sh)
     compiled_steps = jax.jit(
         multi_step(step_fn, K), in_shardings=(state_sh, batches_sh, {k: hp_sharding for k in host_hp}, replicated),
         out_shardings=(state_sh, replicated), donate_argnums=0,
