@@ -322,16 +322,17 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
 
     def train_groups(todo: list[sweeps.Group]) -> bool:
         """Train these groups in order; False when stop_after ended it early."""
+        keys = [program_key(g) for g in todo]
+
         def compile_ahead(i: int) -> None:
             if not background_compile or any(not f.done() for f in ahead.values()):
                 return  # one background compile at a time
-            g = next((g for g in todo[i:] if program_key(g) not in ahead and not train.compiled(program_key(g))),
-                     None)
-            if g is not None:
+            j = next((j for j in range(i, len(todo)) if keys[j] not in ahead and not train.compiled(keys[j])), None)
+            if j is not None:
+                g = todo[j]
                 # (a group that will resume from its checkpoint never initialises: its init is left out)
-                ahead[program_key(g)] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs],
-                                                        len(g.runs) > 1, None, mode,
-                                                        with_init=not _has_checkpoint(out, g))
+                ahead[keys[j]] = compiler.submit(train.compile_steps, [r.cfg for r in g.runs], len(g.runs) > 1,
+                                                 None, mode, with_init=not _has_checkpoint(out, g))
 
         for i, g in enumerate(todo):
             interrupts.check()
@@ -349,16 +350,14 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                     db.release(g.group_id)  # another job finished it after this one made its list
                     continue
             try:
-                future = ahead.pop(program_key(g), None)
+                future = ahead.pop(keys[i], None)
                 t0 = time.perf_counter()
-                if future is not None:
-                    future.result()  # the background compile of this shape (its errors are raised here)
-                # compiled ahead: a cache hit (its init compiled now if this group needs it and it was left out)
+                # the background compile of this shape, if any (its errors are raised here), then a cache hit
+                # (its init compiled now if this group needs it and it was left out)
+                ahead_s = future.result().seconds["compile"] if future is not None else 0.0
                 steps = train.compile_steps([r.cfg for r in g.runs], len(g.runs) > 1, None, mode,
                                             with_init=not _has_checkpoint(out, g))
-                if future is not None:
-                    steps = dataclasses.replace(steps, seconds={
-                        "compile": future.result().seconds["compile"] + steps.seconds["compile"]})
+                steps = dataclasses.replace(steps, seconds={"compile": ahead_s + steps.seconds["compile"]})
                 # compile time the sweep waited for (a background compile overlaps training)
                 _add_time(timings, "compile_wait", t0)
                 compile_ahead(i + 1)
