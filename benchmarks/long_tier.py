@@ -12,8 +12,9 @@ their learning-rate pilots and cooldown branches included), at --steps steps (3 
 steps, 1 below 600); an earlier revision (--before, checked out into a temporary git worktree and run with the same
 Python environment) trains it from its own size.toml. Printed per configuration and round: wall time, the exact
 training FLOPs of every run it trained (pilots and cooldown branches included) over that wall time, that rate
-against the float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores;
-right before and right after each configuration's run, their mean: the machine's speed drifts over minutes),
+against the float32 matmul limit of this machine measured in the same invocation (a 2048 x 2048 dot, both cores,
+the best of five readings of 20 dots; right before and right after each configuration's run, their mean: the
+machine's speed drifts over minutes),
 per-token time, the share of the wall that was not training steps or cooldown branches (from `jscale run`'s own time
 line), and how far the final runs' validation losses lie from the first configuration's.
 """
@@ -42,11 +43,23 @@ import time, jax, jax.numpy as jnp
 x = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
 f = jax.jit(lambda a: a @ a)
 f(x).block_until_ready()
-t = time.perf_counter(); n = 20
-for _ in range(n): y = f(x)
-y.block_until_ready()
-print(2 * 2048 ** 3 * n / (time.perf_counter() - t) / 1e9)
+best, n = 0.0, 20
+for _ in range(5):  # the best of five readings: one reading right after start-up ran 20-30% low (2026-12-06)
+    t = time.perf_counter()
+    for _ in range(n): y = f(x)
+    y.block_until_ready()
+    best = max(best, 2 * 2048 ** 3 * n / (time.perf_counter() - t) / 1e9)
+print(best)
 """
+
+
+def cpu_model() -> str:
+    """The CPU's model name: the share of the matmul limit a sweep reaches differs between machines."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
 
 
 def sweep_toml(steps: int, smoke: bool = False, code: Path = REPO) -> str:
@@ -143,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {pair}: {name} {wall:.1f} s; {time_line(stdout) or '(no time line)'}", file=sys.stderr,
                       flush=True)
         load = os.getloadavg()[0]
-    print(f"{platform.machine()} CPU, {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load after "
-          f"{load:.1f}; of the matmul limit: of the mean of a float32 2048x2048 dot's GFLOP/s (both cores) measured "
-          "right before and after each run")
+    print(f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, {datetime.date.today().isoformat()}, load "
+          f"after {load:.1f}; of the matmul limit: of the mean of a float32 2048x2048 dot's best GFLOP/s (both cores) "
+          "measured right before and after each run")
     first = rows[0]["configuration"]
     print("| round | configuration | wall (s) | tokens trained | exact training FLOPs/s | of the matmul limit | "
           f"us/token | not training | final losses against {first}'s |")
