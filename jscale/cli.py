@@ -162,10 +162,8 @@ def _run(args) -> None:
                           f"process (several would share one accelerator's memory)")
     timings: dict[str, float] = {}
     t0, started, others = time.perf_counter(), time.time(), cpuload.Others()
-    await_data = (lambda: workers.wait_for_data(Path(args.data_ready))) if args.data_ready else None
     summary = grid.run_sweep(sw, out, ensemble_size=args.ensemble_size, shard=shard,
-                             progress=not args.quiet, wait_for_others=args.worker, timings=timings,
-                             await_data=await_data)
+                             progress=not args.quiet, wait_for_others=args.worker, timings=timings)
     if args.timings_out:
         workers.write_timings(Path(args.timings_out), started, timings)
     if jax.process_index() == 0 and not args.worker:
@@ -185,6 +183,8 @@ def _run_workers(args, sw, out: Path) -> None:
     t0, started, others = time.perf_counter(), time.time(), cpuload.Others()
     grid.check_sweep_dir(sw, out, log=False)  # a wrong directory is refused once, before any worker starts
     results.ResultsDB(out).close()  # created (or checked) here: workers creating it at once would race for it
+    grid.prepare_data(sw)  # corpora and evaluation windows into the caches once, not by every worker at once
+    prepared = time.time()
     child = [args.sweep, *args.overrides, "--out", str(out)]
     if args.scale:
         child += ["--scale", args.scale]
@@ -197,18 +197,14 @@ def _run_workers(args, sw, out: Path) -> None:
     elif not (out / "ensemble.json").is_file():
         child += ["--ensemble-size", "1"]
     lines: list[dict] = []
-    spawned = time.time()
-    # The corpora and evaluation windows go into the caches once, here, not by every worker at once; the workers
-    # start (Python, JAX, their first compiles) meanwhile and wait for them before they read data.
-    status = workers.run(child, out, args.workers, progress=not args.quiet, timings=lines,
-                         prepare=lambda: grid.prepare_data(sw))
+    status = workers.run(child, out, args.workers, progress=not args.quiet, timings=lines)
     if status != 0:
         raise SystemExit(status)
     done, left = workers.summary(out)
     print(done)
     if not args.quiet:
         load = cpuload.note(others.share(), "these times are longer than on an idle machine")
-        print(workers.describe_timings(lines, args.workers, started, spawned, time.time(),
+        print(workers.describe_timings(lines, args.workers, started, prepared, time.time(),
                                        time.perf_counter() - t0) + (f"; {load}" if load else ""))
     if left:
         print(f"left: {left}")
@@ -407,7 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
                                   "splits its sums over its threads); --workers gives each worker an equal share")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
     p.add_argument("--timings-out", help=argparse.SUPPRESS)  # a worker's time line, as JSON, for its parent
-    p.add_argument("--data-ready", help=argparse.SUPPRESS)  # a worker: the file its parent writes once data is ready
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="done / running / pending / diverged runs of a sweep and compute spent/left")

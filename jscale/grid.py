@@ -24,7 +24,6 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -264,17 +263,14 @@ def shard_of(group_id: str, n: int) -> int:
 def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = None,
               shard: tuple[int, int] = (0, 1), progress: bool = True, stop_after: int | None = None,
               background_compile: bool = True, timings: dict[str, float] | None = None,
-              ensemble_mode: str | None = None, wait_for_others: bool = False,
-              await_data: Callable[[], None] | None = None) -> dict:
+              ensemble_mode: str | None = None, wait_for_others: bool = False) -> dict:
     """Train every unfinished group of the sweep that belongs to this shard. Returns a summary.
 
     ensemble_mode: vmap or map (train.ensemble); default: as measured for this directory and backend.
     background_compile: compile the next group's steps while one trains. timings: a dict that collects seconds
     spent on data, compile (all of it, overlapped or not), compile_wait (what the sweep waited for), init, train,
     eval and checkpoint. wait_for_others: a worker of `jscale run --workers` (jscale.workers): wait for pilots that
-    another job is training (taking them over if it dies) instead of leaving the point's final runs to it.
-    await_data: called once before the first group reads its data, after that group's programs are compiled (a
-    worker whose parent prepares the data while it starts: jscale.workers)."""
+    another job is training (taking them over if it dies) instead of leaving the point's final runs to it."""
     out = Path(out)
     for run in sweep.runs:
         train.check_intervals(run.cfg.train)
@@ -321,16 +317,6 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscale-compile")
     ahead: dict[str, concurrent.futures.Future] = {}  # by train.program_key
 
-    data_awaited = await_data is None
-
-    def data_ready() -> None:
-        nonlocal data_awaited
-        if not data_awaited:
-            t0 = time.perf_counter()
-            await_data()
-            _add_time(timings, "data_wait", t0)
-            data_awaited = True
-
     def program_key(g: sweeps.Group) -> str:
         return train.program_key([r.cfg for r in g.runs], len(g.runs) > 1, None, mode)
 
@@ -375,7 +361,6 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                 # compile time the sweep waited for (a background compile overlaps training)
                 _add_time(timings, "compile_wait", t0)
                 compile_ahead(i + 1)
-                data_ready()
                 _train_group(g, out, db, corpora, bar, steps, timings)
             finally:
                 if leader and jax.process_count() == 1:

@@ -30,8 +30,7 @@ def progress_bar(enabled: bool, total: int, initial: int):
 TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("eval", "evaluations"),
                 ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
                 ("data", "data"), ("windows", "choosing evaluation windows"),
-                ("measure", "measuring ensemble speed"), ("wait", "waiting for another worker's pilots"),
-                ("data_wait", "waiting for the data to be prepared"))
+                ("measure", "measuring ensemble speed"), ("wait", "waiting for another worker's pilots"))
 
 
 def describe_timings(timings: dict[str, float], wall: float) -> str:

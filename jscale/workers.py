@@ -10,9 +10,8 @@ share: each claims a group before training it (`results.ResultsDB.claim`), so no
 waits for pilots another worker trains (taking them over if that worker dies) instead of leaving a point's final
 runs to it, so the final runs are shared too. Tuned points are claimed too, so that two workers extend two points'
 learning-rate grids at once (one pilot at a time each) instead of one waiting for the other. The parent trains
-nothing: it starts the workers in their own session (a Ctrl-C reaches them once, forwarded), prepares the data (the
-corpora and evaluation windows, into the caches once) while they start JAX and compile their first shapes, shows one
-progress bar read from the results database, and reports where the workers' time went (each worker's parts, summed).
+nothing: it starts the workers in their own session (a Ctrl-C reaches them once, forwarded), shows one progress bar
+read from the results database, and reports where the workers' time went (each worker's parts, summed).
 
 Each worker runs on its own share of the cores (`cpu_shares`, `jscale run --cpus`): two workers each spreading
 their steps over both cores of a 2-core machine slowed each other down (two d_model 48 steps at once: 35 ms each
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from jscale import files, interrupts, progress, results
@@ -55,41 +53,18 @@ def check(workers: int, shard: str | None, multi_host: bool) -> None:
 
 
 def run(child_args: list[str], out: Path, workers: int, progress: bool = True,
-        timings: list[dict] | None = None, prepare: Callable[[], None] | None = None) -> int:
+        timings: list[dict] | None = None) -> int:
     """Start `workers` processes of `jscale run CHILD_ARGS --worker` and wait for them. Returns the exit status of
     the first worker that failed (0 if none did); a signal received here is forwarded to every worker, which stops
     at its next step boundary, and then raised as `interrupts.Interrupted`. timings: a list that receives each
-    worker's time line (write_timings) once all have exited.
-
-    prepare: what must be done before the workers read any data (grid.prepare_data), done here while they start:
-    a worker starts Python and JAX and compiles its first shapes meanwhile, and waits for it before its first
-    group's data (`jscale run --data-ready`). If it fails, the workers leave without a word and its error is raised."""
+    worker's time line (write_timings) once all have exited."""
     cmd = [sys.executable, "-m", "jscale", "run", *child_args, "--worker", "--quiet"]
     with tempfile.TemporaryDirectory(prefix="jscale-workers-") as tmp:
         paths = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
-        ready = Path(tmp) / "data-ready" if prepare is not None else None
-        if ready is not None:
-            cmd += ["--data-ready", str(ready)]
-        status = _run(cmd, paths, out, workers, progress, prepare, ready)
+        status = _run(cmd, paths, out, workers, progress)
         if timings is not None:
             timings += [json.loads(f.read_text()) for f in paths if f.is_file()]
     return status
-
-
-DATA_READY, DATA_FAILED = "ready", "failed"
-
-
-def wait_for_data(ready: Path) -> None:
-    """In a worker: return once the parent has prepared the data (run's prepare); leave quietly (exit status 1) if it
-    failed, its error being the parent's to report. Interrupts are checked while waiting."""
-    parent = os.getppid()
-    while not ready.is_file():
-        interrupts.check()
-        if os.getppid() != parent:
-            raise JscaleError("--workers: the parent process exited before the data was prepared")
-        time.sleep(0.02)
-    if ready.read_text() != DATA_READY:
-        raise SystemExit(1)
 
 
 def cpu_shares(workers: int, cpus: list[int] | None = None) -> list[list[int]] | None:
@@ -119,8 +94,7 @@ def pin(cpus: str) -> None:
     os.sched_setaffinity(0, chosen)
 
 
-def _run(cmd: list[str], timing_paths: list[Path], out: Path, workers: int, progress: bool,
-         prepare: Callable[[], None] | None, ready: Path | None) -> int:
+def _run(cmd: list[str], timing_paths: list[Path], out: Path, workers: int, progress: bool) -> int:
     # Each worker on its own cores: two workers that each spread their steps over both cores of a 2-core machine
     # slow each other down (d_model 48: 35 ms a step each, against 27.5 pinned; benchmarks/RESULTS.md, 2026-12-06).
     shares = cpu_shares(workers) or [None] * workers
@@ -128,15 +102,6 @@ def _run(cmd: list[str], timing_paths: list[Path], out: Path, workers: int, prog
                               start_new_session=True) for f, c in zip(timing_paths, shares)]
     bar = _Bar(out, workers) if progress else None
     try:
-        if prepare is not None:
-            try:
-                prepare()
-            except BaseException:
-                files.write_atomic(ready, DATA_FAILED)  # the workers leave quietly; the error is this process's
-                for p in procs:
-                    p.wait()
-                raise
-            files.write_atomic(ready, DATA_READY)
         while any(p.poll() is None for p in procs):
             try:
                 interrupts.check()
@@ -171,21 +136,21 @@ def write_timings(path: Path, started: float, timings: dict[str, float]) -> None
     files.write_atomic(path, json.dumps({"started": started, "ended": time.time(), "timings": timings}))
 
 
-def describe_timings(lines: list[dict], workers: int, started: float, spawned: float, ended: float,
+def describe_timings(lines: list[dict], workers: int, started: float, prepared: float, ended: float,
                      wall: float) -> str:
     """Where the workers' time went, in worker-seconds (workers x the wall time, what the cores could have
-    trained): each worker's parts summed (progress.TIMING_PARTS; waiting for the parent to prepare the data among
-    them), what the parent did before it started them (checking the directory, every worker slot waiting), the
-    workers' start-up (Python and JAX) and the time a worker sat finished while another still trained."""
+    trained): each worker's parts summed (progress.TIMING_PARTS), what the parent did before they started (the corpus
+    and evaluation windows, every worker slot waiting), the workers' start-up (Python and JAX) and the time a worker
+    sat finished while another still trained."""
     parts: dict[str, float] = {}
     for line in lines:
         for key, seconds in line["timings"].items():
             parts[key] = parts.get(key, 0.0) + seconds
-    parts["before"] = workers * (spawned - started)
-    parts["startup"] = sum(line["started"] - spawned for line in lines)
+    parts["before"] = workers * (prepared - started)
+    parts["startup"] = sum(line["started"] - prepared for line in lines)
     parts["finished"] = sum(ended - line["ended"] for line in lines)
     capacity = workers * wall
-    labels = (*progress.TIMING_PARTS, ("before", "before the workers started"),
+    labels = (*progress.TIMING_PARTS, ("before", "preparing data before the workers started"),
               ("startup", "starting the workers"), ("finished", "a worker done while another trained"))
     return (f"time: {wall:.1f} s, {workers} workers ({capacity:.1f} worker-seconds): "
             + progress.describe_parts(parts, capacity, labels))

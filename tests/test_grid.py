@@ -1,6 +1,5 @@
 """The experiment grid: vmapped ensembles, divergence, the results database, crash-proof resume, shards."""
 
-import json
 import os
 import random
 import re
@@ -351,37 +350,6 @@ def test_workers_get_equal_disjoint_shares_of_the_cores():
     assert workers.cpu_shares(2, [0, 1, 2, 3, 5]) == [[0, 1], [2, 3]]  # equal shares: as many threads each
     assert workers.cpu_shares(3, [0, 1]) is None  # fewer cores than workers: not pinned
     assert workers.cpu_shares(1, [4, 7]) == [[4, 7]]
-
-
-def test_workers_start_while_the_data_is_prepared_and_leave_quietly_if_that_fails(tmp_path, capfd):
-    """`jscale run --workers` starts its workers while it prepares the data (they start JAX and compile meanwhile)
-    and they wait for it before reading any; when preparing fails, they leave without a word and holding no group,
-    and the parent's error is the one raised."""
-    from jscale import workers
-    from jscale.errors import ConfigError
-
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(SWEEP_TOML.format(steps=20))
-    out = tmp_path / "out"
-    results.ResultsDB(out).close()
-
-    def prepare():  # fails once both workers are inside their sweep (each has logged its session)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            sessions = (json.loads((out / "sweep.json").read_text())["sessions"]
-                        if (out / "sweep.json").is_file() else [])
-            if len(sessions) == 2:
-                raise ConfigError("data.corpus: cannot be read (planted)")
-            time.sleep(0.05)
-        raise AssertionError("the workers never started their sweeps")
-
-    with pytest.raises(ConfigError, match="planted"):
-        workers.run([str(spec), "--out", str(out), "--ensemble-size", "1"], out, 2, progress=False, prepare=prepare)
-    assert capfd.readouterr().err.strip() == ""  # the workers said nothing
-    with sqlite3.connect(out / "results.sqlite") as c:
-        assert c.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
-        assert c.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0] == 0
-        assert c.execute("SELECT COUNT(*) FROM curves").fetchone()[0] == 0  # no worker trained a step
 
 
 def test_a_worker_tunes_the_points_no_one_else_holds_before_it_waits(tmp_path, monkeypatch):
