@@ -2,10 +2,11 @@
 
     python benchmarks/first_run.py --before 5aab461 --pairs 3
 
-Each run trains the same small sweep (4 GPTs of 2 layers, d_model 32/48/64/96, 300 steps, the built-in corpus) in a
-fresh process on a new directory with a new JSCALE_CACHE (no compiled programs, token files, evaluation windows or
-throughput probes from before), as a user's first run does; the earlier revision is checked out into a temporary git
-worktree and run with the same Python environment. Prints each run's wall time and the ratio of the medians.
+Each run trains the same small sweep (4 GPTs of 2 layers, d_model 32/48/64/96 or the first --sizes of them, 300 steps,
+the built-in corpus) in a fresh process on a new directory with a new JSCALE_CACHE (no compiled programs, token files,
+evaluation windows or throughput probes from before), as a user's first run does; the earlier revision is checked out
+into a temporary git worktree and run with the same Python environment. Prints each run's wall time and the ratio of
+the medians.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ warmup_steps = {warmup}
 eval_every = {every}
 checkpoint_every = {every}
 [[axis]]
-zip = {{ "model.d_model" = [32, 48, 64, 96], "model.n_heads" = [2, 3, 4, 6] }}
+zip = {{ "model.d_model" = {d_models}, "model.n_heads" = {n_heads} }}
 """
 
 
@@ -74,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", required=True, help="the earlier git revision")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300, help="training steps per run (the tests run a few)")
+    ap.add_argument("--sizes", type=int, default=4, choices=range(1, 5),
+                    help="the first this many of the four sizes (the tests run two)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         with checkout(args.before, tmp / "before") as tree:
             toml = tmp / "sweep.toml"
             toml.write_text(SWEEP.format(steps=args.steps, every=max(1, args.steps // 3),
-                                         warmup=min(20, args.steps // 3)))
+                                         warmup=min(20, args.steps // 3), d_models=[32, 48, 64, 96][:args.sizes],
+                                         n_heads=[2, 3, 4, 6][:args.sizes]))
             walls = {"before": [], "now": []}
             for pair in range(args.pairs):
                 order = ("before", "now") if pair % 2 == 0 else ("now", "before")

@@ -4,7 +4,8 @@ directories with empty caches.
 
     python benchmarks/long_tier.py --before 92d5d46   # 2 rounds, 780 steps (a tenth of the long scale's 7,800)
     python benchmarks/long_tier.py --before 92d5d46 --before f07801b   # several earlier revisions, alternating
-    python benchmarks/long_tier.py --smoke --steps 40   # what the tests run: one round, 8k-token evaluations
+    python benchmarks/long_tier.py --smoke --steps 20   # what the tests run: one round, 8k-token evaluations, one
+                                                        # run per group and one core a process (losses bitwise equal)
     python benchmarks/long_tier.py --before 92d5d46 --pairs 1 --steps 7800 --workers-only   # full length
 
 The sweep is experiments/size.toml's long scale restricted to d_model 8 and 48 (N = 1.5k and 55k, two seeds each,
@@ -108,12 +109,15 @@ def training_share(stdout: str) -> float | None:
     return sum(parts.values()) / float(wall.group(2) or wall.group(1)) if wall and parts else None
 
 
-def run(toml: Path, out: Path, workers: int, cache: Path, code: Path) -> tuple[float, str]:
+def run(toml: Path, out: Path, workers: int, cache: Path, code: Path, smoke: bool = False) -> tuple[float, str]:
     """Wall seconds and stdout of one `jscale run` of the bench scale, as a user's first run (first_run.cold_run);
-    not --quiet, for the time line (progress bars go to stderr)."""
+    not --quiet, for the time line (progress bars go to stderr). smoke: one run per group, and one process on one
+    core, as each worker trains: no ensemble measurement, and the final losses must be bitwise the workers'."""
     output: list[str] = []
-    wall = cold_run(["run", str(toml), "--scale", "bench", "--out", str(out),
-                     *(["--workers", str(workers)] if workers > 1 else [])], cache, code, output=output)
+    flags = ["--workers", str(workers)] if workers > 1 else []
+    if smoke:
+        flags += ["--ensemble-size", "1"] + ([] if workers > 1 else ["--cpus", str(min(os.sched_getaffinity(0)))])
+    wall = cold_run(["run", str(toml), "--scale", "bench", "--out", str(out), *flags], cache, code, output=output)
     return wall, output[0]
 
 
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workers-only", action="store_true",
                     help="time this code with --workers only, not also in one process (a full-length round is long)")
-    ap.add_argument("--smoke", action="store_true", help="one round, small evaluations, no matmul measurement (for "
-                                                         "the tests)")
+    ap.add_argument("--smoke", action="store_true", help="one round, small evaluations, no matmul measurement, one "
+                                                         "run per group, one core a process (for the tests)")
     args = ap.parse_args(argv)
     def matmul_limit() -> float | None:
         return None if args.smoke else float(subprocess.run([sys.executable, "-c", MATMUL], check=True,
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = label if w == 1 else f"{label} --workers {w}"
                 tag = f"p{pair}-{label}-w{w}".replace("/", "_")
                 before = matmul_limit()
-                wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code)
+                wall, stdout = run(tomls[label], tmp / tag, w, tmp / f"cache-{tag}", code, args.smoke)
                 limits = None if args.smoke else (before, matmul_limit())
                 rows.append({"pair": pair, "configuration": name, "wall": wall, "limits": limits,
                              "training_share": training_share(stdout), **trained(tmp / tag)})
