@@ -2,6 +2,8 @@
 
 import json
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -191,3 +193,12 @@ def test_a_writer_that_fails_to_close_leaves_no_other_writer_open(tmp_path, monk
     assert not tracker.active
     assert read_scalars(tmp_path / "b") == {"validation/loss": {1: 3.0}}  # closed: flushed to its file
     second.close()  # (a second close of a closed writer is harmless)
+
+
+def test_tensorboard_writer_does_not_import_torch():
+    """tensorboardX imports torch when it is installed (seconds a process); jscale's writer leaves it out, and a torch
+    the user imports afterwards still imports."""
+    code = ("import importlib.util, sys\nfrom jscale import tracking\ntracking._summary_writer()\n"
+            "assert 'tensorboardX' in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+            "if importlib.util.find_spec('torch'):\n    import torch\n    assert torch.zeros(1).numpy().tolist() == [0.0]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
