@@ -35,6 +35,16 @@ def test_builtin_corpus_splits_are_disjoint_representative_and_keep_prose_out(tm
     assert "pydoc_data/topics.py" in prose_files
     assert not prose_files & {n.split("#")[0] for s in ("train", "validation", "test") for n, _ in by_split[s]}
     assert all(data.prose_share(t) >= data.PROSE_SHARE or n.startswith("pydoc_data/") for n, t in by_split["prose"])
+    # the possessive regex finds the spans a backtracking one does (the prose files, and every 20th piece)
+    import re
+
+    from jscale.data import sources
+
+    backtracking = re.compile(sources._ENGLISH_RUN.pattern.replace("++", "+"))
+    assert backtracking.pattern != sources._ENGLISH_RUN.pattern
+    for _, text in by_split["prose"][:40] + by_split["train"][::20]:
+        spans = [m.span() for m in sources._ENGLISH_RUN.finditer(text)]
+        assert spans == [m.span() for m in backtracking.finditer(text)]
     # Pieces land by a hash of their name: the same piece in the same split whatever else the corpus holds.
     assert all(data.split_by_hash(n, 0.05, 0.05) == "test" for n, _ in by_split["test"])
     # Two held-out distributions of English, neither more than half one file (pydoc's topics.py is read only as far

@@ -200,5 +200,6 @@ def test_tensorboard_writer_does_not_import_torch():
     the user imports afterwards still imports."""
     code = ("import importlib.util, sys\nfrom jscale import tracking\ntracking._summary_writer()\n"
             "assert 'tensorboardX' in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
-            "if importlib.util.find_spec('torch'):\n    import torch\n    assert torch.zeros(1).numpy().tolist() == [0.0]\n")
+            "if importlib.util.find_spec('torch'):\n"
+            "    import torch\n    assert torch.zeros(1).numpy().tolist() == [0.0]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
