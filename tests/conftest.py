@@ -89,9 +89,9 @@ def jscale_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "jscale.cli", *args]
 
 
-def wait_for_training(proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
-    """Until the sweep in `out` has recorded a training curve point (or the process has ended, or time is up): the
-    moment to interrupt a running `jscale run`."""
+def wait_for_training(proc: subprocess.Popen, out: Path, timeout: float = 240, min_step: int = 0) -> None:
+    """Until the sweep in `out` has recorded a training curve point at min_step or later (or the process has ended,
+    or time is up): the moment to interrupt a running `jscale run`."""
     import sqlite3
     import time
 
@@ -99,7 +99,7 @@ def wait_for_training(proc: subprocess.Popen, out: Path, timeout: float = 240) -
     while time.time() < deadline and proc.poll() is None:
         try:
             with sqlite3.connect(out / "results.sqlite") as c:
-                if c.execute("SELECT COUNT(*) FROM curves").fetchone()[0]:
+                if c.execute("SELECT COUNT(*) FROM curves WHERE step >= ?", (min_step,)).fetchone()[0]:
                     return
         except sqlite3.Error:
             pass

@@ -396,12 +396,15 @@ def test_a_signal_to_the_workers_parent_stops_every_worker_and_the_rerun_finishe
     out = tmp_path / "two"
     p = subprocess.Popen(jscale_cmd("run", str(spec), "--out", str(out), "--quiet", "--workers", "2"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_training(p, out, timeout=300)  # until a worker has recorded an evaluation
+    # until a worker has evaluated past its first checkpoint (step 20): the rerun resumes a run from a checkpoint
+    wait_for_training(p, out, timeout=300, min_step=30)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("jscale: interrupted (SIGTERM)")
     with sqlite3.connect(out / "results.sqlite") as c:  # no worker is left holding a group
         assert c.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+        unfinished = {g for g, in c.execute("SELECT group_id FROM runs WHERE status != 'done'")}
+    assert any(any((out / "groups" / g / "checkpoints").glob("*")) for g in unfinished), unfinished
     jscale_here("run", str(spec), "--out", str(out), "--quiet", "--workers", "2", check=0)
     assert curves(out) == curves(tmp_path / "one")
