@@ -390,7 +390,7 @@ def test_a_worker_tunes_the_points_no_one_else_holds_before_it_waits(tmp_path, m
 
 def test_a_signal_to_the_workers_parent_stops_every_worker_and_the_rerun_finishes_bitwise(tmp_path, jscale_here):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(SWEEP_TOML.format(steps=200))  # the signal comes at the first evaluation (step 10)
+    spec.write_text(SWEEP_TOML.format(steps=200))  # the signal comes past the first checkpoint (step 20)
     subprocess.run(jscale_cmd("run", str(spec), "--out", str(tmp_path / "one"), "--quiet", "--ensemble-size", "1",
                               "--cpus", str(min(os.sched_getaffinity(0)))), check=True)  # as one worker trains
     out = tmp_path / "two"
