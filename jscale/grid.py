@@ -35,7 +35,7 @@ from jscale.config import Config, DataConfig, eval_window_counts, pilot_sized
 from jscale.errors import ConfigError, resource_error
 from jscale.files import write_atomic
 from jscale.hosts import agree
-from jscale.progress import show_losses
+from jscale.progress import show_losses, timed
 
 MAX_MEMBERS = 64
 
@@ -285,9 +285,8 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
     # A damaged or locked database is refused here, before anything else in the directory is written.
     db = results.ResultsDB(out) if leader else None
     log_session(sweep, out)
-    t0 = time.perf_counter()
-    members, decision = choose_ensemble_size(sweep, out, ensemble_size)
-    _add_time(timings, "measure", t0)  # the ensemble-speed measurement of a new directory
+    with timed(timings, "measure"):  # the ensemble-speed measurement of a new directory
+        members, decision = choose_ensemble_size(sweep, out, ensemble_size)
     mode = ensemble_mode or decision.get("mode", "vmap" if decision else default_mode())  # older dirs: vmap
     ready = [r for r in sweep.runs if not r.awaits_tuning]
     awaiting = [r for r in sweep.runs if r.awaits_tuning]
@@ -351,15 +350,14 @@ def run_sweep(sweep: sweeps.Sweep, out: str | Path, ensemble_size: int | None = 
                     continue
             try:
                 future = ahead.pop(keys[i], None)
-                t0 = time.perf_counter()
-                # the background compile of this shape, if any (its errors are raised here), then a cache hit
-                # (its init compiled now if this group needs it and it was left out)
-                ahead_s = future.result().seconds["compile"] if future is not None else 0.0
-                steps = train.compile_steps([r.cfg for r in g.runs], len(g.runs) > 1, None, mode,
-                                            with_init=not _has_checkpoint(out, g))
-                steps = dataclasses.replace(steps, seconds={"compile": ahead_s + steps.seconds["compile"]})
                 # compile time the sweep waited for (a background compile overlaps training)
-                _add_time(timings, "compile_wait", t0)
+                with timed(timings, "compile_wait"):
+                    # the background compile of this shape, if any (its errors are raised here), then a cache hit
+                    # (its init compiled now if this group needs it and it was left out)
+                    ahead_s = future.result().seconds["compile"] if future is not None else 0.0
+                    steps = train.compile_steps([r.cfg for r in g.runs], len(g.runs) > 1, None, mode,
+                                                with_init=not _has_checkpoint(out, g))
+                    steps = dataclasses.replace(steps, seconds={"compile": ahead_s + steps.seconds["compile"]})
                 compile_ahead(i + 1)
                 _train_group(g, out, db, corpora, bar, steps, timings)
             finally:
@@ -436,9 +434,8 @@ def _corpus(cfg: DataConfig, corpora: dict, timings: dict | None = None) -> data
     """The tokenized corpus of this data config, prepared once per sweep (corpora: what is prepared so far)."""
     key = json.dumps(cfg.__dict__, sort_keys=True)
     if key not in corpora:
-        t0 = time.perf_counter()
-        corpora[key] = data.prepare(cfg)
-        _add_time(timings, "data", t0)
+        with timed(timings, "data"):
+            corpora[key] = data.prepare(cfg)
     return corpora[key]
 
 
@@ -500,11 +497,6 @@ def _tune_points(points: list[str], tune_one, db, concurrent: bool, timings: dic
         if pending:  # every point left is being tuned by another worker
             _wait_a_poll(timings)
     return {point: chosen[point] for point in points}
-
-
-def _add_time(timings: dict | None, part: str, t0: float) -> None:
-    if timings is not None:
-        timings[part] = timings.get(part, 0.0) + time.perf_counter() - t0
 
 
 def _tune_point(sweep: sweeps.Sweep, point: str, awaiting: list[sweeps.Run], db, members: int, train_groups,
@@ -628,10 +620,9 @@ def _wait_for_pilots(db, pilots: list[sweeps.Run], keys, pilot_groups: list[swee
 
 def _wait_a_poll(timings: dict | None) -> None:
     """Wait one poll interval for another job's progress (interruptible), counted as waiting."""
-    t0 = time.perf_counter()
-    interrupts.check()
-    time.sleep(WAIT_POLL_S)
-    _add_time(timings, "wait", t0)
+    with timed(timings, "wait"):
+        interrupts.check()
+        time.sleep(WAIT_POLL_S)
 
 
 def _checkpoint_dir(out: Path, g: sweeps.Group) -> Path:

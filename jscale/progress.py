@@ -1,8 +1,11 @@
-"""Progress bars (tqdm) for a run or a sweep, showing the latest losses; the time line `jscale run` prints at the end."""
+"""Progress bars (tqdm) for a run or a sweep, showing the latest losses; the time line `jscale run` prints at the
+end."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 
 def show_losses(bar, records: list[dict]) -> None:
@@ -31,6 +34,18 @@ TIMING_PARTS = (("train", "training steps"), ("anneal", "cooldown branches"), ("
                 ("compile_wait", "waiting for compilation"), ("checkpoint", "checkpoints"), ("init", "initialising"),
                 ("data", "data"), ("windows", "choosing evaluation windows"),
                 ("measure", "measuring ensemble speed"), ("wait", "waiting for another worker's pilots"))
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float] | None, part: str):
+    """Add the seconds the block takes to timings[part] (one of TIMING_PARTS' keys), even when it raises; nothing
+    when timings is None."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[part] = timings.get(part, 0.0) + time.perf_counter() - t0
 
 
 def describe_timings(timings: dict[str, float], wall: float) -> str:

@@ -7,7 +7,6 @@ uninterrupted run. `train` is `jscale train`: one run in a run directory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -24,7 +23,7 @@ from jscale.errors import resource_error
 from jscale.files import write_atomic
 from jscale.hosts import agree, fetch
 from jscale.models import has_memory
-from jscale.progress import progress_bar, set_bar, show_losses
+from jscale.progress import progress_bar, set_bar, show_losses, timed
 from jscale.train.checkpoints import Checkpoints
 from jscale.train.programs import STEPS_PER_CALL, GroupSteps, compile_steps, device_peak_flops, stack_members
 from jscale.train.sinks import JsonlSink
@@ -42,15 +41,6 @@ def evaluate(steps: "GroupSteps", params, windows_WxS: np.ndarray, members: int)
     C = steps.eval_chunk
     return np.concatenate([fetch(steps.eval_step(params, sharding.put(chunk, steps.replicated)))
                            .reshape(members, C, -1)[:, :n] for chunk, n in padded_chunks(windows_WxS, C)], axis=1)
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], key: str):
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
 def prepare_eval_windows(cfg: Config, corpus: data.TokenizedCorpus) -> dict[str, int]:
@@ -104,12 +94,12 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     say = log or (lambda line: print(f"jscale: {line}", flush=True))
     checkpoints = Checkpoints(checkpoint_dir, t.keep_checkpoints)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), steps.abstract, state_sh)
-    with _timed(times, "checkpoint"):
+    with timed(times, "checkpoint"):
         state, start = checkpoints.restore(target, recorded, say)
     if state is None:
-        with _timed(times, "compile"):  # nothing when compiled ahead of time
+        with timed(times, "compile"):  # nothing when compiled ahead of time
             steps.init.compile()
-        with _timed(times, "init"):
+        with timed(times, "init"):
             state = jax.block_until_ready(steps.init(host_hp["seed"]))
             if cfg.model.init_from:  # a fresh start from given weights; the optimizer state starts fresh
                 state = _start_from(state, cfg, M if stacked else None, state_sh)
@@ -125,7 +115,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
 
     _, n_curve = eval_window_counts(cfg.data, n_ctx)
     explicit = cfg.data.eval_windows > 0
-    with _timed(times, "windows"):  # once per corpus, window count and context; then read from the cache
+    with timed(times, "windows"):  # once per corpus, window count and context; then read from the cache
         counts = prepare_eval_windows(cfg, corpus)
     eval_sets = {split: corpus.eval_windows(counts[split], n_ctx, eval_context(cfg.model), split, strict=explicit)
                  for split in corpus.eval_sets}
@@ -151,7 +141,8 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
     max_loss = DIVERGED_LOSS_FACTOR * math.log(cfg.model.vocab_size)
     last_time, last_step = time.perf_counter(), start
     end = t.steps if stop_after is None else min(t.steps, stop_after)
-    loop_start, eval_before, checkpoint_before = time.perf_counter(), times.get("eval", 0.0), times.get("checkpoint", 0.0)
+    loop_start = time.perf_counter()
+    eval_before, checkpoint_before = times.get("eval", 0.0), times.get("checkpoint", 0.0)
     anneal_before = times.get("anneal", 0.0)
     K = STEPS_PER_CALL
 
@@ -281,7 +272,7 @@ def train_loop(cfgs: list[Config], run_ids: list[str], corpus: data.TokenizedCor
                 # Checkpoint only after the records it covers are committed (see resume above).
                 if done % t.checkpoint_every == 0 or done == t.steps:
                     interrupts.point("checkpoint")
-                    with _timed(times, "checkpoint"):
+                    with timed(times, "checkpoint"):
                         checkpoints.save(done, state)
                 if final and writer is not None and hasattr(writer, "finish"):
                     writer.finish()  # results and final weights both durable: now the runs are done
