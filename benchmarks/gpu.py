@@ -60,7 +60,8 @@ def ensembles(smoke: bool) -> list[str]:
     d, T, B, L = (16, 16, 4, 1) if smoke else (128, 256, 16, 2)
     cfg = Config(model=ModelConfig(n_layer=L, d_model=d, n_heads=max(1, d // 32), n_ctx=T),
                  train=TrainConfig(batch_size=B))
-    rows = ["| members | sequential tokens/s | vmap speedup | map speedup | aggregate MFU (best) |", "|---|---|---|---|---|"]
+    rows = ["| members | sequential tokens/s | vmap speedup | map speedup | aggregate MFU (best) |",
+            "|---|---|---|---|---|"]
     for members in ((4,) if smoke else (16, 64)):
         r = grid.measure_vmap_speedup(cfg, members, 2 if smoke else 10)
         seq = B * T / r["single_step_s"]

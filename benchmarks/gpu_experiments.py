@@ -46,7 +46,8 @@ def jscale(*args: str) -> list[str]:
 def run_one(sweep_file: Path, scale: str, out: Path, deadline: float) -> tuple[str, float]:
     """Run one sweep until it finishes or the deadline; returns (how it ended, seconds)."""
     t0 = time.monotonic()
-    cmd = jscale("run", str(sweep_file), "--out", str(out), "--quiet", "--force", *(["--scale", scale] if scale else []))
+    cmd = jscale("run", str(sweep_file), "--out", str(out), "--quiet", "--force",
+                 *(["--scale", scale] if scale else []))
     child = subprocess.Popen(cmd, cwd=REPO)
     try:
         child.wait(timeout=max(deadline - time.monotonic(), 1))
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, budget {args.budget_s:.0f} s\n\n",
              "| experiment | how it ended | wall clock |\n", "|---|---|---|\n"]
     lines += [f"| {name} | {ended} | {seconds:.0f} s |\n" for name, ended, seconds in rows]
-    lines.append(f"| report | {'not written (nothing ran)' if report is None else 'written' if report.returncode == 0 else f'failed (exit {report.returncode})'} | {report_s:.0f} s |\n")
+    outcome = ("not written (nothing ran)" if report is None else "written" if report.returncode == 0
+               else f"failed (exit {report.returncode})")
+    lines.append(f"| report | {outcome} | {report_s:.0f} s |\n")
     with open(args.results, "a") as f:
         f.write("".join(lines))
     print("".join(lines))

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         n_chars = sum(len(t) for t in corpus.documents("train"))
         timings = {}
         for name, write in (("one document at a time (before)", lambda t: one_at_a_time(corpus, tokenizer, t)),
-                            ("batched, every core (write_token_files)", lambda t: write_token_files(corpus, tokenizer, t))):
+                            ("batched, every core (write_token_files)",
+                             lambda t: write_token_files(corpus, tokenizer, t))):
             target = work / name.split()[0]
             start = time.perf_counter()
             write(target)

@@ -1,6 +1,6 @@
 """Open a report in a real browser (headless Chromium through Selenium), check it reads at a glance, screenshot it.
 
-    pip install selenium                    # and Chromium with its driver, e.g. apt-get install chromium chromium-driver
+    pip install selenium                    # and Chromium with its driver: apt-get install chromium chromium-driver
     python experiments/check_report.py experiments/results/cpu/report.html --png experiments/results/cpu/report-top.png
 
 Checks, in the page as the browser laid it out: the verdict summary table comes before any section and has a row per

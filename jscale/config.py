@@ -433,8 +433,8 @@ def validate(cfg: Config) -> None:
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
     if d.tokenizer == "bytes" and d.vocab_size != DataConfig.vocab_size and not d.corpus.startswith("bin:"):
-        raise ConfigError(f"data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
-                          f"\"bpe\" to choose a vocabulary size, or leave it out")
+        raise ConfigError("data.vocab_size: the bytes tokenizer always has 256 tokens; set data.tokenizer = "
+                          "\"bpe\" to choose a vocabulary size, or leave it out")
     _choice("data.bin_dtype", d.bin_dtype, ("uint8", "uint16", "uint32"))
     _choice("logging.wandb_mode", cfg.logging.wandb_mode, ("online", "offline", "disabled"))
     if cfg.logging.every < 0:
@@ -488,8 +488,9 @@ def validate(cfg: Config) -> None:
                           f"to branch off), not {t.schedule!r}")
     for horizon, start in t.anneal_horizons():  # (a branch may start where warmup ends: WSD with no stable phase)
         if start < t.warmup_steps or horizon <= start:
+            where = f"inside the warmup of {t.warmup_steps} steps" if start < t.warmup_steps else "with no cooldown"
             raise ConfigError(f"train.anneal_branches: the branch of {horizon} steps would start at step {start}, "
-                              f"{'inside the warmup of ' + str(t.warmup_steps) + ' steps' if start < t.warmup_steps else 'with no cooldown'}; "
+                              f"{where}; "
                               f"use fewer branches ({t.anneal_branches} asked), more steps or a shorter warmup")
     if t.warmup_tokens < 0 or t.warmup_per_param < 0:
         key = "warmup_tokens" if t.warmup_tokens < 0 else "warmup_per_param"

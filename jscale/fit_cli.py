@@ -1,8 +1,9 @@
 """`jscale fit`: turn a table of runs into a fitted law, a printed table with intervals, a JSON file and figures.
 
 Inputs: a CSV file, a pandas DataFrame (`fit_table`), a `jscale run` sweep directory (its results.sqlite), or a
-directory of `jscale train` runs (each with config.json and metrics.jsonl). Columns are found by name (N, D, C, loss, run, budget, S, B, S_min) or common aliases, or named
-with --n-col etc. When D is missing it is C / (6 N), Chinchilla's convention.
+directory of `jscale train` runs (each with config.json and metrics.jsonl). Columns are found by name (N, D, C,
+loss, run, budget, S, B, S_min) or common aliases, or named with --n-col etc. When D is missing it is C / (6 N),
+Chinchilla's convention.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def read_sweep(path: Path, n_convention: str, c_convention: str, loss: str = "fi
     done["tokens_trained"] = done["steps"] * done["batch_size"] * done["n_ctx"]
     per_token = done["flops_per_token_exact"] if c_convention == "exact" else 6 * done[n_col]
     budgets = [json.loads(t).get("isoflop.budget") for t in done["tags"]]
-    table = done.assign(run=done["run_id"], N=done[n_col], D=done["tokens_trained"], C=done["tokens_trained"] * per_token,
+    table = done.assign(run=done["run_id"], N=done[n_col], D=done["tokens_trained"],
+                        C=done["tokens_trained"] * per_token,
                         loss=done["final_test_loss"] if loss == "final" else  # "best": early stopping on validation
                         results.test_at_best_validation(done, curves))
     if any(b is not None for b in budgets):
@@ -159,7 +161,8 @@ def _budgets(df, cols) -> np.ndarray:
     small = [c for c, k in sizes.items() if k < 3]
     if small:
         raise LawFitError(f"isoflop: C falls into {len(sizes)} groups within {100 * laws.BUDGET_TOLERANCE:.0f}% of "
-                          f"each other, {len(small)} of them with fewer than 3 model sizes ({int(np.isin(budgets, small).sum())} "
+                          f"each other, {len(small)} of them with fewer than 3 model sizes "
+                          f"({int(np.isin(budgets, small).sum())} "
                           f"rows): not an IsoFLOP table as it is; give each run's budget as a column (--budget-col)")
     return budgets
 

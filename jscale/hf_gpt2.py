@@ -73,7 +73,8 @@ def to_state_dict(m: ModelConfig, params) -> dict[str, np.ndarray]:
     f32 = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
     out = {"transformer.wte.weight": f32(params["wte"]["embedding"]),
            "transformer.wpe.weight": f32(params["wpe"]["embedding"]),
-           "transformer.ln_f.weight": f32(params["ln_f"]["scale"]), "transformer.ln_f.bias": f32(params["ln_f"]["bias"])}
+           "transformer.ln_f.weight": f32(params["ln_f"]["scale"]),
+           "transformer.ln_f.bias": f32(params["ln_f"]["bias"])}
     reuse = m.reuse if m.kind == "universal" else 1
     for r in range(reuse):  # a Universal Transformer's passes unrolled: the same weights in each pass's blocks
         for i in range(m.n_layer):
@@ -191,7 +192,8 @@ def load_params(spec: str, m: ModelConfig) -> dict:
     try:
         tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(path)).items()}
     except Exception as e:  # noqa: BLE001 (a damaged file)
-        raise ConfigError(f"model.init_from: {path}: not a safetensors file ({' '.join(str(e).split())[:120]})") from None
+        reason = " ".join(str(e).split())[:120]
+        raise ConfigError(f"model.init_from: {path}: not a safetensors file ({reason})") from None
     if m.kind != "transformer":
         raise ConfigError(f"model.init_from: GPT-2 weights start a transformer, not a {m.kind}")
 

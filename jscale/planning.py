@@ -71,7 +71,8 @@ def describe(sw: Sweep, groups, tokens_per_s: float | None = None) -> list[str]:
     if analysis in CONVERGED_ANALYSES:
         need = tokens_per_param_needed()
         exp = expected_doubling(tpp)
-        basis = "" if bytes_ else " (relation measured on the built-in corpus's bytes at n_ctx 64: an extrapolation here)"
+        basis = ("" if bytes_ else
+                 " (relation measured on the built-in corpus's bytes at n_ctx 64: an extrapolation here)")
         line = (f"convergence: the largest model (N_total {n_total:,}) sees {tpp:,.0f} tokens per parameter; its "
                 f"annealed loss is expected to improve ~{100 * exp:.1f}% per doubling{basis}; the claim needs < "
                 f"{100 * regime.CONVERGED_DOUBLING:g}%")

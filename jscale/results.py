@@ -448,7 +448,8 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
             claims = (pd.read_sql_query("SELECT * FROM claims", db.conn) if "claims" in have
                       else pd.DataFrame(columns=["group_id", "host", "pid", "heartbeat"]))
             blocks = ({(r[0], r[1], r[2], r[3]): np.frombuffer(r[4], "<i4") for r in db.conn.execute(
-                "SELECT split, n_ctx, context, n_windows, blocks FROM window_blocks")} if "window_blocks" in have else {})
+                "SELECT split, n_ctx, context, n_windows, blocks FROM window_blocks")}
+                      if "window_blocks" in have else {})
             anneals = (pd.read_sql_query("SELECT * FROM anneals ORDER BY run_id, horizon, split", db.conn)
                        if "anneals" in have else pd.DataFrame(columns=["run_id", "horizon", "start", "tokens",
                                                                        "flops_exact", "split", "loss", "se", "losses"]))

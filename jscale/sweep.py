@@ -353,8 +353,8 @@ def plan_table(sweep: Sweep, groups: list[Group]) -> str:
              f": {len(sweep.runs)} runs in {len(groups)} groups" +
              (f"  (claim: {sweep.claim})" if sweep.claim else "")]
     if sweep.merged:
-        lines.append(f"note: {sweep.merged} run{'s' if sweep.merged > 1 else ''} of the axes repeat another run's config "
-                     f"exactly and {'are' if sweep.merged > 1 else 'is'} trained once (merged)")
+        lines.append(f"note: {sweep.merged} run{'s' if sweep.merged > 1 else ''} of the axes repeat another run's "
+                     f"config exactly and {'are' if sweep.merged > 1 else 'is'} trained once (merged)")
     lines.append(f"{'group':<13}{'run':<13}{'name':<44}{'N':>10}{'N_total':>10}{'steps':>7}{'tokens':>10}"
                  f"{'C (6ND)':>10}{'C exact':>10}")
     total_6n = total_exact = 0.0

@@ -81,9 +81,10 @@ def _time_steps(cfg: Config, steps: int) -> dict[str, float]:
 def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
     """The throughput table plus the step time of up to three of these groups' own shapes (the smallest, median
     and largest by FLOPs per step), measured on this device once and cached beside the probes; the table returned
-    holds only this sweep's timed shapes, so other sweeps' cached ones do not correct its estimate. Why: the probes' FLOP model misses what FLOPs do not show, such
-    as attention over 8-wide heads, which took 61% of a d_model 48 step on a 2-core CPU (benchmarks/RESULTS.md,
-    2026-12-05) and made the estimate of a sweep of such models 2.8x short."""
+    holds only this sweep's timed shapes, so other sweeps' cached ones do not correct its estimate. Why: the probes'
+    FLOP model misses what FLOPs do not show, such as attention over 8-wide heads, which took 61% of a d_model 48
+    step on a 2-core CPU (benchmarks/RESULTS.md, 2026-12-05) and made the estimate of a sweep of such models 2.8x
+    short."""
     from jscale.train import member_shape_key
 
     shapes = {}

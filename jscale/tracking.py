@@ -38,14 +38,16 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     if record.get("mfu") is not None:
         out["perf/mfu"] = record["mfu"]
     for split, e in record["evals"].items():
-        out.update({f"{split}/loss": e["loss"], f"{split}/loss_se": e["se"], f"{split}/bits_per_byte": e["bits_per_byte"]})
+        out.update({f"{split}/loss": e["loss"], f"{split}/loss_se": e["se"],
+                    f"{split}/bits_per_byte": e["bits_per_byte"]})
     return out
 
 
 def train_scalars(record: dict[str, Any]) -> dict[str, float]:
     """The scalars logged every logging.every steps (names as in the module docstring)."""
     out = {"train/loss": record["train_loss"], "train/grad_norm": record["grad_norm"], "train/lr": record["lr"],
-           "train/tokens": record["tokens"], "train/epochs": record["epochs"], "perf/tokens_per_s": record["tokens_per_s"]}
+           "train/tokens": record["tokens"], "train/epochs": record["epochs"],
+           "perf/tokens_per_s": record["tokens_per_s"]}
     if record.get("mfu") is not None:
         out["perf/mfu"] = record["mfu"]
     return out
@@ -183,6 +185,7 @@ def tb_folder(name: str, run_id: str) -> str:
 def tracker_for_group(cfgs: list, run_ids: list[str], group_id: str, out: Path, names: list[str]) -> Tracker:
     """The tracker of one sweep group: OUT/tb/NAME [RUN_ID] per member, W&B runs named alike and grouped by the
     sweep's directory."""
-    return Tracker(cfgs[0].logging, run_ids, list(names), [out / "tb" / tb_folder(n, r) for n, r in zip(names, run_ids)],
+    return Tracker(cfgs[0].logging, run_ids, list(names),
+                   [out / "tb" / tb_folder(n, r) for n, r in zip(names, run_ids)],
                    [tracked_config(c) | {"run_id": r, "group_id": group_id} for c, r in zip(cfgs, run_ids)],
                    group=out.resolve().name, wandb_dir=out)

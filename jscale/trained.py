@@ -163,7 +163,8 @@ def eval_data_config(cfg: Config, corpus: str | None) -> config.DataConfig:
     except ConfigError as e:
         raise ConfigError(f"--data: {corpus} cannot be read with this run's tokenizer ({e})") from None
     if resolved.model.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"--data: {corpus} has {resolved.model.vocab_size} token ids, the model {cfg.model.vocab_size}")
+        raise ConfigError(f"--data: {corpus} has {resolved.model.vocab_size} token ids, the model "
+                          f"{cfg.model.vocab_size}")
     return d
 
 

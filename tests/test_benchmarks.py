@@ -160,8 +160,8 @@ def test_gpu_experiments_stop_at_their_budget_resume_and_report(tmp_path):
 
 def test_tokenizing_benchmark_smoke_writes_identical_token_files(tmp_path):
     results = tmp_path / "RESULTS.md"
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tokenizing.py"), "--smoke", "--results", str(results)],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tokenizing.py"), "--smoke",
+                        "--results", str(results)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     text = results.read_text()
     assert "token files identical: True" in text and "| batched, every core (write_token_files) |" in text

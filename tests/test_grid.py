@@ -258,8 +258,8 @@ def test_the_ensemble_measurement_runs_on_a_transformer_xl():
     """A Transformer-XL's state holds a memory per batch row: the measurement must build it for the batch."""
     from jscale import config, resolve
 
-    cfg = resolve.resolve(config.from_dict({"model": {"kind": "transformer_xl", "n_layer": 1, "d_model": 16, "n_heads": 2,
-                                      "n_ctx": 16, "mem_len": 16},
+    cfg = resolve.resolve(config.from_dict({"model": {"kind": "transformer_xl", "n_layer": 1, "d_model": 16,
+                                                      "n_heads": 2, "n_ctx": 16, "mem_len": 16},
                             "train": {"batch_size": 4, "steps": 10, "warmup_steps": 1}}))
     m = grid.measure_vmap_speedup(cfg, members=2, steps=1)
     assert m["speedup"] > 0 and m["mode"] in ("vmap", "map")
@@ -288,7 +288,8 @@ def test_the_ensemble_measurement_keeps_each_modes_fastest_of_interleaved_rounds
 
 
 TUNED_TOML = SWEEP_TOML.replace('[[axis]]\nkey = "train.seed"\nvalues = [0, 1]\n', "").replace(
-    'name = "tiny"', 'name = "tiny"\nseeds = 2') + '[tune]\ngrid = {{ "train.lr" = [1e-3, 3e-3, 1e-2] }}\nextend = true\n'
+    'name = "tiny"', 'name = "tiny"\nseeds = 2') + (
+    '[tune]\ngrid = {{ "train.lr" = [1e-3, 3e-3, 1e-2] }}\nextend = true\n')
 
 
 def sweep_rows(out):

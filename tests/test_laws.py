@@ -375,13 +375,13 @@ def test_exact_flop_budgets_are_grouped_or_the_budget_column_is_asked_for(tmp_pa
     Ns, Ls, Cs, _ = _isoflop_table(rng, true, np.geomspace(1e18, 1e20, 4), span=2.5)
     jitter = Cs * rng.uniform(0.97, 1.03, len(Cs))  # each run spends its budget to within 3% (whole steps)
     csv = tmp_path / "iso.csv"
-    csv.write_text("N,C,loss\n" + "".join(f"{n:g},{c:g},{l:.6f}\n" for n, c, l in zip(Ns, jitter, Ls)))
+    csv.write_text("N,C,loss\n" + "".join(f"{n:g},{c:g},{loss:.6f}\n" for n, c, loss in zip(Ns, jitter, Ls)))
     r = jscale_here("fit", str(csv), "--law", "isoflop", "--bootstrap", "50", check=0)
     fit = json.loads((tmp_path / "fit-isoflop.json").read_text())
     assert len(fit["info"]["minima"]) == 4  # four budgets, not one per distinct C
     scattered = tmp_path / "scattered.csv"
-    scattered.write_text("N,C,loss\n" + "".join(f"{n:g},{c * 10 ** rng.uniform(0, 1):g},{l:.6f}\n"
-                                                 for n, c, l in zip(Ns, Cs, Ls)))
+    scattered.write_text("N,C,loss\n" + "".join(f"{n:g},{c * 10 ** rng.uniform(0, 1):g},{loss:.6f}\n"
+                                                 for n, c, loss in zip(Ns, Cs, Ls)))
     r = jscale_here("fit", str(scattered), "--law", "isoflop", "--bootstrap", "0", check=2)
     assert r.stderr.strip().count("\n") == 0 and "--budget-col" in r.stderr
 

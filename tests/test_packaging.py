@@ -1,5 +1,6 @@
 """The wheel a user installs: built from this checkout, it holds the library, its reference data, the typing
-marker and the console script; and the library's layering, checked by import-linter's contracts in pyproject.toml."""
+marker and the console script; the library's layering, checked by import-linter's contracts in pyproject.toml; and
+the lint rules (ruff)."""
 
 import ast
 import shutil
@@ -43,6 +44,22 @@ def test_the_layers_hold_and_no_module_imports_upward_or_in_a_circle(tmp_path):
     r = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "0 broken" in r.stdout
+
+
+def test_the_code_passes_its_lint_rules(tmp_path):
+    """ruff with pyproject.toml's rules over the library, tests, benchmarks, experiments and notebooks; and the
+    check can fail: a copy of a module with an unused import is refused, naming the file and the rule."""
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    r = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "."], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+    bad = tmp_path / "bad.py"
+    bad.write_text((REPO / "jscale" / "errors.py").read_text().replace("from pathlib", "import os\nfrom pathlib", 1))
+    r = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "--config",
+                        str(REPO / "pyproject.toml"), str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "bad.py:" in r.stdout and "F401 [*] `os` imported but unused" in r.stdout, r.stdout
 
 
 MAX_MODULE_LINES = 560  # "about 500": a longer module says why in its docstring ("Longer than 500 lines: ...")

@@ -147,7 +147,8 @@ def test_a_final_evaluation_on_more_windows_is_compared_on_the_curves_windows(tm
         db.record_eval([record(row, float(windows.mean()), windows=windows)])  # step 40, all 64 windows
     tables = results.load(tmp_path)
     curve = tables["curves"].set_index("step")
-    assert curve.loc[40, "val_loss"] == pytest.approx(windows.mean()) and curve.loc[40, "val_curve"] == pytest.approx(2.9)
+    assert curve.loc[40, "val_loss"] == pytest.approx(windows.mean())
+    assert curve.loc[40, "val_curve"] == pytest.approx(2.9)
     runs = regime.table(tables["runs"], tables["curves"])
     assert runs["regime"].item() != "overfitting"
     assert tables["runs"]["best_val_step"].item() == 40

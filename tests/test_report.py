@@ -342,7 +342,8 @@ def test_report_writes_a_self_contained_page_and_a_markdown_summary(tmp_path, js
     md = (out / "report.md").read_text()
     assert "| d_model 16: multi-query against multi-head attention (1 and 1 seeds) | loss +1.1%" in md  # 2.87 vs 2.84
     assert "multi-query attention loses no more than 1%" in md and "**inconclusive**" in md  # +1.06% ± noise
-    assert "![efficiency pareto](figures/efficiency-pareto.png)" in md and (out / "figures/efficiency-pareto.png").exists()
+    assert "![efficiency pareto](figures/efficiency-pareto.png)" in md
+    assert (out / "figures/efficiency-pareto.png").exists()
     assert (out / "efficiency-runs.csv").read_text().count("\n") == 5
     # the FLOP-accounting section (no sweep of its own): the smallest transformer's 6N, exact and XLA counts
     # at a glance: a table of contents and every verdict in one table at the top, linked to its section

@@ -118,8 +118,8 @@ def test_generalisation_verdict_takes_all_three_values(tmp_path, slope, outcome)
         for other, offset in (("prose", 0.5), ("notes", 0.3)):
             # earlier evaluations off the line: the verdict must not read them
             c.executemany(f"INSERT INTO evals VALUES (?, ?, '{other}', ?, ?, ?, '[]')",
-                          [(r, s, offset + slope * (l - 2.5) + 2.5 + rng.normal(0, se) + (0 if s == 40 else 3.0),
-                            se, 1.0) for r, s, l, _ in rows])
+                          [(r, s, offset + slope * (loss - 2.5) + 2.5 + rng.normal(0, se) + (0 if s == 40 else 3.0),
+                            se, 1.0) for r, s, loss, _ in rows])
     sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
     assert outcomes(sec, "slope near 1") == [outcome] * 2, sec.verdicts
 
@@ -130,7 +130,7 @@ def test_generalisation_needs_two_distributions_of_at_most_half_one_file(tmp_pat
     with sqlite3.connect(tmp_path / "size" / "results.sqlite") as c:
         rows = c.execute("SELECT run_id, step, loss, se FROM evals WHERE split = 'test'").fetchall()
         c.executemany("INSERT INTO evals VALUES (?, ?, 'prose', ?, ?, ?, '[]')",
-                      [(r, s, l + 0.5, 0.002, 1.0) for r, s, l, _ in rows])
+                      [(r, s, loss + 0.5, 0.002, 1.0) for r, s, loss, _ in rows])
     sec = verdicts(tmp_path / "size", tmp_path)["generalisation"]
     assert outcomes(sec, "slope near 1") == ["inconclusive"]
     assert "the claim needs two" in sec.decisions[0].reason

@@ -104,8 +104,9 @@ def _tiny_encoding():
     ranks = {bytes([i]): i for i in range(256)}
     for merge in (b"th", b"he", b"the", b" the", b"lo", b"loss"):
         ranks[merge] = len(ranks)
-    return tiktoken.Encoding(name="gpt2", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-                             mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)})
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name="gpt2", pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": len(ranks)})
 
 
 def test_gpt2_tokenizer_sets_the_vocabulary_and_encodes_every_split(tmp_path, file_tokens, monkeypatch):
@@ -115,8 +116,9 @@ def test_gpt2_tokenizer_sets_the_vocabulary_and_encodes_every_split(tmp_path, fi
     tokenizers.load_tiktoken.cache_clear()
     try:
         files = _as_files(tmp_path)
-        cfg = resolve.resolve(config.from_dict({"data": {"corpus": files.corpus, "validation": files.validation, "test": files.test,
-                                         "tokenizer": "gpt2", "cache_dir": files.cache_dir}}))
+        cfg = resolve.resolve(config.from_dict({"data": {"corpus": files.corpus, "validation": files.validation,
+                                                         "test": files.test, "tokenizer": "gpt2",
+                                                         "cache_dir": files.cache_dir}}))
         assert cfg.model.vocab_size == enc.n_vocab == 263
         tokens = data.prepare(cfg.data)
         # each document ends with GPT-2's <|endoftext|> (id 262 here), as nanoGPT and Levanter write them

@@ -176,7 +176,8 @@ def test_shape_grid_varies_one_thing_at_a_time_at_each_N():
     sw = expand({"generator": "shape_grid", "N": [2e5, 1e6], "aspect_ratio": 16, "d_head": 16,
                  "aspect_ratios": [4, 64], "ff_ratios": [1, 16], "d_heads": [8, 32]})
     for N in (2e5, 1e6):
-        runs = {r.tags["shape.vary"]: r for r in sw.runs if r.tags["shape.N"] == N and r.tags["shape.vary"] == "reference"}
+        runs = {r.tags["shape.vary"]: r for r in sw.runs
+                if r.tags["shape.N"] == N and r.tags["shape.vary"] == "reference"}
         ref = runs["reference"].cfg.model
         assert ref.d_ff_ == 4 * ref.d_model and ref.d_head == 16
         for r in (r for r in sw.runs if r.tags["shape.N"] == N):

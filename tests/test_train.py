@@ -148,7 +148,8 @@ def test_runs_that_differ_only_in_schedule_intervals_or_corpus_share_one_compila
     # What the programs do depend on keeps them apart: the model, the batch, the evaluation chunk, the mesh.
     key = lambda cfg, members=1: programs.program_key([cfg] * members, members > 1, None)
     other_model = resolve.resolve(config.from_dict({**a.to_dict(), "model": {**a.to_dict()["model"], "d_model": 16}}))
-    fewer_windows = resolve.resolve(config.from_dict({**a.to_dict(), "data": {**a.to_dict()["data"], "eval_windows": 4}}))
+    fewer_windows = resolve.resolve(config.from_dict({**a.to_dict(),
+                                                      "data": {**a.to_dict()["data"], "eval_windows": 4}}))
     other_mesh = resolve.resolve(config.from_dict({**a.to_dict(), "parallel": {"data": 1}}))
     for other in (other_model, tiny(tmp_path, batch_size=4), fewer_windows, other_mesh):
         assert key(other) != key(a)

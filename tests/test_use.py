@@ -15,6 +15,10 @@ from jscale.config import ConfigError
 from jscale.models import build
 
 MODEL = {"n_layer": 2, "d_model": 32, "n_heads": 2, "n_ctx": 32}
+# The exports the transformers tests load: every model form GPT-2's layout can express.
+EXPORT_VARIANTS = [{}, {"tie_embeddings": False}, {"d_ff": 96},
+                   {"kind": "universal", "reuse": 2, "step_embedding": False, "tie_embeddings": False}]
+EXPORT_VARIANT_IDS = ["tied", "untied", "d_ff 3 d_model", "universal unrolled, untied"]
 TRAIN = {"batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 5, "eval_every": 20, "checkpoint_every": 40}
 
 
@@ -124,7 +128,8 @@ def gpt2_numpy(directory, ids):
     from safetensors.numpy import load_file
 
     hp = json.loads((directory / "config.json").read_text())
-    w = {k.removeprefix("transformer."): v.astype(np.float64) for k, v in load_file(str(directory / "model.safetensors")).items()}
+    w = {k.removeprefix("transformer."): v.astype(np.float64)
+         for k, v in load_file(str(directory / "model.safetensors")).items()}
     H, eps, T = hp["n_head"], hp["layer_norm_epsilon"], len(ids)
 
     def norm(x, name):
@@ -190,13 +195,15 @@ def test_a_sweep_member_is_loaded_from_its_vmapped_group(tmp_path):
     ({"kind": "universal", "reuse": 2}, "step embedding"),
 ])
 def test_export_refuses_what_gpt2_cannot_express(model, message):
-    m = resolve.resolve(config.from_dict({"model": {k: v for k, v in {**MODEL, **model}.items() if v is not None}})).model
+    given = {k: v for k, v in {**MODEL, **model}.items() if v is not None}
+    m = resolve.resolve(config.from_dict({"model": given})).model
     with pytest.raises(ConfigError, match=message):
         hf_gpt2.hf_config(m)
 
 
 def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_path):
-    cfg = resolve.resolve(config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2, "step_embedding": False}}))
+    cfg = resolve.resolve(config.from_dict({"model": {**MODEL, "kind": "universal", "reuse": 2,
+                                                      "step_embedding": False}}))
     params = jax.jit(build(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     model = trained.TrainedModel(cfg, params, 0, "fresh")
     hf_gpt2.export(model, tmp_path / "hf")
@@ -206,9 +213,7 @@ def test_a_universal_transformer_without_step_embedding_exports_unrolled(tmp_pat
     np.testing.assert_allclose(gpt2_numpy(tmp_path / "hf", ids), ours, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False}, {"d_ff": 96},
-                                     {"kind": "universal", "reuse": 2, "step_embedding": False, "tie_embeddings": False}],
-                         ids=["tied", "untied", "d_ff 3 d_model", "universal unrolled, untied"])
+@pytest.mark.parametrize("variant", EXPORT_VARIANTS, ids=EXPORT_VARIANT_IDS)
 def test_every_exportable_variant_round_trips_with_equal_logits_and_greedy_decoding(tmp_path, variant):
     """Each variant GPT-2 can express, exported and read back by an independent NumPy GPT-2 (and imported): equal
     logits and equal greedy continuations. (An untied export was scrambled: its lm_head written as a transposed
@@ -234,9 +239,7 @@ def test_every_exportable_variant_round_trips_with_equal_logits_and_greedy_decod
             np.testing.assert_array_equal(a, np.asarray(b))
 
 
-@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False}, {"d_ff": 96},
-                                     {"kind": "universal", "reuse": 2, "step_embedding": False, "tie_embeddings": False}],
-                         ids=["tied", "untied", "d_ff 3 d_model", "universal unrolled, untied"])
+@pytest.mark.parametrize("variant", EXPORT_VARIANTS, ids=EXPORT_VARIANT_IDS)
 def test_every_exportable_variant_loads_in_transformers_with_equal_logits_and_generate(tmp_path, variant):
     """The export read by `transformers.GPT2LMHeadModel` itself (needs PyTorch: `make test` installs the CPU wheel
     where the machine has it, else this is skipped and the NumPy GPT-2 above stands in): logits equal to jscale's

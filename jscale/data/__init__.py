@@ -3,15 +3,15 @@
 
 One module per concern:
 
-| module | what it holds |
-|---|---|
-| `sources` | the split rules (train / validation / test, plus named extra evaluation sets), local files and globs, the built-in corpus (`builtin:stdlib`, with its English prose as the extra set `prose`) |
-| `records` | datasets of records: `tfds:NAME` (ArrayRecord through `tfds.data_source`, no TensorFlow) and `hf:SOURCE` |
-| `bins` | `bin:DIR`: nanoGPT-style pre-tokenized token files, read in place |
-| `tokenizers` | bytes, a BPE trained on the train split, any HF tokenizer.json, tiktoken's encodings (GPT-2's) |
-| `cache` | the token cache on disk (files, checksums, atomic writes) and `TokenizedCorpus` |
-| `batches` | D-token training subsets, training batches as pure functions of (seed, step), evaluation windows |
-| `prepare` | `corpus_from_config`, `corpus_vocab`, the size checks, and `prepare` (tokenize once, or open the cache) |
+- `sources`: the split rules (train / validation / test, plus named extra evaluation sets), local files and globs,
+  the built-in corpus (`builtin:stdlib`, with its English prose as the extra set `prose`)
+- `records`: datasets of records: `tfds:NAME` (ArrayRecord through `tfds.data_source`, no TensorFlow) and
+  `hf:SOURCE`
+- `bins`: `bin:DIR`: nanoGPT-style pre-tokenized token files, read in place
+- `tokenizers`: bytes, a BPE trained on the train split, any HF tokenizer.json, tiktoken's encodings (GPT-2's)
+- `cache`: the token cache on disk (files, checksums, atomic writes) and `TokenizedCorpus`
+- `batches`: D-token training subsets, training batches as pure functions of (seed, step), evaluation windows
+- `prepare`: `corpus_from_config`, `corpus_vocab`, the size checks, and `prepare` (tokenize once, or open the cache)
 
 Model selection (learning-rate pilots, early stopping, best checkpoints) reads `validation` only; `test` is read
 for reporting. Every name below is importable from `jscale.data` itself.

@@ -97,7 +97,8 @@ def window_hashes(tokens: np.ndarray, length: int, block: int = 1 << 22) -> np.n
             hi = min(n, lo + block)
             t = np.asarray(tokens[lo:hi + length - 1]).astype(np.uint64) + np.uint64(1)
             prefix = np.concatenate([[np.uint64(0)], np.cumsum(t * _powers(_HASH_BASE_INV, len(t)))])
-            out[lo:hi] = _powers(_HASH_BASE, hi - lo) * base_pow_len * (prefix[length:length + hi - lo] - prefix[:hi - lo])
+            out[lo:hi] = (_powers(_HASH_BASE, hi - lo) * base_pow_len
+                          * (prefix[length:length + hi - lo] - prefix[:hi - lo]))
     return out
 
 

@@ -177,7 +177,8 @@ def end_of_text(tokenizer) -> tuple[str, int] | None:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map of the 256 bytes to printable characters (what the ByteLevel pre-tokenizer uses)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     chars, n = keep[:], 0
     for b in range(256):
         if b not in keep:

@@ -85,8 +85,8 @@ def isoflop_minima(N, loss, budget, window: int = ISOFLOP_WINDOW, se=None) -> li
     edge; a local one is not. A budget is `bracketed` when its lowest loss has, on each side among the sizes of its
     local fit, a size worse by more than BRACKET_SE standard errors of the difference (the seeds' spread, the rows'
     own standard errors `se`, or the scatter about the budgets' quadratics; see _cell_noise), and the local parabola
-    is convex with its vertex inside the sizes it was fitted on. An unbracketed budget keeps the lowest-loss size as N* and is flagged
-    (fit_isoflop leaves it out)."""
+    is convex with its vertex inside the sizes it was fitted on. An unbracketed budget keeps the lowest-loss size as
+    N* and is flagged (fit_isoflop leaves it out)."""
     cols = _columns(0, N=N, loss=loss, budget=budget)
     cells = _cells(cols["N"], cols["loss"], cols["budget"], se)
     noise, _, df = _cell_noise(cells)
@@ -164,7 +164,8 @@ def fit_isoflop(N, loss, budget, n_bootstrap: int = 1000, seed: int = 0,
                           f"higher loss on each side, beyond the noise); train sizes on both sides of each budget's "
                           f"optimum")
     C, n_opt = np.array([m["C"] for m in kept]), np.array([m["N_opt"] for m in kept])
-    d_opt = None if D_col is None else np.array([_d_at(c, n, cols["N"], D_col, cols["budget"]) for c, n in zip(C, n_opt)])
+    d_opt = None if D_col is None else np.array([_d_at(c, n, cols["N"], D_col, cols["budget"])
+                                                 for c, n in zip(C, n_opt)])
     params = _allocation_law(C, n_opt, d_opt, six_nd)
     fitted = FittedLaw("isoflop", params, ("C",), conv, n_points=len(cols["N"]),
                        info={"minima": minima, "left_out": [m["C"] for m in minima if not m["bracketed"]]})

@@ -14,8 +14,9 @@ figures/*.png, NAME-runs.csv (one row per run: shape, N, compute, losses), laten
 measurements, reused on the next report from the same device).
 
 The package: `common` holds what every section shares (reading, the verdict rule, intervals, regimes, the measurement
-table); `sections` finds the section modules and builds a report's sections; `page` writes the files; every other module is one section, found here by its ANALYSIS name and placed by
-its POSITION, so adding an experiment's analysis is adding one file.
+table); `sections` finds the section modules and builds a report's sections; `page` writes the files; every other
+module is one section, found here by its ANALYSIS name and placed by its POSITION, so adding an experiment's
+analysis is adding one file.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def recurrent_section(exp: Experiment, sec: Section, n_bootstrap: int) -> None:
         per_n = m.bootstrap(offset(logN), n_bootstrap, min_points=3)
         per_c = m.bootstrap(offset(logC), n_bootstrap, min_points=3)
         sec.numbers.append((f"{fam}: loss vs a standard Transformer of equal N / equal training FLOPs (exact)",
-                            f"{per_n.value:+.1f}% / {per_c.value:+.1f}%", f"{per_n.text('+.1f')} / {per_c.text('+.1f')}",
+                            f"{per_n.value:+.1f}% / {per_c.value:+.1f}%",
+                            f"{per_n.text('+.1f')} / {per_c.text('+.1f')}",
                             "slightly better / slightly worse" if fam.startswith("Universal") else "-"))
         if fam.startswith("Universal"):
             verdict(sec, f"{fam} is better per parameter than a standard Transformer (loss above the standard "

@@ -1,12 +1,12 @@
 """Training: the step, compiled programs and ensembles, checkpoints and sinks, and the resumable loop.
 
-| module | what it holds |
-|---|---|
-| `step` | `train_step(state, batch, hparams)` and the evaluation step (pure; hyperparameters are arrays, so they vmap), the optimiser and the learning-rate schedules |
-| `programs` | a group's init, train steps (up to 16 a call) and evaluation step compiled ahead of time per shape and mesh; ensembles (vmap or map over members); device peaks for MFU |
-| `checkpoints` | orbax checkpoints with a checksum per step, failed writes reported in one line |
-| `sinks` | a single run's evaluations in metrics.jsonl |
-| `loop` | `train_loop` (one run or an ensemble, resumed bitwise) and `train` (`jscale train`) |
+- `step`: `train_step(state, batch, hparams)` and the evaluation step (pure; hyperparameters are arrays, so they
+  vmap), the optimiser and the learning-rate schedules
+- `programs`: a group's init, train steps (up to 16 a call) and evaluation step compiled ahead of time per shape and
+  mesh; ensembles (vmap or map over members); device peaks for MFU
+- `checkpoints`: orbax checkpoints with a checksum per step, failed writes reported in one line
+- `sinks`: a single run's evaluations in metrics.jsonl
+- `loop`: `train_loop` (one run or an ensemble, resumed bitwise) and `train` (`jscale train`)
 
 Every name below is importable from `jscale.train` itself.
 """

@@ -24,7 +24,8 @@ import numpy as np
 from jscale import interrupts, sharding
 from jscale.config import Config, eval_window_counts, shared_config
 from jscale.models import build
-from jscale.train.step import eval_context, hparams_from_config, init_state, make_eval_step, make_optimizer, make_train_step
+from jscale.train.step import (eval_context, hparams_from_config, init_state, make_eval_step, make_optimizer,
+                               make_train_step)
 
 
 def stack_members(trees: list) -> Any:
