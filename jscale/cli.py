@@ -110,11 +110,15 @@ def _check_run_flags(args) -> None:
 
 
 def _plan(args) -> None:
-    from jscale import grid, sweep
+    from jscale import grid, sweep, workers
 
+    if args.cpus:  # first: JAX must not start before the process is on its cores
+        workers.pin(args.cpus)
     _check_run_flags(args)
+    workers.check(args.workers, None, False)
     sw = sweep.load(args.sweep, args.overrides, args.scale)
-    members = args.ensemble_size or grid.MAX_MEMBERS
+    # `jscale run --workers` trains one run per group unless asked
+    members = args.ensemble_size or (1 if args.workers > 1 else grid.MAX_MEMBERS)
     groups = sw.groups(members)
     print(sweep.plan_table(sw, groups))
     if args.ensemble_size is None:
@@ -130,6 +134,12 @@ def _plan(args) -> None:
             measured = throughput.with_shapes(measured, groups, log=say)
         print(throughput.describe(groups, measured, sw.budget_minutes))
         rate = throughput.tokens_per_s(groups, measured)
+        if args.workers > 1:
+            if sw.device in throughput.REFERENCE:
+                raise ConfigError(f"--workers: shares this machine's CPU cores; no estimate for {sw.device}")
+            selects = [args.sweep, *args.overrides, *(["--scale", args.scale] if args.scale else []),
+                       "--ensemble-size", str(members)]  # what each timing process plans: these groups
+            print(throughput.describe_workers(selects, groups, args.workers, log=say))
     from jscale import planning
 
     for line in planning.describe(sw, groups, rate):
@@ -380,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", help=SCALE_HELP)
     p.add_argument("--no-estimate", action="store_true", help="skip the wall-time estimate (the first one on a "
                                                                  "device measures its throughput, seconds on a CPU)")
+    p.add_argument("--workers", type=int, default=1, help="also estimate `jscale run --workers N` (a worker's "
+                   "steps timed on its share of the cores, in separate processes)")
+    p.add_argument("--cpus", help="measure on these CPU cores only, e.g. 0 (what --workers uses)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run a sweep; re-running on the same --out skips finished runs and resumes")

@@ -21,6 +21,18 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_shares(workers: int, cpus: list[int] | None = None) -> list[list[int]] | None:
+    """The CPU cores each worker runs on: equal, disjoint shares of this process's cores (leftovers unused, so that
+    every worker has as many threads and computes the same bits); None (no pinning) where there are fewer cores
+    than workers or the platform cannot pin."""
+    if cpus is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        cpus = sorted(os.sched_getaffinity(0))
+    per = len(cpus) // workers
+    return [cpus[i * per:(i + 1) * per] for i in range(workers)] if per >= 1 else None
+
+
 def _busy_s() -> float | None:
     """Seconds of CPU the whole machine has spent busy since boot (/proc/stat), or None where unknown."""
     try:

@@ -13,7 +13,7 @@ learning-rate grids at once (one pilot at a time each) instead of one waiting fo
 nothing: it starts the workers in their own session (a Ctrl-C reaches them once, forwarded), shows one progress bar
 read from the results database, and reports where the workers' time went (each worker's parts, summed).
 
-Each worker runs on its own share of the cores (`cpu_shares`, `jscale run --cpus`): two workers each spreading
+Each worker runs on its own share of the cores (`cpuload.cpu_shares`, `jscale run --cpus`): two workers each spreading
 their steps over both cores of a 2-core machine slowed each other down (two d_model 48 steps at once: 35 ms each
 unpinned, 27.5 ms each pinned; a tenth of the long scale's size sweep: 87-92 s pinned against 95-105 s, four
 alternating pairs, warm caches; this project's 2-core CPU, 2026-12-06).
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jscale import files, interrupts, progress, results
+from jscale import cpuload, files, interrupts, progress, results
 from jscale.errors import ConfigError, JscaleError
 
 POLL_S = 2.0
@@ -67,18 +67,6 @@ def run(child_args: list[str], out: Path, workers: int, progress: bool = True,
     return status
 
 
-def cpu_shares(workers: int, cpus: list[int] | None = None) -> list[list[int]] | None:
-    """The CPU cores each worker runs on: equal, disjoint shares of this process's cores (leftovers unused, so that
-    every worker has as many threads and computes the same bits); None (no pinning) where there are fewer cores
-    than workers or the platform cannot pin."""
-    if cpus is None:
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        cpus = sorted(os.sched_getaffinity(0))
-    per = len(cpus) // workers
-    return [cpus[i * per:(i + 1) * per] for i in range(workers)] if per >= 1 else None
-
-
 def pin(cpus: str) -> None:
     """`jscale run --cpus 0,1`: this process (and every thread it starts later) runs on these cores only. Called
     before JAX starts: XLA:CPU sizes its thread pool by them."""
@@ -97,7 +85,7 @@ def pin(cpus: str) -> None:
 def _run(cmd: list[str], timing_paths: list[Path], out: Path, workers: int, progress: bool) -> int:
     # Each worker on its own cores: two workers that each spread their steps over both cores of a 2-core machine
     # slow each other down (d_model 48: 35 ms a step each, against 27.5 pinned; benchmarks/RESULTS.md, 2026-12-06).
-    shares = cpu_shares(workers) or [None] * workers
+    shares = cpuload.cpu_shares(workers) or [None] * workers
     procs = [subprocess.Popen([*cmd, "--timings-out", str(f), *(["--cpus", ",".join(map(str, c))] if c else [])],
                               start_new_session=True) for f, c in zip(timing_paths, shares)]
     bar = _Bar(out, workers) if progress else None

@@ -168,6 +168,8 @@ CASES = [
     (["run", "sweep.toml", "--out", "out", "--num-processes", "2", "--process-id", "2",
       "--coordinator", "localhost:1"], 2, "--process-id"),
     (["plan", "sweep.toml", "--ensemble-size", "-1"], 2, "--ensemble-size"),
+    (["plan", "sweep.toml", "--workers", "0"], 2, "--workers"),
+    (["plan", "sweep.toml", "--cpus", "0,x"], 2, "--cpus"),
     (["plan", "missing_sweep.toml"], 2, "missing_sweep.toml"),
     (["plan", "sweep_unknown_key.toml"], 2, "bogus"),
     (["plan", "sweep_unknown_axis_field.toml"], 2, "valuez"),

@@ -79,6 +79,83 @@ def test_plan_measures_once_then_reads_the_cache(tmp_path, monkeypatch, jscale_h
     assert "(timing " not in again.stdout and estimate(again.stdout) == estimate(p.stdout)
 
 
+TUNED = {"name": "s", "seeds": 2, "tune": {"grid": {"train.lr": [1e-3, 3e-3]}, "fraction": 0.5},
+         "base": {"model": {"n_ctx": 64}, "data": {"eval_windows": 64, "curve_eval_windows": 0},
+                  "train": {"batch_size": 32, "steps": 400, "warmup_steps": 30, "eval_every": 100,
+                            "checkpoint_every": 100}},
+         "axis": [{"zip": {"model.d_model": [16, 64], "model.n_heads": [1, 4]}}]}
+
+
+def test_the_workers_estimate_deals_groups_as_the_workers_claim_them(repo):
+    """`jscale plan --workers N`: each group, in the sweep's order, goes to the worker free soonest, the tuned final
+    runs start when the last pilot ends, and a worker pays a shape's compile once. Checked against the one-process
+    estimate of each group, dealt by hand."""
+    sw = sweep.expand(TUNED)
+    groups = sw.groups(1)
+    pilots = [g for g in groups if not any(r.awaits_tuning for r in g.runs)]
+    finals = [g for g in groups if any(r.awaits_tuning for r in g.runs)]
+    assert len(pilots) == 4 and len(finals) == 4  # two points: 2 learning rates and 2 seeds each
+    k = 13 / 3  # MEASURED's compile time a shape
+    cost = {g.group_id: sum(throughput.estimate([g], MEASURED)[part] for part in ("train", "eval")) for g in groups}
+    by = lambda stage, d: [cost[g.group_id] for g in stage if g.cfg.model.d_model == d]
+    # the sweep's order (group_runs'), which the hand dealing below follows
+    assert [g.cfg.model.d_model for g in pilots] == [64, 64, 16, 16]
+    assert [g.cfg.model.d_model for g in finals] == [16, 16, 64, 64]
+    p16, p64, f16, f64 = by(pilots, 16)[0], by(pilots, 64)[0], by(finals, 16)[0], by(finals, 64)[0]
+    # two workers: each takes a d_model 64 pilot (compiling it), then a d_model 16 one (compiling that)
+    pilots_end = 2 * k + p16 + p64
+    # then a d_model 16 final each and a d_model 64 one each: both shapes compiled already
+    finals_end = pilots_end + f16 + f64
+    two = throughput.estimate_workers(groups, MEASURED, 2)
+    assert two["total"] == pytest.approx(finals_end)
+    assert two["compile"] == pytest.approx(4 * k)  # each worker compiles both shapes
+    one = throughput.estimate(groups, MEASURED)
+    assert two["train"] + two["eval"] == pytest.approx(one["train"] + one["eval"])  # the same work, dealt out
+    # one worker is one process: the same seconds as the one-process estimate
+    assert throughput.estimate_workers(groups, MEASURED, 1)["total"] == pytest.approx(one["total"])
+    # as many workers as groups in a stage: each stage takes its longest group; workers 0 and 1 trained d_model 64
+    # pilots and get d_model 16 finals, 2 and 3 the other way round: every worker compiles a shape in each stage
+    four = throughput.estimate_workers(groups, MEASURED, 4)
+    assert four["total"] == pytest.approx(2 * k + max(p16, p64) + max(f16, f64))
+    assert four["compile"] == pytest.approx(8 * k)
+
+
+def test_plan_estimates_workers_from_one_workers_steps_timed_on_its_core(tmp_path, monkeypatch):
+    """`jscale plan --workers 2` (a real process) starts `jscale plan --cpus 0`, which times on one core the shape
+    the cache does not hold under the one-core key, and prints the workers' estimate from that entry."""
+    from jscale import cpuload
+    from jscale.train import member_shape_key
+
+    if cpuload.cores() < 2:
+        pytest.skip("two workers need two cores")
+    spec = tmp_path / "tuned.toml"
+    spec.write_text('name = "s"\nseeds = 2\n[tune]\ngrid = { "train.lr" = [1e-3, 3e-3] }\nfraction = 0.5\n'
+                    '[base.model]\nn_ctx = 64\n[base.data]\neval_windows = 64\ncurve_eval_windows = 0\n'
+                    '[base.train]\nbatch_size = 32\nsteps = 400\nwarmup_steps = 30\neval_every = 100\n'
+                    'checkpoint_every = 100\n[[axis]]\n'
+                    'zip = { "model.d_model" = [16, 64], "model.n_heads" = [1, 4] }\n')
+    groups = sweep.load(str(spec)).groups(1)
+    small, large = (member_shape_key(next(g for g in groups if g.cfg.model.d_model == d).cfg) for d in (16, 64))
+    timed = {"flops_per_step": accounting.step_flops(groups[0].cfg), "seconds_per_step": 0.03, "compile_s": 6.0}
+    # this process's table whole (so the one-process estimate measures nothing); one core's without the large shape
+    cached = {throughput.device_key(): {**MEASURED, "shapes": {small: timed, large: {**timed, "compile_s": 7.0}}},
+              throughput.device_key(1): {**MEASURED, "shapes": {small: timed}}}
+    monkeypatch.setenv("JSCALE_CACHE", str(tmp_path))
+    (tmp_path / "throughput-v4.json").write_text(json.dumps(cached))
+    p = subprocess.run([sys.executable, "-m", "jscale", "plan", str(spec), "--workers", "2"], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    after = json.loads((tmp_path / "throughput-v4.json").read_text())
+    assert after[throughput.device_key()] == cached[throughput.device_key()]  # read, not measured again
+    one_core = after[throughput.device_key(1)]
+    assert one_core["shapes"][small] == timed and one_core["shapes"][large]["seconds_per_step"] > 0  # timed there
+    line = next(ln for ln in p.stdout.splitlines() if "with 2 workers of 1 core each" in ln)
+    e = throughput.estimate_workers(groups, one_core, 2)
+    fmt = lambda s: f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+    assert line.startswith(f"estimated wall time on {throughput.device_key()} with 2 workers of 1 core each: "
+                           f"{fmt(e['total'])} (worker-time: train {fmt(e['train'])}, eval {fmt(e['eval'])}"), line
+
+
 def test_the_sweeps_own_timed_shapes_correct_the_estimate(repo):
     """A timed shape's step takes its measured time; a shape not timed takes the model times the measured/modelled
     ratio of the timed shape nearest in FLOPs per step."""

@@ -345,12 +345,12 @@ def test_workers_share_a_tuned_sweep_and_train_exactly_what_one_process_trains(t
 
 
 def test_workers_get_equal_disjoint_shares_of_the_cores():
-    from jscale import workers
+    from jscale import cpuload
 
-    assert workers.cpu_shares(2, [0, 1]) == [[0], [1]]
-    assert workers.cpu_shares(2, [0, 1, 2, 3, 5]) == [[0, 1], [2, 3]]  # equal shares: as many threads each
-    assert workers.cpu_shares(3, [0, 1]) is None  # fewer cores than workers: not pinned
-    assert workers.cpu_shares(1, [4, 7]) == [[4, 7]]
+    assert cpuload.cpu_shares(2, [0, 1]) == [[0], [1]]
+    assert cpuload.cpu_shares(2, [0, 1, 2, 3, 5]) == [[0, 1], [2, 3]]  # equal shares: as many threads each
+    assert cpuload.cpu_shares(3, [0, 1]) is None  # fewer cores than workers: not pinned
+    assert cpuload.cpu_shares(1, [4, 7]) == [[4, 7]]
 
 
 def test_a_worker_tunes_the_points_no_one_else_holds_before_it_waits(tmp_path, monkeypatch):
