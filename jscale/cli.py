@@ -121,7 +121,7 @@ def _plan(args) -> None:
     members = args.ensemble_size or (1 if args.workers > 1 else grid.MAX_MEMBERS)
     groups = sw.groups(members)
     print(sweep.plan_table(sw, groups))
-    if args.ensemble_size is None:
+    if args.ensemble_size is None and args.workers == 1:  # (--workers: one run a group, as those workers train)
         print(f"(groups shown at up to {members} members; `jscale run` measures whether this backend trains them "
               f"faster as ensembles or one by one, and how many fit in memory)")
     rate = None
