@@ -143,7 +143,7 @@ def with_shapes(measured: dict, groups, log=print, steps: int = 8) -> dict:
                 known[key] = _time_steps(dataclasses.replace(cfg, train=short), steps)
                 known[key]["others_share"] = others.share()  # a shape timed on a busy CPU reads slow
         _store(device_key(), {**measured, "shapes": known})
-    return {**measured, "shapes": {k: known[k] for k in picks}}
+    return _this_sweeps({**measured, "shapes": known}, groups)
 
 
 def _picks(groups) -> dict:
@@ -155,6 +155,12 @@ def _picks(groups) -> dict:
         shapes.setdefault(member_shape_key(g.cfg), g.cfg)
     by_flops = sorted(shapes.items(), key=lambda kv: accounting.step_flops(kv[1]))
     return {by_flops[i][0]: by_flops[i][1] for i in {0, len(by_flops) // 2, len(by_flops) - 1}} if by_flops else {}
+
+
+def _this_sweeps(measured: dict, groups) -> dict:
+    """The table with only these groups' timed shapes (_picks): other sweeps' cached ones do not correct the
+    estimate."""
+    return {**measured, "shapes": {k: measured["shapes"][k] for k in _picks(groups)}}
 
 
 def complete(measured: dict | None, groups) -> bool:
@@ -365,10 +371,11 @@ def describe_workers(plan_args: list[str], groups, workers: int, log=print) -> s
             last = (failed[0].strip().splitlines() or ["(no message)"])[-1]
             raise JscaleError(f"--workers: timing a worker's steps failed: {last}")
     measured = table(key=key)
-    if measured is None:
-        raise JscaleError(f"--workers: timing a worker's steps left nothing in {_cache_path()} (is it writable?)")
-    measured = with_shapes(measured, groups, log=log)  # (timed by those processes: read from the cache)
-    return describe(groups, measured, 0.0, workers=workers, cores_each=len(shares[0]))
+    # (not with_shapes: what it timed here would be timed on this process's cores and stored under its key)
+    if not complete(measured, groups):
+        raise JscaleError(f"--workers: timing a worker's steps left its entry incomplete in {_cache_path()} (is it "
+                          f"writable?)")
+    return describe(groups, _this_sweeps(measured, groups), 0.0, workers=workers, cores_each=len(shares[0]))
 
 
 def tokens_per_s(groups, measured: dict) -> float | None:
